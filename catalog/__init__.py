@@ -1,0 +1,1 @@
+"""The artifact catalog: content-addressed, immutable entries with lineage."""

@@ -1,0 +1,1 @@
+"""Stages as plain typed Python: sources, crawl, shard, tokenizer, model families, training, evaluation."""

@@ -1,0 +1,1 @@
+"""Prefect wiring of the components: one flow per stage and the pipeline flow."""
