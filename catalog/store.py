@@ -1,0 +1,774 @@
+"""The artifact catalog: a content-addressed, immutable store of everything the pipeline produces, with lineage.
+
+Where it sits in the DAG: every stage (crawl/shard -> dataset, tokenizer training, pretraining -> model,
+evaluation -> eval) registers its outputs here, naming the artifacts it consumed as ``parents``. Downstream
+stages, the CLI and reports find their inputs by reference (``clip@latest``, ``clip:3``, an id prefix), and a
+stage can skip work when :meth:`Catalog.find_by_cache_key` already knows its cache key.
+
+Layout under the root folder (the caller passes ``$VLFORGE_HOME/catalog``)::
+
+    blobs/sha256/<2 hex>/<64 hex>   each distinct file content stored once, read-only (0o444)
+    tmp/                            scratch space for blobs being written (same filesystem as blobs/)
+    index.sqlite                    artifacts, files, parents (ordered edges), aliases, cache keys (WAL mode)
+    views/<id>/                     read-only materialised directory of one artifact's files, made on demand
+
+Guarantees:
+
+* An artifact's **id** is the sha256 of the canonical JSON of its kind, name, family, file hashes, config,
+  parents and metrics (not its timestamp, code version or package versions), so registering the same content
+  twice returns the existing entry instead of making a new version.
+* Blobs are written to a temporary file and ``os.replace``-d into place, so no partial blob ever sits under its
+  final name. The index rows for one registration (version assignment, files, parents, the ``latest`` alias)
+  go in in a single ``BEGIN IMMEDIATE`` transaction, so concurrent processes never lose or duplicate a
+  version, and a process killed mid-registration leaves nothing visible (at worst orphaned blobs, harmless).
+* Views appear atomically: they are built in a temporary folder and renamed into place.
+
+Every mistake a caller can make (unknown or ambiguous reference, missing file, bad name, non-JSON config)
+raises :class:`vlforge.errors.UserError` with a one-line message naming the input.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from vlforge.errors import UserError
+
+__all__ = [
+    "Artifact",
+    "Catalog",
+    "FileEntry",
+    "detect_code_version",
+    "packages_snapshot",
+]
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX_PREFIX = re.compile(r"[0-9a-f]{4,64}")
+_KIND = re.compile(r"[a-z][a-z0-9_]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+_LATEST = "latest"
+_CHUNK = 1 << 20
+_BUSY_TIMEOUT_S = 30.0
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- registration order across the whole catalog
+    id           TEXT    NOT NULL UNIQUE,
+    kind         TEXT    NOT NULL,
+    name         TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    family       TEXT,
+    config       TEXT    NOT NULL,                   -- canonical JSON
+    metrics      TEXT    NOT NULL,                   -- canonical JSON
+    cache_key    TEXT,
+    code_version TEXT,
+    packages     TEXT    NOT NULL,                   -- canonical JSON
+    created_at   TEXT    NOT NULL,
+    UNIQUE (name, version)
+);
+CREATE INDEX IF NOT EXISTS artifacts_by_kind ON artifacts (kind);
+CREATE TABLE IF NOT EXISTS files (
+    artifact_id TEXT    NOT NULL REFERENCES artifacts (id),
+    path        TEXT    NOT NULL,
+    sha256      TEXT    NOT NULL,
+    size        INTEGER NOT NULL,
+    PRIMARY KEY (artifact_id, path)
+);
+CREATE TABLE IF NOT EXISTS parents (
+    child_id  TEXT    NOT NULL REFERENCES artifacts (id),
+    position  INTEGER NOT NULL,
+    parent_id TEXT    NOT NULL REFERENCES artifacts (id),
+    PRIMARY KEY (child_id, position)
+);
+CREATE INDEX IF NOT EXISTS parents_by_parent ON parents (parent_id);
+CREATE TABLE IF NOT EXISTS aliases (
+    name        TEXT NOT NULL,
+    alias       TEXT NOT NULL,
+    artifact_id TEXT NOT NULL REFERENCES artifacts (id),
+    PRIMARY KEY (name, alias)
+);
+CREATE INDEX IF NOT EXISTS aliases_by_artifact ON aliases (artifact_id);
+CREATE TABLE IF NOT EXISTS cache_keys (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    cache_key   TEXT NOT NULL,
+    artifact_id TEXT NOT NULL REFERENCES artifacts (id),
+    UNIQUE (cache_key, artifact_id)
+);
+"""
+
+
+class FileEntry(BaseModel):
+    """One file of an artifact: where it sits inside the artifact and which blob holds its bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    """Relative POSIX path inside the artifact, e.g. ``shards/00000.tar``."""
+    sha256: str
+    """Hex sha256 of the content; the blob lives at ``blobs/sha256/<sha256[:2]>/<sha256>``."""
+    size: int
+    """Size in bytes."""
+
+
+class Artifact(BaseModel):
+    """A registered, immutable catalog entry. Instances are snapshots: ``aliases`` is as of the read."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    """64-hex sha256 of the canonical JSON of kind, name, family, files, config, parents and metrics."""
+    kind: str
+    """``dataset``, ``tokenizer``, ``model``, ``eval`` or any other lowercase identifier."""
+    name: str
+    version: int
+    """1, 2, ... per name, in registration order."""
+    family: str | None
+    files: list[FileEntry]
+    """Sorted by path."""
+    config: dict[str, Any]
+    parents: list[str]
+    """Ids of the artifacts this one was made from, in the order the stage gave them."""
+    metrics: dict[str, int | float | str]
+    cache_key: str | None
+    """The producing stage's cache key (inputs + config + code), if it gave one."""
+    code_version: str | None
+    """Git commit of the code that made it (``+dirty`` when the tree had changes), if known."""
+    packages: dict[str, str]
+    """Package -> version of the environment that made it."""
+    created_at: str
+    """ISO-8601 UTC timestamp of the registration."""
+    aliases: list[str]
+    """Aliases (``latest``, ``production``, ...) pointing at this artifact when it was read, sorted."""
+
+    @property
+    def short_id(self) -> str:
+        """The first 12 hex digits of :attr:`id`, enough to use as a reference in practice."""
+        return self.id[:12]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A file to register: its place in the artifact, where its bytes are now, and their hash."""
+
+    relpath: str
+    source: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """Everything about a registration that is known before the index transaction."""
+
+    id: str
+    kind: str
+    name: str
+    family: str | None
+    files: tuple[_Source, ...]
+    config_json: str
+    metrics_json: str
+    parents: tuple[str, ...]
+    cache_key: str | None
+    code_version: str | None
+    packages_json: str
+
+
+def _canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: the same value always gives the same text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _json_problem(value: Any, where: str) -> str | None:
+    """Describe the first part of ``value`` that strict JSON cannot represent faithfully, or return None."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value!r}, which JSON cannot represent"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has a non-string key {key!r}"
+            problem = _json_problem(item, f"{where}[{key!r}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            problem = _json_problem(item, f"{where}[{index}]")
+            if problem:
+                return problem
+        return None
+    return f"{where} is a {type(value).__name__}, which is not JSON-serialisable"
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    """Return the hex sha256 and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _check_relpath(relpath: Any, what: str) -> str:
+    """Return ``relpath`` if it is a normalised relative POSIX path inside the artifact, else raise."""
+    if not isinstance(relpath, str) or not relpath:
+        raise UserError(f"cannot register {what}: file path {relpath!r} in the files mapping is not a non-empty "
+                        f"string")
+    pure = PurePosixPath(relpath)
+    if pure.is_absolute() or str(pure) != relpath or any(part in ("..", ".") for part in pure.parts) \
+            or "\\" in relpath:
+        raise UserError(f"cannot register {what}: file path {relpath!r} in the files mapping is not a normalised "
+                        f"relative POSIX path")
+    return relpath
+
+
+def _make_tree_writable(path: Path) -> None:
+    """Give the owner write access to every directory under ``path`` so it can be removed."""
+    for dirpath, _dirnames, _filenames in os.walk(path):
+        os.chmod(dirpath, 0o755)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a (possibly read-only) directory tree; ignore it if it is already gone."""
+    if path.exists():
+        _make_tree_writable(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def detect_code_version(repo_dir: Path) -> str | None:
+    """Return ``git rev-parse HEAD`` of ``repo_dir``, with ``+dirty`` appended when ``git status --porcelain``
+    reports changes (untracked files included); None if it is not a git checkout or git fails in any way."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo_dir, capture_output=True, text=True,
+                                check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if not head:
+        return None
+    return f"{head}+dirty" if status.strip() else head
+
+
+def packages_snapshot(names: Iterable[str]) -> dict[str, str]:
+    """Return ``{distribution: installed version}`` for each of ``names`` that is installed, in the given order
+    (names that are not installed are skipped)."""
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+class Catalog:
+    """The artifact catalog rooted at one folder; see the module docstring for layout and guarantees.
+
+    Instances hold no open connection (each operation opens its own), so one instance may be shared between
+    threads, and any number of processes may use the same root at once.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        """Open the catalog at ``root``, creating the folder layout and the index if they are missing."""
+        self.root = Path(root)
+        self._blobs = self.root / "blobs" / "sha256"
+        self._tmp = self.root / "tmp"
+        self._views = self.root / "views"
+        self._db = self.root / "index.sqlite"
+        for folder in (self._blobs, self._tmp, self._views):
+            folder.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+                with self._transaction(conn):
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    # ------------------------------------------------------------------ connections
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A fresh connection in autocommit mode (transactions are explicit), closed on exit."""
+        conn = sqlite3.connect(self._db, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    @contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` (take the write lock now) ... ``COMMIT``, or ``ROLLBACK`` on any exception."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ registration
+
+    def register(
+        self,
+        *,
+        kind: str,
+        name: str,
+        files: Path | str | Mapping[str, Path | str],
+        config: dict[str, Any],
+        parents: Sequence[str] = (),
+        metrics: Mapping[str, int | float | str] | None = None,
+        family: str | None = None,
+        cache_key: str | None = None,
+        code_version: str | None = None,
+        packages: Mapping[str, str] | None = None,
+    ) -> Artifact:
+        """Register the outputs of a stage and return the catalog entry.
+
+        ``files`` is either a directory (every regular file under it, recursively; symlinks to files are
+        followed, symlinked directories are not) or a mapping ``relative posix path -> source file``; an empty
+        mapping registers an artifact with no files (e.g. an evaluation that is all metrics). ``parents`` are
+        references to the artifacts this one was made from; each must resolve. Registering content that is
+        already catalogued (same id) returns the existing entry unchanged, except that a new ``cache_key`` is
+        remembered for :meth:`find_by_cache_key`. Otherwise the artifact gets the next version of ``name`` and
+        ``name@latest`` moves to it. Raises :class:`UserError` for bad names, unknown parents, missing or
+        unreadable files, or config/metrics that are not strict JSON.
+        """
+        what = f"{kind!r} artifact {name!r}"
+        if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+            raise UserError(f"cannot register {what}: kind must be a lowercase identifier like 'model'")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise UserError(f"cannot register {what}: name must match [A-Za-z0-9][A-Za-z0-9_.-]*")
+        if family is not None and not isinstance(family, str):
+            raise UserError(f"cannot register {what}: family {family!r} is not a string")
+        if cache_key is not None and not isinstance(cache_key, str):
+            raise UserError(f"cannot register {what}: cache_key {cache_key!r} is not a string")
+        if code_version is not None and not isinstance(code_version, str):
+            raise UserError(f"cannot register {what}: code_version {code_version!r} is not a string")
+        if not isinstance(config, Mapping):
+            raise UserError(f"cannot register {what}: config is a {type(config).__name__}, not a dict")
+        metrics = dict(metrics or {})
+        packages = dict(packages or {})
+        problem = _json_problem(config, "config")
+        for key, value in metrics.items():
+            if problem:
+                break
+            if not isinstance(key, str):
+                problem = f"metrics has a non-string key {key!r}"
+            elif isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                problem = f"metrics[{key!r}] is a {type(value).__name__}, not a number or string"
+            else:
+                problem = _json_problem(value, f"metrics[{key!r}]")
+        for key, value in packages.items():
+            if problem:
+                break
+            if not isinstance(key, str) or not isinstance(value, str):
+                problem = f"packages entry {key!r}: {value!r} is not a string -> string pair"
+        if problem:
+            raise UserError(f"cannot register {what}: {problem}")
+        if isinstance(parents, str):
+            raise UserError(f"cannot register {what}: parents must be a list of references, not the string "
+                            f"{parents!r}")
+
+        parent_ids = tuple(self.resolve(ref) for ref in parents)
+        sources = self._collect(files, what)
+        config_json = _canonical_json(config)
+        metrics_json = _canonical_json(metrics)
+        identity = {
+            "kind": kind,
+            "name": name,
+            "family": family,
+            "files": {source.relpath: source.sha256 for source in sources},
+            "config": json.loads(config_json),
+            "parents": list(parent_ids),
+            "metrics": json.loads(metrics_json),
+        }
+        artifact_id = hashlib.sha256(_canonical_json(identity).encode("utf-8")).hexdigest()
+        pending = _Pending(
+            id=artifact_id, kind=kind, name=name, family=family, files=sources, config_json=config_json,
+            metrics_json=metrics_json, parents=parent_ids, cache_key=cache_key, code_version=code_version,
+            packages_json=_canonical_json(packages),
+        )
+
+        if not self._exists(artifact_id):
+            for source in sources:
+                self._store_blob(source, what)
+        self._commit(pending)
+        return self.get(artifact_id)
+
+    def _collect(self, files: Path | str | Mapping[str, Path | str], what: str) -> tuple[_Source, ...]:
+        """Turn the ``files`` argument into hashed sources sorted by relative path, checking every file."""
+        pairs: list[tuple[str, Path]] = []
+        if isinstance(files, Mapping):
+            for relpath, source in files.items():
+                pairs.append((_check_relpath(relpath, what), Path(source)))
+            paths = {relpath for relpath, _ in pairs}
+            for relpath in paths:
+                for parent in PurePosixPath(relpath).parents:
+                    if str(parent) in paths:
+                        raise UserError(f"cannot register {what}: file path {str(parent)!r} is also a folder "
+                                        f"in {relpath!r}")
+        elif isinstance(files, (str, os.PathLike)):
+            folder = Path(files)
+            if not folder.is_dir():
+                raise UserError(f"cannot register {what}: files folder '{folder}' does not exist or is not "
+                                f"a folder")
+            for dirpath, dirnames, filenames in os.walk(folder):
+                dirnames.sort()
+                for filename in filenames:
+                    source = Path(dirpath) / filename
+                    if source.is_file():
+                        pairs.append((source.relative_to(folder).as_posix(), source))
+            if not pairs:
+                raise UserError(f"cannot register {what}: files folder '{folder}' contains no files")
+        else:
+            raise UserError(f"cannot register {what}: files must be a folder or a mapping, not a "
+                            f"{type(files).__name__}")
+
+        sources: list[_Source] = []
+        for relpath, source in sorted(pairs):
+            if not source.is_file():
+                raise UserError(f"cannot register {what}: source file '{source}' for {relpath!r} does not exist "
+                                f"or is not a regular file")
+            try:
+                sha256, size = _hash_file(source)
+            except OSError as exc:
+                raise UserError(f"cannot register {what}: cannot read '{source}': {exc.strerror or exc}") from exc
+            sources.append(_Source(relpath=relpath, source=source, sha256=sha256, size=size))
+        return tuple(sources)
+
+    def _blob_path(self, sha256: str) -> Path:
+        return self._blobs / sha256[:2] / sha256
+
+    def _store_blob(self, source: _Source, what: str) -> None:
+        """Copy one source file into the blob store unless an intact blob is already there.
+
+        The copy goes to a temporary file under ``tmp/`` (same filesystem), is re-hashed while copying, fsynced,
+        made read-only and then renamed over the final name, so readers only ever see complete blobs."""
+        final = self._blob_path(source.sha256)
+        try:
+            if final.stat().st_size == source.size:
+                return
+        except FileNotFoundError:
+            pass
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=f"{source.sha256[:12]}-", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out, source.source.open("rb") as src:
+                while chunk := src.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest.hexdigest() != source.sha256:
+                raise UserError(f"cannot register {what}: '{source.source}' changed while it was being "
+                                f"registered")
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _exists(self, artifact_id: str) -> bool:
+        with self._connect() as conn:
+            return conn.execute("SELECT 1 FROM artifacts WHERE id = ?", (artifact_id,)).fetchone() is not None
+
+    def _commit(self, pending: _Pending) -> None:
+        """Insert a prepared registration in one ``BEGIN IMMEDIATE`` transaction (all or nothing)."""
+        with self._connect() as conn, self._transaction(conn):
+            self._insert(conn, pending)
+
+    def _insert(self, conn: sqlite3.Connection, pending: _Pending) -> None:
+        """The statements of one registration, run inside :meth:`_commit`'s transaction.
+
+        If the id is already there (another process won the race, or a plain re-registration) only the cache
+        key is recorded. Otherwise the next version of the name is taken, the rows are inserted and
+        ``name@latest`` moves to the new artifact."""
+        exists = conn.execute("SELECT 1 FROM artifacts WHERE id = ?", (pending.id,)).fetchone() is not None
+        if not exists:
+            row = conn.execute("SELECT kind FROM artifacts WHERE name = ? LIMIT 1", (pending.name,)).fetchone()
+            if row is not None and row[0] != pending.kind:
+                raise UserError(f"cannot register {pending.kind!r} artifact {pending.name!r}: the name is already "
+                                f"used by kind {row[0]!r}")
+            for parent_id in pending.parents:
+                if conn.execute("SELECT 1 FROM artifacts WHERE id = ?", (parent_id,)).fetchone() is None:
+                    raise UserError(f"cannot register {pending.kind!r} artifact {pending.name!r}: parent "
+                                    f"{parent_id!r} is not in the catalog")
+            version = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM artifacts WHERE name = ?",
+                                   (pending.name,)).fetchone()[0]
+            created_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+            conn.execute(
+                "INSERT INTO artifacts (id, kind, name, version, family, config, metrics, cache_key, code_version,"
+                " packages, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (pending.id, pending.kind, pending.name, version, pending.family, pending.config_json,
+                 pending.metrics_json, pending.cache_key, pending.code_version, pending.packages_json, created_at),
+            )
+            conn.executemany(
+                "INSERT INTO files (artifact_id, path, sha256, size) VALUES (?, ?, ?, ?)",
+                [(pending.id, source.relpath, source.sha256, source.size) for source in pending.files],
+            )
+            conn.executemany(
+                "INSERT INTO parents (child_id, position, parent_id) VALUES (?, ?, ?)",
+                [(pending.id, position, parent_id) for position, parent_id in enumerate(pending.parents)],
+            )
+            self._point_alias(conn, pending.name, _LATEST, pending.id)
+        if pending.cache_key is not None:
+            conn.execute("INSERT OR IGNORE INTO cache_keys (cache_key, artifact_id) VALUES (?, ?)",
+                         (pending.cache_key, pending.id))
+
+    @staticmethod
+    def _point_alias(conn: sqlite3.Connection, name: str, alias: str, artifact_id: str) -> None:
+        conn.execute(
+            "INSERT INTO aliases (name, alias, artifact_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (name, alias) DO UPDATE SET artifact_id = excluded.artifact_id",
+            (name, alias, artifact_id),
+        )
+
+    # ------------------------------------------------------------------ lookup
+
+    def resolve(self, ref: str) -> str:
+        """Return the full id that ``ref`` names. Tried in order: a full 64-hex id; ``name@alias``;
+        ``name:version``; a hex prefix of at least 4 digits matching exactly one id; a bare name (its
+        ``latest``). Raises :class:`UserError` if nothing matches or a prefix is ambiguous."""
+        with self._connect() as conn:
+            return self._resolve(conn, ref)
+
+    def _resolve(self, conn: sqlite3.Connection, ref: str) -> str:
+        if not isinstance(ref, str) or not ref:
+            raise UserError(f"invalid artifact reference {ref!r}: expected an id, prefix, name, name@alias or "
+                            f"name:version")
+        lowered = ref.lower()
+        if _HEX64.fullmatch(lowered):
+            if conn.execute("SELECT 1 FROM artifacts WHERE id = ?", (lowered,)).fetchone():
+                return lowered
+        if "@" in ref:
+            name, _, alias = ref.partition("@")
+            row = conn.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = ?",
+                               (name, alias)).fetchone()
+            if row is None:
+                raise UserError(f"unknown artifact reference {ref!r}: name {name!r} has no alias {alias!r}")
+            return str(row[0])
+        name, colon, version = ref.rpartition(":")
+        if colon and version.isdigit():
+            row = conn.execute("SELECT id FROM artifacts WHERE name = ? AND version = ?",
+                               (name, int(version))).fetchone()
+            if row is None:
+                raise UserError(f"unknown artifact reference {ref!r}: name {name!r} has no version {int(version)}")
+            return str(row[0])
+        if _HEX_PREFIX.fullmatch(lowered):
+            # Hex digits sort below 'g', so [prefix, prefix + 'g') is exactly the ids starting with prefix.
+            rows = conn.execute("SELECT id FROM artifacts WHERE id >= ? AND id < ? LIMIT 2",
+                                (lowered, lowered + "g")).fetchall()
+            if len(rows) == 1:
+                return str(rows[0][0])
+            if rows:
+                count = conn.execute("SELECT COUNT(*) FROM artifacts WHERE id >= ? AND id < ?",
+                                     (lowered, lowered + "g")).fetchone()[0]
+                raise UserError(f"ambiguous artifact reference {ref!r}: the prefix matches {count} ids; give more "
+                                f"digits")
+        row = conn.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = ?",
+                           (ref, _LATEST)).fetchone()
+        if row is not None:
+            return str(row[0])
+        raise UserError(f"unknown artifact reference {ref!r}: no id, prefix or name matches")
+
+    def exists(self, artifact_id: str) -> bool:
+        """Whether a full artifact id is registered (no reference resolution)."""
+        with self._connect() as conn:
+            return conn.execute("SELECT 1 FROM artifacts WHERE id = ?", (artifact_id,)).fetchone() is not None
+
+    def get(self, ref: str) -> Artifact:
+        """Return the artifact that ``ref`` names (see :meth:`resolve`)."""
+        with self._connect() as conn:
+            artifact_id = self._resolve(conn, ref)
+            return self._load(conn, "a.id = ?", (artifact_id,))[0]
+
+    def list(self, kind: str | None = None, name: str | None = None) -> list[Artifact]:
+        """All artifacts, optionally only those of one kind and/or name, newest registration first."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if kind is not None:
+            clauses.append("a.kind = ?")
+            params.append(kind)
+        if name is not None:
+            clauses.append("a.name = ?")
+            params.append(name)
+        with self._connect() as conn:
+            return self._load(conn, " AND ".join(clauses) or "1", tuple(params))
+
+    def find_by_cache_key(self, cache_key: str) -> Artifact | None:
+        """The artifact most recently registered (or re-registered) under ``cache_key``, or None."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT artifact_id FROM cache_keys WHERE cache_key = ? ORDER BY seq DESC LIMIT 1",
+                               (cache_key,)).fetchone()
+            if row is None:
+                return None
+            return self._load(conn, "a.id = ?", (row[0],))[0]
+
+    def _load(self, conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> list[Artifact]:
+        """Read the artifacts matching ``where`` (over ``artifacts a``), newest first, with files, parents and
+        aliases, in one read transaction so the parts are consistent."""
+        selected = f"SELECT a.id FROM artifacts a WHERE {where}"
+        conn.execute("BEGIN")
+        try:
+            rows = conn.execute(
+                "SELECT a.id, a.kind, a.name, a.version, a.family, a.config, a.metrics, a.cache_key,"
+                f" a.code_version, a.packages, a.created_at FROM artifacts a WHERE {where} ORDER BY a.seq DESC",
+                params,
+            ).fetchall()
+            files: dict[str, list[FileEntry]] = {}
+            for artifact_id, path, sha256, size in conn.execute(
+                    f"SELECT artifact_id, path, sha256, size FROM files WHERE artifact_id IN ({selected})"
+                    " ORDER BY artifact_id, path", params):
+                files.setdefault(artifact_id, []).append(FileEntry(path=path, sha256=sha256, size=size))
+            parents: dict[str, list[str]] = {}
+            for child_id, parent_id in conn.execute(
+                    f"SELECT child_id, parent_id FROM parents WHERE child_id IN ({selected})"
+                    " ORDER BY child_id, position", params):
+                parents.setdefault(child_id, []).append(parent_id)
+            aliases: dict[str, list[str]] = {}
+            for artifact_id, alias in conn.execute(
+                    f"SELECT artifact_id, alias FROM aliases WHERE artifact_id IN ({selected}) ORDER BY alias",
+                    params):
+                aliases.setdefault(artifact_id, []).append(alias)
+        finally:
+            conn.execute("COMMIT")
+        return [
+            Artifact(
+                id=artifact_id, kind=kind, name=name, version=version, family=family, files=files.get(artifact_id, []),
+                config=json.loads(config), parents=parents.get(artifact_id, []), metrics=json.loads(metrics),
+                cache_key=cache_key, code_version=code_version, packages=json.loads(packages_json),
+                created_at=created_at, aliases=aliases.get(artifact_id, []),
+            )
+            for (artifact_id, kind, name, version, family, config, metrics, cache_key, code_version, packages_json,
+                 created_at) in rows
+        ]
+
+    # ------------------------------------------------------------------ files
+
+    def path(self, ref: str) -> Path:
+        """Return ``views/<id>/``, a read-only folder holding the artifact's files under their relative paths
+        (hard links to the blobs, copies where linking fails), materialising it first if needed.
+
+        The folder is built under a temporary name and renamed into place, so it appears complete or not at
+        all; when several callers race, all of them return the same valid folder."""
+        artifact = self.get(ref)
+        final = self._views / artifact.id
+        if final.is_dir():
+            return final
+        building = self._views / f".building-{artifact.id[:12]}-{uuid.uuid4().hex}"
+        try:
+            building.mkdir()
+            for entry in artifact.files:
+                target = building / entry.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                blob = self._blob_path(entry.sha256)
+                try:
+                    os.link(blob, target)
+                except OSError:
+                    shutil.copyfile(blob, target)
+                    os.chmod(target, 0o444)
+            for dirpath, _dirnames, _filenames in os.walk(building, topdown=False):
+                os.chmod(dirpath, 0o555)
+            try:
+                os.rename(building, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+        finally:
+            _remove_tree(building)
+        return final
+
+    # ------------------------------------------------------------------ aliases
+
+    def set_alias(self, name: str, alias: str, ref: str) -> None:
+        """Point ``name@alias`` at the artifact ``ref`` names, which must be an artifact called ``name``.
+        Aliases match ``[A-Za-z][A-Za-z0-9_.-]*``; ``latest`` may be set too, and registration moves it."""
+        if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
+            raise UserError(f"invalid alias {alias!r}: aliases must match [A-Za-z][A-Za-z0-9_.-]*")
+        with self._connect() as conn, self._transaction(conn):
+            artifact_id = self._resolve(conn, ref)
+            actual = conn.execute("SELECT name FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()[0]
+            if actual != name:
+                raise UserError(f"cannot set alias {name}@{alias}: {ref!r} is an artifact named {actual!r}, "
+                                f"not {name!r}")
+            self._point_alias(conn, name, alias, artifact_id)
+
+    # ------------------------------------------------------------------ lineage
+
+    def ancestors(self, ref: str) -> list[Artifact]:
+        """Every artifact ``ref`` was transitively made from, nearest first (breadth-first, parents in their
+        given order), each once; the artifact itself is not included."""
+        return self._walk(ref, "SELECT parent_id FROM parents WHERE child_id = ? ORDER BY position")
+
+    def descendants(self, ref: str) -> list[Artifact]:
+        """Every artifact transitively made from ``ref``, nearest first (breadth-first, children in
+        registration order), each once; the artifact itself is not included."""
+        return self._walk(ref, "SELECT p.child_id FROM parents p JOIN artifacts a ON a.id = p.child_id"
+                               " WHERE p.parent_id = ? ORDER BY a.seq")
+
+    def _walk(self, ref: str, neighbours_sql: str) -> list[Artifact]:
+        with self._connect() as conn:
+            start = self._resolve(conn, ref)
+            seen = {start}
+            order: list[str] = []
+            frontier = [start]
+            while frontier:
+                following: list[str] = []
+                for node in frontier:
+                    for (neighbour,) in conn.execute(neighbours_sql, (node,)):
+                        if neighbour not in seen:
+                            seen.add(neighbour)
+                            order.append(neighbour)
+                            following.append(neighbour)
+                frontier = following
+            by_id = {artifact.id: artifact for artifact in self._load_ids(conn, order)}
+        return [by_id[artifact_id] for artifact_id in order]
+
+    def _load_ids(self, conn: sqlite3.Connection, ids: Sequence[str]) -> list[Artifact]:
+        loaded: list[Artifact] = []
+        for start in range(0, len(ids), 500):
+            chunk = tuple(ids[start:start + 500])
+            loaded.extend(self._load(conn, f"a.id IN ({','.join('?' * len(chunk))})", chunk))
+        return loaded
+
+    def lineage_tree(self, ref: str) -> dict[str, Any]:
+        """``{"artifact": Artifact, "parents": [subtree, ...]}`` for ``ref`` and, recursively, its parents in
+        their given order. An ancestor reached along two paths appears in both subtrees."""
+        root_id = self.resolve(ref)
+        ancestors = {artifact.id: artifact for artifact in self.ancestors(root_id)}
+        ancestors[root_id] = self.get(root_id)
+
+        def subtree(artifact_id: str) -> dict[str, Any]:
+            artifact = ancestors[artifact_id]
+            return {"artifact": artifact, "parents": [subtree(parent) for parent in artifact.parents]}
+
+        return subtree(root_id)

@@ -1,0 +1,170 @@
+"""Shard stage: turn img2dataset's crawl output into split webdataset shards plus a manifest.
+
+Each good sample gets a stable key (a hash of its source key), a split chosen deterministically from that key
+(so a sample keeps its split whatever else is crawled), and lands in ``{split}-{n:06d}.tar`` in source order.
+Tars are written with fixed metadata (mtime 0, uid 0, sorted members) so the same input gives byte-identical
+shards and the dataset artifact's id is reproducible. The manifest (pyarrow) records every shard's sha256 and
+sample count, per-split totals and failures by reason; ``samples.parquet`` indexes every sample."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from vlforge.components.data.crawl import CrawlResult, local_url
+
+SPLITS = ("train", "validation")
+
+
+class ShardConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    samples_per_shard: int = Field(256, ge=1)
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    split_salt: str = "vlforge-split-v1"
+
+
+def sample_key(source_key: str) -> str:
+    return hashlib.sha256(source_key.encode()).hexdigest()[:16]
+
+
+def split_of(key: str, config: ShardConfig) -> str:
+    """Deterministic split by key: the same sample is in the same split in every crawl of every size."""
+    h = int(hashlib.sha256(f"{config.split_salt}:{key}".encode()).hexdigest()[:12], 16) / float(1 << 48)
+    return "validation" if h < config.validation_fraction else "train"
+
+
+def _read_crawl_tar(path: Path):
+    """Yield (img2dataset key, {ext: bytes}) groups in tar order."""
+    group: dict[str, bytes] = {}
+    current: str | None = None
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if current is not None and key != current:
+                yield current, group
+                group = {}
+            current = key
+            group[ext] = tar.extractfile(member).read()
+    if current is not None:
+        yield current, group
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+class _SplitWriter:
+    def __init__(self, out_dir: Path, split: str, per_shard: int) -> None:
+        self.out_dir, self.split, self.per_shard = out_dir, split, per_shard
+        self.shards: list[dict] = []
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+
+    def write(self, key: str, members: dict[str, bytes]) -> str:
+        if self._tar is None or self._count >= self.per_shard:
+            self._close()
+            name = f"{self.split}-{len(self.shards):06d}.tar"
+            self._tar = tarfile.open(self.out_dir / name, "w", format=tarfile.USTAR_FORMAT)
+            self.shards.append({"shard": name, "split": self.split, "samples": 0})
+            self._count = 0
+        for ext in sorted(members):
+            _add(self._tar, f"{key}.{ext}", members[ext])
+        self._count += 1
+        self.shards[-1]["samples"] += 1
+        return self.shards[-1]["shard"]
+
+    def _close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
+    def close(self) -> list[dict]:
+        self._close()
+        for s in self.shards:
+            data = (self.out_dir / s["shard"]).read_bytes()
+            s["sha256"] = hashlib.sha256(data).hexdigest()
+            s["bytes"] = len(data)
+        return self.shards
+
+
+def shard_crawl(crawl: CrawlResult, out_dir: Path, config: ShardConfig, source: dict) -> dict:
+    """Write split shards, ``samples.parquet`` and ``manifest.json`` into ``out_dir`` (which must be empty/new).
+    Returns the manifest. Images that do not decode are dropped and counted as ``undecodable``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writers = {s: _SplitWriter(out_dir, s, config.samples_per_shard) for s in SPLITS}
+    index: dict[str, list] = {k: [] for k in ("key", "split", "shard", "caption", "label", "facts", "url", "width", "height")}
+    failures = Counter(crawl.failures_by_reason)
+    seen: set[str] = set()
+    for crawl_tar in sorted(Path(crawl.output_dir).glob("*.tar")):
+        for _, members in _read_crawl_tar(crawl_tar):
+            meta = json.loads(members.get("json", b"{}"))
+            image_ext = next((e for e in ("jpg", "png", "webp") if e in members), None)
+            if image_ext is None:
+                failures["undecodable"] += 1
+                continue
+            try:
+                with Image.open(io.BytesIO(members[image_ext])) as im:
+                    im.load()
+                    width, height = im.size
+            except Exception:  # noqa: BLE001 - any decoder failure means the sample is unusable
+                failures["undecodable"] += 1
+                continue
+            key = sample_key(meta.get("source_key") or meta.get("url") or "")
+            if key in seen:
+                failures["duplicate"] += 1
+                continue
+            seen.add(key)
+            split = split_of(key, config)
+            caption = members.get("txt", b"").decode("utf-8", errors="replace")
+            record = {
+                "caption": caption,
+                "label": meta.get("label") or "",
+                "facts": json.loads(meta["facts"]) if meta.get("facts") else None,
+                "url": local_url(meta.get("url") or "", crawl.served_from),
+                "source_key": meta.get("source_key"),
+                "width": width,
+                "height": height,
+            }
+            shard = writers[split].write(
+                key, {image_ext: members[image_ext], "txt": caption.encode(), "json": json.dumps(record, sort_keys=True).encode()}
+            )
+            for col, val in (("key", key), ("split", split), ("shard", shard), ("caption", caption), ("label", record["label"]),
+                             ("facts", meta.get("facts") or ""), ("url", record["url"] or ""), ("width", width), ("height", height)):
+                index[col].append(val)
+    shards = [s for split in SPLITS for s in writers[split].close()]
+    pq.write_table(pa.table(index), out_dir / "samples.parquet")
+    pq.write_table(pa.Table.from_pylist(shards), out_dir / "shards.parquet")
+    counts = Counter(index["split"])
+    labels = sorted({lbl for lbl in index["label"] if lbl})
+    manifest = {
+        "format": "webdataset",
+        "source": source,
+        "samples": len(index["key"]),
+        "splits": {s: {"samples": counts.get(s, 0), "shards": [x["shard"] for x in shards if x["split"] == s]} for s in SPLITS},
+        "shards": shards,
+        "attempted": crawl.attempted,
+        "failures_by_reason": dict(sorted(failures.items())),
+        "labels": labels,
+        "has_facts": any(index["facts"]),
+    }
+    failures_src = Path(crawl.failures_path)
+    if failures_src.is_file():
+        (out_dir / "failures.parquet").write_bytes(failures_src.read_bytes())
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest

@@ -1,0 +1,49 @@
+"""Losses and feature utilities that several families share (one implementation each).
+
+``info_nce`` is the symmetric, multi-positive contrastive loss used by CLIP (and by VLMo's ITC, UNIMO's CMCL,
+VLKD's ITCL and Jin et al.'s CMCL/TCL as they land). ``gather_with_grad`` lets every data-parallel worker
+contrast against the whole global batch, as open_clip does, while gradients still reach the local features."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0 (rank order); identity outside torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def info_nce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor | float,
+    pos_mask: torch.Tensor | None = None,
+    symmetric: bool = True,
+) -> torch.Tensor:
+    """Contrastive loss between L2-normalised rows of ``q`` (N, D) and ``k`` (M, D).
+
+    Without ``pos_mask`` the positives are the diagonal (N == M): CLIP's ``½[CE(s·QKᵀ) + CE(s·KQᵀ)]``.
+    With a boolean ``pos_mask`` (N, M) every marked pair is a positive (UNIMO-style multi-positive):
+    ``-log Σ_pos e^{s·sim} / Σ_all e^{s·sim}`` per row, averaged; symmetric over columns too."""
+    logits = scale * (q @ k.t())
+    if pos_mask is None:
+        if q.shape[0] != k.shape[0]:
+            raise ValueError("info_nce without pos_mask needs as many queries as keys")
+        target = torch.arange(q.shape[0], device=q.device)
+        loss = F.cross_entropy(logits, target)
+        return 0.5 * (loss + F.cross_entropy(logits.t(), target)) if symmetric else loss
+    pos_mask = pos_mask.to(torch.bool)
+
+    def one_side(lg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        has_pos = mask.any(dim=1)
+        pos = torch.logsumexp(lg.masked_fill(~mask, float("-inf")), dim=1)
+        return (torch.logsumexp(lg, dim=1) - pos)[has_pos].mean()
+
+    loss = one_side(logits, pos_mask)
+    return 0.5 * (loss + one_side(logits.t(), pos_mask.t())) if symmetric else loss

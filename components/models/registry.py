@@ -1,0 +1,156 @@
+"""The family interface and registry: what the training loop and the evaluation tasks need from a model family.
+
+A family is a config schema (a pydantic ``Recipe`` subclass), named recipes stored as YAML beside its code, a
+model builder, a training objective and save/load. The Ray training loop (``components/training``) and the
+evaluation tasks only talk to this interface, so a new family plugs in by registering a ``Family`` subclass
+in its own folder under ``components/models/<family>/``; nothing in the loop changes."""
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from vlforge.errors import UserError
+
+FAMILY_FILE = "vlforge_family.json"  # written beside every checkpoint: which family and recipe made it
+
+
+class Recipe(BaseModel):
+    """Training hyperparameters every family shares; families subclass it with their architecture fields."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch size, split across Ray workers")
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    seed: int = 0
+    image_size: int = Field(64, ge=8)
+    max_text_length: int = Field(32, ge=4)
+    num_workers: int = Field(2, ge=1, description="Ray Train workers")
+    threads_per_worker: int = Field(1, ge=1)
+    use_gpu: bool = False
+    precision: str = Field("fp32", pattern="^(fp32|bf16)$")
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    shuffle_buffer: int = Field(512, ge=1)
+
+
+@dataclass
+class ImageTextBatch:
+    """What the loop hands a family each step (tensors already on the worker's device)."""
+
+    pixel_values: torch.Tensor  # (B, 3, H, W), normalised
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L)
+    captions: list[str]
+    keys: list[str]
+
+
+class Family(ABC):
+    """One model family. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    recipe_cls: ClassVar[type[Recipe]] = Recipe
+    capabilities: ClassVar[frozenset[str]] = frozenset()  # e.g. {"retrieval", "zero_shot_classification"}
+    image_mean: ClassVar[tuple[float, float, float]] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: ClassVar[tuple[float, float, float]] = (0.26862954, 0.26130258, 0.27577711)
+
+    # ---- recipes -------------------------------------------------------------------------------------
+    def recipe_dir(self) -> Path:
+        module = importlib.import_module(type(self).__module__)
+        return Path(module.__file__).parent / "recipes"
+
+    def recipe_names(self) -> list[str]:
+        return sorted(p.stem for p in self.recipe_dir().glob("*.yaml"))
+
+    def recipe(self, name: str = "tiny", overrides: dict[str, Any] | None = None) -> Recipe:
+        """Load a named recipe and apply validated overrides; UserError names the bad field."""
+        path = self.recipe_dir() / f"{name}.yaml"
+        if not path.is_file():
+            raise UserError(f"family '{self.name}' has no recipe '{name}' (recipes: {', '.join(self.recipe_names())})")
+        data = yaml.safe_load(path.read_text()) or {}
+        data.update(overrides or {})
+        return self.validate_recipe(data, f"recipe '{name}' of family '{self.name}'")
+
+    def validate_recipe(self, data: dict[str, Any], where: str) -> Recipe:
+        try:
+            return self.recipe_cls(**data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(x) for x in err["loc"]) or "?"
+            raise UserError(f"{where}: field '{field}': {err['msg']} (got {err.get('input')!r})") from None
+
+    # ---- model ---------------------------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module: ...
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
+        """Return the losses; key ``loss`` is optimised, the others are logged."""
+
+    def after_optimizer_step(self, model: nn.Module, recipe: Recipe) -> None:
+        """Hook for constraints applied after each update (e.g. CLIP's logit-scale clamp)."""
+
+    def save(self, model: nn.Module, out_dir: Path, recipe: Recipe) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)  # type: ignore[operator]
+        (out_dir / FAMILY_FILE).write_text(
+            json.dumps({"family": self.name, "recipe": recipe.model_dump(mode="json")}, indent=2, sort_keys=True)
+        )
+
+    @abstractmethod
+    def load(self, model_dir: Path) -> nn.Module: ...
+
+    # ---- dual-encoder capability (families with "retrieval") ------------------------------------------
+    def encode_images(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"family '{self.name}' cannot embed images")
+
+    def encode_texts(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"family '{self.name}' cannot embed texts")
+
+
+_FAMILIES: dict[str, Family] = {}
+_BUILTIN_FAMILY_MODULES = ("vlforge.components.models.clip",)
+
+
+def register_family(cls: type[Family]) -> type[Family]:
+    _FAMILIES[cls.name] = cls()
+    return cls
+
+
+def _load_builtin() -> None:
+    for mod in _BUILTIN_FAMILY_MODULES:
+        importlib.import_module(mod)
+
+
+def get_family(name: str) -> Family:
+    _load_builtin()
+    if name not in _FAMILIES:
+        raise UserError(f"unknown family '{name}' (known: {', '.join(sorted(_FAMILIES))})")
+    return _FAMILIES[name]
+
+
+def family_names() -> list[str]:
+    _load_builtin()
+    return sorted(_FAMILIES)
+
+
+def read_family_file(model_dir: Path) -> tuple[Family, Recipe]:
+    """Which family and recipe produced the checkpoint in ``model_dir``."""
+    path = model_dir / FAMILY_FILE
+    if not path.is_file():
+        raise UserError(f"'{model_dir}' is not a vlforge model (no {FAMILY_FILE})")
+    meta = json.loads(path.read_text())
+    family = get_family(meta["family"])
+    return family, family.validate_recipe(meta["recipe"], f"'{path}'")

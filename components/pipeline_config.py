@@ -1,0 +1,86 @@
+"""The pipeline's configuration as data: one pydantic model, loadable from YAML, with the embedded default
+that ``make demo`` runs (the builtin shapes source through a tiny CLIP)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vlforge.components.data.crawl import CrawlConfig
+from vlforge.components.data.shard import ShardConfig
+from vlforge.components.tokenizer import TokenizerConfig
+from vlforge.errors import UserError
+
+
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: str = "builtin:shapes?n=2000"
+    name: str | None = None  # dataset name in the catalog; default from the spec
+    url_col: str = "url"
+    caption_col: str = "caption"
+    path_col: str = "path"
+    label_col: str | None = None
+    key_col: str | None = None
+
+
+class TrainStageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    family: str = "clip"
+    recipe: str = "tiny"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    ray_address: str | None = None
+
+
+class EvalStageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: list[str] = Field(default_factory=lambda: ["retrieval", "zero_shot_classification"])
+    split: str = Field("validation", pattern="^(train|validation|all)$")
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    crawl: CrawlConfig = Field(default_factory=lambda: CrawlConfig(image_size=64))
+    shard: ShardConfig = Field(default_factory=ShardConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=lambda: TokenizerConfig(vocab_size=512))
+    train: TrainStageConfig = Field(default_factory=TrainStageConfig)
+    eval: EvalStageConfig = Field(default_factory=EvalStageConfig)
+
+
+def validation_message(where: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(x) for x in err["loc"]) or "?"
+    return f"{where}: field '{field}': {err['msg']} (got {err.get('input')!r})"
+
+
+def load_pipeline_config(path: Path | None) -> PipelineConfig:
+    if path is None:
+        return PipelineConfig()
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping at top level")
+    try:
+        return PipelineConfig(**data)
+    except ValidationError as exc:
+        raise UserError(validation_message(f"config file '{path}'", exc)) from None
+
+
+def parse_assignments(pairs: list[str], where: str = "--set") -> dict[str, Any]:
+    """``["batch_size=64", "lr=1e-3"]`` -> ``{"batch_size": 64, "lr": 0.001}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{where} '{pair}' is not KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out

@@ -1,0 +1,271 @@
+"""The pipeline's stages as plain functions over the catalog: ingest, tokenizer, train, evaluate.
+
+Each stage takes artifact references and a config, computes its cache key — the ids of its input artifacts,
+its full config and a fingerprint of the code it runs — and returns the catalog entry that key already names,
+or does the work in ``$VLFORGE_HOME/work/<stage>/<key>/`` and registers the result with its parents. The same
+key always gives the same work folder, so a stage killed part-way resumes (img2dataset's incremental mode, Ray
+Train's checkpoints). Prefect flows (``flows/``) call these and use the same keys for their task cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from vlforge.catalog import Artifact, Catalog, detect_code_version, packages_snapshot
+from vlforge.components.data.crawl import CrawlConfig, check_nonempty, crawl
+from vlforge.components.data.shard import ShardConfig, shard_crawl
+from vlforge.components.models.registry import get_family
+from vlforge.components.pipeline_config import SourceConfig
+from vlforge.components.sources import shapes
+from vlforge.components.sources.tables import SourceRows, load_local_table, load_url_list, sniff_table_kind
+from vlforge.components.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+from vlforge.errors import UserError
+from vlforge.settings import work_root
+
+COMPONENTS_DIR = Path(__file__).resolve().parent
+REPO_DIR = COMPONENTS_DIR.parent
+PACKAGES = ("vlforge", "torch", "transformers", "tokenizers", "img2dataset", "webdataset", "pyarrow", "ray", "prefect", "numpy", "pillow")
+# The code each stage runs, fingerprinted into its cache key (Prefect's TASK_SOURCE would only see the wrapper).
+STAGE_CODE = {
+    "ingest": ("data", "sources", "stages.py"),
+    "tokenizer": ("tokenizer.py", "stages.py"),
+    "train": ("training", "models", "losses.py", "data/loader.py", "tokenizer.py", "plots.py", "stages.py"),
+    "eval": ("evaluation", "models", "data/loader.py", "tokenizer.py", "stages.py"),
+}
+
+
+@dataclass
+class StageResult:
+    artifact: Artifact
+    cached: bool
+    seconds: float
+
+
+def code_fingerprint(stage: str) -> str:
+    h = hashlib.sha256()
+    for rel in STAGE_CODE[stage]:
+        root = COMPONENTS_DIR / rel
+        files = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for f in files:
+            if f.is_file() and f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
+                h.update(f.relative_to(COMPONENTS_DIR).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def stage_key(stage: str, inputs: dict[str, str], config: dict[str, Any]) -> str:
+    payload = {"stage": stage, "inputs": inputs, "config": config, "code": code_fingerprint(stage)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _register(catalog: Catalog, **kwargs: Any) -> Artifact:
+    return catalog.register(code_version=detect_code_version(REPO_DIR), packages=packages_snapshot(PACKAGES), **kwargs)
+
+
+def _require_kind(catalog: Catalog, ref: str, kind: str, option: str) -> Artifact:
+    art = catalog.get(ref)
+    if art.kind != kind:
+        raise UserError(f"{option} '{ref}' is a {art.kind}, not a {kind}")
+    return art
+
+
+def _fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ ingest
+@dataclass
+class ResolvedSource:
+    kind: str  # builtin | url-list | local
+    name: str
+    fingerprint: str
+    describe: dict[str, Any]
+
+
+def _safe_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "dataset"
+    return name if name[0].isalnum() else f"d{name}"
+
+
+def resolve_source(cfg: SourceConfig) -> ResolvedSource:
+    """Validate a source and fingerprint its content without crawling it (cheap; runs before any work)."""
+    spec = cfg.spec.strip()
+    if not spec:
+        raise UserError("source is empty")
+    if spec.startswith("builtin:"):
+        params = shapes.parse_builtin_source(spec)
+        code = hashlib.sha256(Path(shapes.__file__).read_bytes()).hexdigest()
+        fp = hashlib.sha256(json.dumps({**params, "code": code}, sort_keys=True).encode()).hexdigest()
+        return ResolvedSource("builtin", _safe_name(cfg.name or params["name"]), fp, {"spec": spec, **params})
+    path = Path(spec).expanduser()
+    kind = "local" if sniff_table_kind(path, cfg.url_col, cfg.path_col) == "local" else "url-list"
+    rows = _load_rows(cfg, kind, path)
+    name = _safe_name(cfg.name or path.stem)
+    return ResolvedSource(kind, name, rows.fingerprint, {"spec": str(path.resolve()), **rows.description})
+
+
+def _load_rows(cfg: SourceConfig, kind: str, path: Path) -> SourceRows:
+    if kind == "local":
+        return load_local_table(path, cfg.path_col, cfg.caption_col, cfg.label_col, cfg.key_col)
+    return load_url_list(path, cfg.url_col, cfg.caption_col, cfg.label_col)
+
+
+def _builtin_rows(params: dict, work: Path) -> SourceRows:
+    table_path = shapes.generate_shapes(work / "generated", n=params["n"], seed=params["seed"], image_size=params["image_size"])
+    rows = load_local_table(table_path, "path", "caption", "label", "key")
+    facts = pq.read_table(table_path, columns=["facts"]).column("facts")
+    rows.table = rows.table.set_column(rows.table.column_names.index("facts"), "facts", facts)
+    rows.description = {"kind": "builtin", **params}
+    return rows
+
+
+def ingest_key(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig) -> tuple[str, ResolvedSource]:
+    src = resolve_source(cfg)
+    config = {"source": cfg.model_dump(), "fingerprint": src.fingerprint, "crawl": crawl_cfg.model_dump(), "shard": shard_cfg.model_dump()}
+    return stage_key("ingest", {}, config), src
+
+
+def run_ingest(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig, catalog: Catalog) -> StageResult:
+    start = time.perf_counter()
+    key, src = ingest_key(cfg, crawl_cfg, shard_cfg)
+    if (hit := catalog.find_by_cache_key(key)) is not None:
+        return StageResult(hit, True, time.perf_counter() - start)
+    work = work_root() / "ingest" / key[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    rows = _builtin_rows(src.describe, work) if src.kind == "builtin" else _load_rows(cfg, src.kind, Path(cfg.spec).expanduser())
+    result = crawl(rows, work / "crawl", crawl_cfg)
+    check_nonempty(result, cfg.spec)
+    out = _fresh_dir(work / "dataset")
+    manifest = shard_crawl(result, out, shard_cfg, {"kind": src.kind, **src.describe})
+    if manifest["samples"] == 0:
+        raise UserError(f"source '{cfg.spec}' yielded no decodable images")
+    _write_dataset_card(out, src, manifest)
+    metrics = {
+        "samples": manifest["samples"],
+        "train_samples": manifest["splits"]["train"]["samples"],
+        "validation_samples": manifest["splits"]["validation"]["samples"],
+        "attempted": manifest["attempted"],
+        "failed": manifest["attempted"] - manifest["samples"],
+        "shards": len(manifest["shards"]),
+    }
+    art = _register(
+        catalog, kind="dataset", name=src.name, files=out,
+        config={"source": cfg.model_dump(), "crawl": crawl_cfg.model_dump(), "shard": shard_cfg.model_dump()},
+        metrics=metrics, cache_key=key,
+    )
+    shutil.rmtree(work, ignore_errors=True)  # the catalog holds the shards now
+    return StageResult(art, False, time.perf_counter() - start)
+
+
+def _write_dataset_card(out: Path, src: ResolvedSource, manifest: dict) -> None:
+    failures = "\n".join(f"| {k} | {v} |" for k, v in manifest["failures_by_reason"].items()) or "| (none) | 0 |"
+    splits = "\n".join(f"| {s} | {v['samples']} | {len(v['shards'])} |" for s, v in manifest["splits"].items())
+    (out / "README.md").write_text(
+        f"# Dataset card: {src.name}\n\nSource: `{src.describe.get('spec')}` ({src.kind}).\n"
+        f"Crawled with img2dataset into webdataset shards; split deterministically by sample key.\n\n"
+        f"| split | samples | shards |\n|---|---|---|\n{splits}\n\n"
+        f"Attempted {manifest['attempted']} rows; kept {manifest['samples']}.\n\n"
+        f"| failure reason | count |\n|---|---|\n{failures}\n\n"
+        f"Labels: {', '.join(manifest['labels']) or 'none'}. Scene facts: {'yes' if manifest['has_facts'] else 'no'}.\n"
+        f"Licence: that of the source's images and captions; check it before redistributing.\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+def run_tokenizer(data_ref: str, cfg: TokenizerConfig, catalog: Catalog) -> StageResult:
+    start = time.perf_counter()
+    dataset = _require_kind(catalog, data_ref, "dataset", "--data")
+    key = stage_key("tokenizer", {"dataset": dataset.id}, cfg.model_dump())
+    if (hit := catalog.find_by_cache_key(key)) is not None:
+        return StageResult(hit, True, time.perf_counter() - start)
+    samples = pq.read_table(catalog.path(dataset.id) / "samples.parquet", columns=["caption", "split"]).to_pylist()
+    captions = [s["caption"] for s in samples if s["split"] == "train"]
+    out = _fresh_dir(work_root() / "tokenizer" / key[:16])
+    train_tokenizer(captions, out, cfg)
+    art = _register(catalog, kind="tokenizer", name=f"{dataset.name}-tokenizer", files=out, config=cfg.model_dump(),
+                    parents=[dataset.id], metrics={"vocab_size": len(load_tokenizer(out))}, cache_key=key)
+    shutil.rmtree(out, ignore_errors=True)
+    return StageResult(art, False, time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------- train
+def train_plan(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: str, tokenizer_ref: str,
+               catalog: Catalog) -> tuple[str, Artifact, Artifact, BaseModel]:
+    family = get_family(family_name)
+    recipe = family.recipe(recipe_name, overrides)
+    dataset = _require_kind(catalog, data_ref, "dataset", "--data")
+    tokenizer = _require_kind(catalog, tokenizer_ref, "tokenizer", "--tokenizer")
+    vocab = int(tokenizer.metrics.get("vocab_size", 0))
+    if getattr(recipe, "vocab_size", None) and vocab > recipe.vocab_size:
+        raise UserError(f"tokenizer '{tokenizer_ref}' has {vocab} tokens, more than the recipe's vocab_size {recipe.vocab_size}")
+    config = {"family": family.name, "recipe": recipe_name, "values": recipe.model_dump(mode="json")}
+    key = stage_key("train", {"dataset": dataset.id, "tokenizer": tokenizer.id}, config)
+    return key, dataset, tokenizer, recipe
+
+
+def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: str, tokenizer_ref: str,
+              catalog: Catalog, ray_address: str | None = None) -> StageResult:
+    from vlforge.components.plots import plot_training_log
+    from vlforge.components.training.loop import TRAIN_LOG, train
+
+    start = time.perf_counter()
+    key, dataset, tokenizer, recipe = train_plan(family_name, recipe_name, overrides, data_ref, tokenizer_ref, catalog)
+    if (hit := catalog.find_by_cache_key(key)) is not None:
+        return StageResult(hit, True, time.perf_counter() - start)
+    work = work_root() / "train" / key[:16]
+    out = work / "model"
+    summary = train(family_name=family_name, recipe=recipe, dataset_dir=catalog.path(dataset.id),
+                    tokenizer_dir=catalog.path(tokenizer.id), run_dir=work / "ray" / f"run-{key[:16]}", out_dir=out,
+                    ray_address=ray_address)
+    history = [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines() if line]
+    plot_training_log(history, out / "loss.png", f"{family_name} / {recipe_name} on {dataset.name}")
+    art = _register(
+        catalog, kind="model", name=f"{family_name}-{dataset.name}", family=family_name, files=out,
+        config={"family": family_name, "recipe": recipe_name, "values": recipe.model_dump(mode="json")},
+        parents=[dataset.id, tokenizer.id], metrics={k: round(float(v), 6) for k, v in summary.items()}, cache_key=key,
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return StageResult(art, False, time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------------ eval
+def eval_plan(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog) -> tuple[str, Artifact, Artifact]:
+    from vlforge.components.evaluation.runner import TASKS
+
+    model = _require_kind(catalog, model_ref, "model", "--model")
+    dataset = _require_kind(catalog, data_ref, "dataset", "--data")
+    family = get_family(model.family or "")
+    for task in tasks:
+        if task not in TASKS:
+            raise UserError(f"unknown evaluation task '{task}' (tasks: {', '.join(TASKS)})")
+        if task not in family.capabilities:
+            raise UserError(f"family '{family.name}' does not support task '{task}'")
+    if split not in ("train", "validation", "all"):
+        raise UserError(f"--split '{split}' is not one of train, validation, all")
+    key = stage_key("eval", {"model": model.id, "dataset": dataset.id}, {"tasks": sorted(tasks), "split": split})
+    return key, model, dataset
+
+
+def run_eval(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog) -> StageResult:
+    from vlforge.components.evaluation.runner import evaluate
+
+    start = time.perf_counter()
+    key, model, dataset = eval_plan(model_ref, data_ref, tasks, split, catalog)
+    if (hit := catalog.find_by_cache_key(key)) is not None:
+        return StageResult(hit, True, time.perf_counter() - start)
+    out = _fresh_dir(work_root() / "eval" / key[:16])
+    metrics = evaluate(catalog.path(model.id), catalog.path(dataset.id), split, sorted(tasks), out)
+    art = _register(catalog, kind="eval", name=f"{model.name}-eval", family=model.family, files=out,
+                    config={"tasks": sorted(tasks), "split": split}, parents=[model.id, dataset.id],
+                    metrics={k: round(v, 6) for k, v in metrics.items()}, cache_key=key)
+    shutil.rmtree(out, ignore_errors=True)
+    return StageResult(art, False, time.perf_counter() - start)

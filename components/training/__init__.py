@@ -1,0 +1,1 @@
+"""The one training loop every family shares, distributed with Ray Train (TorchTrainer)."""

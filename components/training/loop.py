@@ -1,0 +1,199 @@
+"""The shared training loop: any registered family, any catalog dataset, trained with Ray Train.
+
+``train(...)`` launches a ``TorchTrainer`` (gloo on CPU, NCCL with ``use_gpu``) whose workers each build the
+family's model with the same seed, stream their part of the training shards (``components/data/loader.py``),
+run the family's objective under optional bf16 autocast, and every ``checkpoint_every`` steps report a
+checkpoint: the model's ``save_pretrained`` directory, the tokenizer, the optimiser/scheduler state and the
+training log. A run restarted with the same ``run_dir`` resumes from its last checkpoint and ends with the same
+weights an uninterrupted run would have (CPU, same seed)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlforge.components.data.loader import ImageTransform, decode_image, split_shards, training_stream
+from vlforge.components.models.registry import ImageTextBatch, Recipe, get_family
+from vlforge.components.tokenizer import copy_tokenizer, load_tokenizer
+
+TRAIN_STATE = "train_state.pt"
+TRAIN_LOG = "train_log.jsonl"
+
+
+def _special_ids(tokenizer) -> dict[str, int]:
+    return {
+        name: getattr(tokenizer, f"{name}_token_id")
+        for name in ("pad", "bos", "eos", "mask", "unk")
+        if getattr(tokenizer, f"{name}_token_id", None) is not None
+    }
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, embeddings' scalars and the temperature (open_clip's rule)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_lambda(recipe: Recipe):
+    def f(step: int) -> float:
+        if step < recipe.warmup_steps:
+            return (step + 1) / max(1, recipe.warmup_steps)
+        progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def train_worker(cfg: dict[str, Any]) -> None:
+    """Runs inside each Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    family = get_family(cfg["family"])
+    recipe = family.validate_recipe(cfg["recipe"], "recipe")
+    torch.set_num_threads(recipe.threads_per_worker)
+    torch.manual_seed(recipe.seed)
+    tokenizer = load_tokenizer(cfg["tokenizer_dir"])
+    model = family.build_model(recipe, len(tokenizer), _special_ids(tokenizer))
+    start_step, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    opt_state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resumed = family.load(Path(d))
+            model.load_state_dict(resumed.state_dict())
+            opt_state = torch.load(Path(d) / TRAIN_STATE, weights_only=False)
+            start_step = opt_state["step"]
+            history = [json.loads(line) for line in (Path(d) / TRAIN_LOG).read_text().splitlines() if line]
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False}) if world > 1 else model.to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(recipe))
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state["optimizer"])
+        scheduler.load_state_dict(opt_state["scheduler"])
+
+    per_worker = max(1, recipe.batch_size // world)
+    stream = training_stream([Path(p) for p in cfg["train_shards"]], rank, world, recipe.seed, recipe.shuffle_buffer)
+    for _ in range(start_step * per_worker):  # deterministic resume: skip what was consumed, undecoded
+        next(stream)
+    transform = ImageTransform(recipe.image_size, family.image_mean, family.image_std)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+
+    model.train()
+    window_start, window_samples = time.perf_counter(), 0
+    for step in range(start_step, recipe.steps):
+        raws = [next(stream) for _ in range(per_worker)]
+        captions = [r.caption for r in raws]
+        enc = tokenizer(captions, padding="max_length", truncation=True, max_length=recipe.max_text_length, return_tensors="pt")
+        batch = ImageTextBatch(
+            pixel_values=torch.stack([transform(decode_image(r.image)) for r in raws]).to(device),
+            input_ids=enc["input_ids"].to(device),
+            attention_mask=enc["attention_mask"].to(device),
+            captions=captions,
+            keys=[r.key for r in raws],
+        )
+        with autocast:
+            losses = family.training_step(model, batch, recipe)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if recipe.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        family.after_optimizer_step(model, recipe)
+        window_samples += per_worker * world
+        done = step + 1
+        if done % recipe.log_every == 0 or done == recipe.steps or done % recipe.checkpoint_every == 0:
+            elapsed = time.perf_counter() - window_start
+            row = {"step": done, "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9)}
+            row.update({k: float(v.detach().float()) for k, v in losses.items()})
+            history.append(row)
+            window_start, window_samples = time.perf_counter(), 0
+            if done % recipe.checkpoint_every == 0 or done == recipe.steps:
+                with tempfile.TemporaryDirectory() as tmp:
+                    ckpt_dir = Path(tmp)
+                    if rank == 0:
+                        core = getattr(model, "module", model)
+                        family.save(core, ckpt_dir, recipe)
+                        copy_tokenizer(Path(cfg["tokenizer_dir"]), ckpt_dir)
+                        torch.save({"step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, ckpt_dir / TRAIN_STATE)
+                        (ckpt_dir / TRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in history))
+                        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))
+                    else:
+                        ray.train.report(row)
+            else:
+                ray.train.report(row)
+
+
+def train(
+    *,
+    family_name: str,
+    recipe: Recipe,
+    dataset_dir: Path,
+    tokenizer_dir: Path,
+    run_dir: Path,
+    out_dir: Path,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    """Train and copy the final checkpoint (without optimiser state) to ``out_dir``. Re-running with the same
+    ``run_dir`` resumes from its last checkpoint. Returns a summary: steps, final losses, samples/s, wall time."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from vlforge.components.training.ray_runtime import ensure_ray
+
+    ensure_ray(ray_address)
+    shards = [str(p) for p in split_shards(dataset_dir, "train")]
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "family": family_name,
+            "recipe": recipe.model_dump(mode="json"),
+            "train_shards": shards,
+            "tokenizer_dir": str(tokenizer_dir),
+        },
+        torch_config=TorchConfig(backend="nccl" if recipe.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=recipe.num_workers, use_gpu=recipe.use_gpu, resources_per_worker={"CPU": recipe.threads_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run '{run_dir}' finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(TRAIN_STATE))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    history = [json.loads(line) for line in (out_dir / TRAIN_LOG).read_text().splitlines() if line]
+    last = history[-1]
+    speeds = [h["samples_per_s"] for h in history[1:]] or [last["samples_per_s"]]
+    return {
+        "steps": last["step"],
+        "final_loss": last["loss"],
+        "first_loss": history[0]["loss"],
+        "samples_per_s": sorted(speeds)[len(speeds) // 2],
+        "wall_time_s": time.perf_counter() - start,
+    }

@@ -1,0 +1,52 @@
+"""Starting or joining Ray with every address on loopback.
+
+Locally vlforge starts a private Ray instance bound to 127.0.0.1 (never the machine's LAN interface) with token
+auth off, no dashboard and no usage stats. Given an address (``--ray-address`` / ``RAY_ADDRESS``) it joins that
+existing cluster instead."""
+from __future__ import annotations
+
+import os
+
+LOOPBACK_NODE_IP = "127.0.0.1"
+
+
+def ray_env() -> dict[str, str]:
+    return {
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_DEDUP_LOGS": "1",
+        "RAY_TRAIN_V2_ENABLED": os.environ.get("RAY_TRAIN_V2_ENABLED", "1"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to Ray once per process: to ``address`` if given, else a local instance on loopback."""
+    for key, value in ray_env().items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("VLFORGE_RAY_ADDRESS")
+    common = {"configure_logging": True, "logging_level": "WARNING", "log_to_driver": True,
+              "runtime_env": {"env_vars": ray_env()}}
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(
+            address="local",
+            _node_ip_address=LOOPBACK_NODE_IP,
+            num_cpus=num_cpus or os.cpu_count() or 2,
+            include_dashboard=False,
+            **common,
+        )
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

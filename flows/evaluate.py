@@ -1,0 +1,22 @@
+"""Eval flow: a catalog model + dataset -> a catalogued eval report (metrics, per-sample rows, plot).
+
+    vlforge run eval --model clip-shapes --data shapes --task retrieval
+"""
+from __future__ import annotations
+
+from prefect import flow
+
+from vlforge.components.stages import eval_plan
+from vlforge.flows.common import open_catalog, run_cached
+from vlforge.flows.stages import eval_task
+
+
+@flow(name="eval")
+def eval_flow(model: str, data: str, tasks: list[str], split: str = "validation") -> dict:
+    key, model_art, data_art = eval_plan(model, data, tasks, split, open_catalog())
+    report, cached = run_cached(eval_task, key, model=model_art.id, data=data_art.id, tasks=tasks, split=split)
+    return {"eval": report, "cached": {"eval": cached}}
+
+
+if __name__ == "__main__":
+    eval_flow.serve(name="eval", parameters={"model": "clip-shapes", "data": "shapes", "tasks": ["retrieval"]})

@@ -1,0 +1,34 @@
+"""One Prefect task per stage, each a thin call into ``components.stages`` with the stage's cache key."""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from vlforge.components import stages
+from vlforge.components.data.crawl import CrawlConfig
+from vlforge.components.data.shard import ShardConfig
+from vlforge.components.pipeline_config import SourceConfig
+from vlforge.components.tokenizer import TokenizerConfig
+from vlforge.flows.common import TASK_OPTIONS, open_catalog
+
+
+@task(name="ingest", **TASK_OPTIONS)
+def ingest_task(cache_key: str, source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig) -> str:
+    return stages.run_ingest(source, crawl, shard, open_catalog()).artifact.id
+
+
+@task(name="tokenizer", **TASK_OPTIONS)
+def tokenizer_task(cache_key: str, data: str, config: TokenizerConfig) -> str:
+    return stages.run_tokenizer(data, config, open_catalog()).artifact.id
+
+
+@task(name="train", **TASK_OPTIONS)
+def train_task(cache_key: str, family: str, recipe: str, overrides: dict[str, Any], data: str, tokenizer: str,
+               ray_address: str | None = None) -> str:
+    return stages.run_train(family, recipe, overrides, data, tokenizer, open_catalog(), ray_address).artifact.id
+
+
+@task(name="eval", **TASK_OPTIONS)
+def eval_task(cache_key: str, model: str, data: str, tasks: list[str], split: str) -> str:
+    return stages.run_eval(model, data, tasks, split, open_catalog()).artifact.id

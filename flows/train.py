@@ -1,0 +1,46 @@
+"""Train flow: a catalog dataset (+ tokenizer, trained on it when not given) -> a catalogued model.
+
+    vlforge run train --family clip --data shapes --recipe tiny
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from vlforge.components.stages import stage_key, train_plan
+from vlforge.components.tokenizer import TokenizerConfig
+from vlforge.flows.common import open_catalog, run_cached
+from vlforge.flows.stages import tokenizer_task, train_task
+
+
+@flow(name="tokenizer")
+def tokenizer_flow(data: str, config: TokenizerConfig) -> dict:
+    dataset = open_catalog().get(data)
+    key = stage_key("tokenizer", {"dataset": dataset.id}, config.model_dump())
+    tok, cached = run_cached(tokenizer_task, key, data=dataset.id, config=config)
+    return {"tokenizer": tok, "cached": {"tokenizer": cached}}
+
+
+@flow(name="train")
+def train_flow(family: str, data: str, recipe: str = "tiny", overrides: dict[str, Any] | None = None,
+               tokenizer: str | None = None, tokenizer_config: TokenizerConfig | None = None,
+               ray_address: str | None = None) -> dict:
+    catalog = open_catalog()
+    dataset_id = catalog.get(data).id
+    result: dict = {"dataset": dataset_id, "cached": {}}
+    if tokenizer is None:
+        tok = tokenizer_flow(dataset_id, tokenizer_config or TokenizerConfig())
+        tokenizer = tok["tokenizer"]
+        result["tokenizer"], result["cached"]["tokenizer"] = tokenizer, tok["cached"]["tokenizer"]
+    overrides = overrides or {}
+    key, _, tok_art, _ = train_plan(family, recipe, overrides, dataset_id, tokenizer, catalog)
+    model, cached = run_cached(train_task, key, family=family, recipe=recipe, overrides=overrides, data=dataset_id,
+                               tokenizer=tok_art.id, ray_address=ray_address)
+    result["tokenizer"] = tok_art.id
+    result["model"], result["cached"]["model"] = model, cached
+    return result
+
+
+if __name__ == "__main__":
+    train_flow.serve(name="train", parameters={"family": "clip", "data": "shapes"})
