@@ -204,9 +204,7 @@ def train_plan(family_name: str, recipe_name: str, overrides: dict[str, Any], da
     recipe = family.recipe(recipe_name, overrides)
     dataset = _require_kind(catalog, data_ref, "dataset", "--data")
     tokenizer = _require_kind(catalog, tokenizer_ref, "tokenizer", "--tokenizer")
-    vocab = int(tokenizer.metrics.get("vocab_size", 0))
-    if getattr(recipe, "vocab_size", None) and vocab > recipe.vocab_size:
-        raise UserError(f"tokenizer '{tokenizer_ref}' has {vocab} tokens, more than the recipe's vocab_size {recipe.vocab_size}")
+    family.preflight(recipe, load_tokenizer(catalog.path(tokenizer.id)))
     config = {"family": family.name, "recipe": recipe_name, "values": recipe.model_dump(mode="json")}
     key = stage_key("train", {"dataset": dataset.id, "tokenizer": tokenizer.id}, config)
     return key, dataset, tokenizer, recipe

@@ -181,13 +181,15 @@ def run_ingest(
 
     sections = _split_sections(parse_assignments(set_ or []), ("crawl", "shard"))
     defaults = PipelineConfig()
-    try:
-        src = SourceConfig(spec=source, name=name, url_col=url_col, caption_col=caption_col, path_col=path_col,
-                           label_col=label_col, key_col=key_col)
-        crawl = defaults.crawl.model_validate(defaults.crawl.model_dump() | sections["crawl"])
-        shard = defaults.shard.model_validate(defaults.shard.model_dump() | sections["shard"])
-    except ValidationError as exc:
-        raise UserError(validation_message("--set", exc)) from None
+    src = SourceConfig(spec=source, name=name, url_col=url_col, caption_col=caption_col, path_col=path_col,
+                       label_col=label_col, key_col=key_col)
+    validated = {}
+    for section, model in (("crawl", defaults.crawl), ("shard", defaults.shard)):
+        try:
+            validated[section] = model.model_validate(model.model_dump() | sections[section])
+        except ValidationError as exc:
+            raise UserError(validation_message(f"--set {section}.*", exc).replace("field '", f"field '{section}.")) from None
+    crawl, shard = validated["crawl"], validated["shard"]
     ingest_key(src, crawl, shard)  # validates the source before anything starts
     from vlforge.flows.ingest import ingest_flow
 

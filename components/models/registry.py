@@ -99,6 +99,9 @@ class Family(ABC):
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         """Return the losses; key ``loss`` is optimised, the others are logged."""
 
+    def preflight(self, recipe: Recipe, tokenizer: Any) -> None:
+        """Cheap checks before a run is launched (e.g. that the tokenizer fits the model); UserError on a mismatch."""
+
     def after_optimizer_step(self, model: nn.Module, recipe: Recipe) -> None:
         """Hook for constraints applied after each update (e.g. CLIP's logit-scale clamp)."""
 
@@ -118,6 +121,15 @@ class Family(ABC):
 
     def encode_texts(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"family '{self.name}' cannot embed texts")
+
+
+def special_token_ids(tokenizer: Any) -> dict[str, int]:
+    """The tokenizer's special-token ids by role (pad, bos, eos, mask, unk), those it has."""
+    return {
+        name: getattr(tokenizer, f"{name}_token_id")
+        for name in ("pad", "bos", "eos", "mask", "unk")
+        if getattr(tokenizer, f"{name}_token_id", None) is not None
+    }
 
 
 _FAMILIES: dict[str, Family] = {}

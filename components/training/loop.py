@@ -19,19 +19,11 @@ from typing import Any
 import torch
 
 from vlforge.components.data.loader import ImageTransform, decode_image, split_shards, training_stream
-from vlforge.components.models.registry import ImageTextBatch, Recipe, get_family
+from vlforge.components.models.registry import ImageTextBatch, Recipe, get_family, special_token_ids
 from vlforge.components.tokenizer import copy_tokenizer, load_tokenizer
 
 TRAIN_STATE = "train_state.pt"
 TRAIN_LOG = "train_log.jsonl"
-
-
-def _special_ids(tokenizer) -> dict[str, int]:
-    return {
-        name: getattr(tokenizer, f"{name}_token_id")
-        for name in ("pad", "bos", "eos", "mask", "unk")
-        if getattr(tokenizer, f"{name}_token_id", None) is not None
-    }
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -66,7 +58,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     torch.set_num_threads(recipe.threads_per_worker)
     torch.manual_seed(recipe.seed)
     tokenizer = load_tokenizer(cfg["tokenizer_dir"])
-    model = family.build_model(recipe, len(tokenizer), _special_ids(tokenizer))
+    model = family.build_model(recipe, len(tokenizer), special_token_ids(tokenizer))
     start_step, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     opt_state = None

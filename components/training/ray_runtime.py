@@ -1,13 +1,14 @@
 """Starting or joining Ray with every address on loopback.
 
-Locally vlforge starts a private Ray instance bound to 127.0.0.1 (never the machine's LAN interface) with token
+Locally vlforge starts a private Ray instance on a loopback address (127.0.0.2) (never the machine's LAN interface) with token
 auth off, no dashboard and no usage stats. Given an address (``--ray-address`` / ``RAY_ADDRESS``) it joins that
 existing cluster instead."""
 from __future__ import annotations
 
 import os
 
-LOOPBACK_NODE_IP = "127.0.0.1"
+# Ray replaces 127.0.0.1 with the machine's LAN address; any other loopback address is kept as given.
+LOOPBACK_NODE_IP = "127.0.0.2"
 
 
 def ray_env() -> dict[str, str]:

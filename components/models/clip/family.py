@@ -6,13 +6,23 @@ is a ``save_pretrained`` directory that ``CLIPModel.from_pretrained`` loads.
 Objective: symmetric InfoNCE over the global batch (features gathered across Ray workers) with a learnable
 temperature, ``s = exp(t)``, ``t₀ = log(1/0.07)``, clipped at 100 as in the paper (section 2.5).
 
+Pretrained text tower (open_clip's HF text towers): a recipe with ``text_tower`` (a local Hugging Face model
+directory, or ``minilm`` for the packaged all-MiniLM-L6-v2) builds ``hf_text.HFTextCLIPModel`` instead: the same
+ViT image tower, the pretrained encoder pooled (``text_pooler``: mean over the mask, or cls) and linearly
+projected, optionally frozen (``lock_text``, but the last ``lock_text_unlocked_layers`` layers). Its tokenizer
+must be the tower's own: ``tokenizer: {kind: pretrained, pretrained_dir: <tower dir>}``. The text_width,
+text_layers, text_heads and vocab_size fields are ignored then; the lock fields are ignored without a tower.
+
 Run:  vlforge run train --family clip --data shapes --recipe tiny
-Recipes: ``recipes/tiny.yaml`` (64 px, 2 CPU cores, minutes) and ``recipes/base.yaml`` (ViT-B/32, 151M params).
+Recipes: ``recipes/tiny.yaml`` (64 px, 2 CPU cores, minutes), ``recipes/base.yaml`` (ViT-B/32, 151M params)
+and ``recipes/tiny-minilm.yaml`` (tiny's image tower + frozen all-MiniLM-L6-v2 text tower).
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +31,10 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
 from vlforge.components.losses import gather_with_grad, info_nce
-from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, register_family
+from vlforge.components.models.clip.hf_text import MODEL_TYPE as HF_TEXT_MODEL_TYPE
+from vlforge.components.models.clip.hf_text import HFTextCLIPModel, build_hf_text_clip, check_tokenizer, resolve_text_tower
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, register_family, special_token_ids
+from vlforge.errors import UserError
 
 
 class ClipRecipe(Recipe):
@@ -38,6 +51,22 @@ class ClipRecipe(Recipe):
     logit_scale_init: float = math.log(1 / 0.07)
     max_logit_scale: float = Field(100.0, gt=0)
     gather_features: bool = True
+    text_tower: str | None = Field(None, description="a local HF model dir (or 'minilm'): pretrained text tower")
+    text_pooler: Literal["mean", "cls"] = "mean"
+    lock_text: bool = Field(False, description="freeze the pretrained text tower")
+    lock_text_unlocked_layers: int = Field(0, ge=0, description="with lock_text: leave the last N layers trainable")
+
+
+def vision_config(recipe: ClipRecipe) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=recipe.vision_width,
+        intermediate_size=recipe.vision_width * recipe.mlp_ratio,
+        num_hidden_layers=recipe.vision_layers,
+        num_attention_heads=recipe.vision_heads,
+        image_size=recipe.image_size,
+        patch_size=recipe.patch_size,
+        projection_dim=recipe.embed_dim,
+    )
 
 
 def clip_config(recipe: ClipRecipe, vocab_size: int, special_ids: dict[str, int]) -> CLIPConfig:
@@ -53,18 +82,9 @@ def clip_config(recipe: ClipRecipe, vocab_size: int, special_ids: dict[str, int]
         bos_token_id=special_ids.get("bos", 3),
         eos_token_id=special_ids.get("eos", 4),
     )
-    vision = CLIPVisionConfig(
-        hidden_size=recipe.vision_width,
-        intermediate_size=recipe.vision_width * recipe.mlp_ratio,
-        num_hidden_layers=recipe.vision_layers,
-        num_attention_heads=recipe.vision_heads,
-        image_size=recipe.image_size,
-        patch_size=recipe.patch_size,
-        projection_dim=recipe.embed_dim,
-    )
     return CLIPConfig(
         text_config=text.to_dict(),
-        vision_config=vision.to_dict(),
+        vision_config=vision_config(recipe).to_dict(),
         projection_dim=recipe.embed_dim,
         logit_scale_init_value=recipe.logit_scale_init,
     )
@@ -79,7 +99,27 @@ class ClipFamily(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, ClipRecipe)
-        return CLIPModel(clip_config(recipe, vocab_size, special_ids))
+        if recipe.text_tower is None:
+            return CLIPModel(clip_config(recipe, vocab_size, special_ids))
+        return build_hf_text_clip(
+            recipe.text_tower,
+            vision_config(recipe),
+            vocab_size=vocab_size,
+            special_ids=special_ids,
+            max_text_length=recipe.max_text_length,
+            projection_dim=recipe.embed_dim,
+            logit_scale_init_value=recipe.logit_scale_init,
+            text_pooler=recipe.text_pooler,
+            lock_text=recipe.lock_text,
+            lock_text_unlocked_layers=recipe.lock_text_unlocked_layers,
+        )
+
+    def preflight(self, recipe: Recipe, tokenizer: object) -> None:
+        assert isinstance(recipe, ClipRecipe)
+        if recipe.text_tower is not None:
+            check_tokenizer(resolve_text_tower(recipe.text_tower), len(tokenizer), special_token_ids(tokenizer), recipe.text_tower)
+        elif recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:
+            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, ClipRecipe)
@@ -99,15 +139,28 @@ class ClipFamily(Family):
             _unwrap(model).logit_scale.clamp_(0, math.log(recipe.max_logit_scale))
 
     def load(self, model_dir: Path) -> nn.Module:
-        return CLIPModel.from_pretrained(model_dir, local_files_only=True)
+        config_file = Path(model_dir) / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"'{model_dir}' holds no CLIP checkpoint (no config.json)")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type == HF_TEXT_MODEL_TYPE:
+            return HFTextCLIPModel.from_pretrained(model_dir, local_files_only=True)
+        if model_type == "clip":
+            return CLIPModel.from_pretrained(model_dir, local_files_only=True)
+        raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a CLIP one ('clip' or '{HF_TEXT_MODEL_TYPE}')")
 
     def encode_images(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        return F.normalize(_unwrap(model).get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
+        return F.normalize(_features(_unwrap(model).get_image_features(pixel_values=pixel_values)), dim=-1)
 
     def encode_texts(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = _unwrap(model).get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-        return F.normalize(out.pooler_output, dim=-1)
+        return F.normalize(_features(out), dim=-1)
 
 
-def _unwrap(model: nn.Module) -> CLIPModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the CLIPModel
+def _features(out: torch.Tensor | object) -> torch.Tensor:
+    """``get_*_features`` give a tensor (older transformers) or an output whose ``pooler_output`` is the projection."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output  # type: ignore[attr-defined]
+
+
+def _unwrap(model: nn.Module) -> CLIPModel | HFTextCLIPModel:
+    return getattr(model, "module", model)  # DistributedDataParallel wraps the model

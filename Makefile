@@ -1,0 +1,36 @@
+# vlforge: `make demo` installs and runs the pipeline on the embedded default; `make test` installs and runs the tests.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# The CPU build of torch goes in first so nothing pulls a CUDA build; bring your own CUDA torch on GPU machines.
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[test]"
+	# img2dataset pulls the `dataclasses` PyPI backport, which shadows the standard library inside Prefect's server
+	$(PIP) uninstall -y dataclasses || true
+	$(PY) -c "import dataclasses, sys; assert 'site-packages' not in dataclasses.__file__, dataclasses.__file__"
+	touch $@
+
+demo: install
+	$(VENV)/bin/vlforge run pipeline
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) bench/pipeline_bench.py
+
+clean:
+	rm -rf $(VENV) .vlforge

@@ -1,0 +1,65 @@
+"""Bad input through the real CLI: one line on stderr naming the problem, exit code 2, catalog unchanged."""
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli
+from vlforge.catalog import Catalog
+
+
+@pytest.fixture
+def seeded(home: Path, tmp_path: Path) -> Catalog:
+    """A catalog holding one tokenizer (not a dataset) so REF errors have something to resolve."""
+    catalog = Catalog(home / "catalog")
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    catalog.register(kind="tokenizer", name="some-tokenizer", files=tmp_path / "tok", config={})
+    return catalog
+
+
+def snapshot(catalog: Catalog) -> list[str]:
+    return sorted(a.id for a in catalog.list())
+
+
+def check_error(args: list[str], home: Path, catalog: Catalog, pattern: str) -> None:
+    before = snapshot(catalog)
+    proc = run_cli(args, home, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: ") and pattern in lines[-1], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert snapshot(catalog) == before
+
+
+def test_url_list_without_named_columns(home: Path, seeded: Catalog, tmp_path: Path) -> None:
+    pq.write_table(pa.table({"link": ["http://127.0.0.1:9/x.jpg"], "text": ["x"]}), tmp_path / "urls.parquet")
+    check_error(["run", "ingest", "--source", str(tmp_path / "urls.parquet")], home, seeded, "has no column 'url'")
+
+
+def test_empty_source(home: Path, seeded: Catalog, tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("url,caption\n")
+    check_error(["run", "ingest", "--source", str(tmp_path / "empty.csv")], home, seeded, "no rows with a URL")
+    check_error(["run", "ingest", "--source", "builtin:shapes?n=0"], home, seeded, "n")
+
+
+def test_unknown_family_and_ref(home: Path, seeded: Catalog) -> None:
+    check_error(["run", "train", "--family", "vilbert", "--data", "some-tokenizer"], home, seeded, "unknown family 'vilbert'")
+    check_error(["run", "eval", "--model", "nope", "--data", "nope"], home, seeded, "unknown artifact reference 'nope'")
+    check_error(["catalog", "show", "deadbeef"], home, seeded, "unknown artifact reference 'deadbeef'")
+
+
+def test_data_ref_that_is_not_a_dataset(home: Path, seeded: Catalog) -> None:
+    check_error(["run", "train", "--family", "clip", "--data", "some-tokenizer"], home, seeded, "is a tokenizer, not a dataset")
+
+
+def test_bad_config_values(home: Path, seeded: Catalog, tmp_path: Path) -> None:
+    check_error(["run", "train", "--family", "clip", "--data", "some-tokenizer", "--set", "batch_size=-4"], home, seeded,
+                "field 'batch_size'")
+    check_error(["run", "train", "--family", "clip", "--data", "some-tokenizer", "--set", "lr=fast"], home, seeded, "field 'lr'")
+    (tmp_path / "bad.yaml").write_text("crawl:\n  image_size: big\n")
+    check_error(["run", "pipeline", "--config", str(tmp_path / "bad.yaml")], home, seeded, "field 'crawl.image_size'")
+    (tmp_path / "neg.yaml").write_text("train:\n  overrides: {batch_size: -1}\n")
+    check_error(["run", "pipeline", "--config", str(tmp_path / "neg.yaml")], home, seeded, "field 'batch_size'")
+    check_error(["run", "ingest", "--source", "builtin:shapes", "--set", "crawl.image_size=big"], home, seeded, "field 'crawl.image_size'")
