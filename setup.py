@@ -10,4 +10,4 @@ for root in MAPPED:
     package_dir[f"vlforge.{root}"] = root
     packages.extend(f"vlforge.{root}.{sub}" for sub in find_packages(root))
 
-setup(packages=packages, package_dir=package_dir, package_data={"vlforge": ["recipes/*.yaml"]})
+setup(packages=packages, package_dir=package_dir, package_data={"": ["recipes/*.yaml"]})

@@ -7,10 +7,10 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from vlforge.components.data.crawl import CrawlConfig
 from vlforge.components.data.shard import ShardConfig
 from vlforge.components.tokenizer import TokenizerConfig
+
 from vlforge.errors import UserError
 
 

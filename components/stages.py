@@ -18,15 +18,24 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel
-
 from vlforge.catalog import Artifact, Catalog, detect_code_version, packages_snapshot
 from vlforge.components.data.crawl import CrawlConfig, check_nonempty, crawl
 from vlforge.components.data.shard import ShardConfig, shard_crawl
 from vlforge.components.models.registry import get_family
 from vlforge.components.pipeline_config import SourceConfig
 from vlforge.components.sources import shapes
-from vlforge.components.sources.tables import SourceRows, load_local_table, load_url_list, sniff_table_kind
-from vlforge.components.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+from vlforge.components.sources.tables import (
+    SourceRows,
+    load_local_table,
+    load_url_list,
+    sniff_table_kind,
+)
+from vlforge.components.tokenizer import (
+    TokenizerConfig,
+    load_tokenizer,
+    train_tokenizer,
+)
+
 from vlforge.errors import UserError
 from vlforge.settings import work_root
 

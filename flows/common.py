@@ -6,8 +6,8 @@ import hashlib
 from typing import Any
 
 from prefect.context import TaskRunContext
-
 from vlforge.catalog import Catalog
+
 from vlforge.errors import UserError
 from vlforge.settings import catalog_root
 

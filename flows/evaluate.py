@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from prefect import flow
-
 from vlforge.components.stages import eval_plan
 from vlforge.flows.common import open_catalog, run_cached
 from vlforge.flows.stages import eval_task

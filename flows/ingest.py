@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from prefect import flow
-
 from vlforge.components.data.crawl import CrawlConfig
 from vlforge.components.data.shard import ShardConfig
 from vlforge.components.pipeline_config import SourceConfig

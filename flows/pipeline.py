@@ -11,7 +11,6 @@ import time
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
-
 from vlforge.components.pipeline_config import PipelineConfig
 from vlforge.components.stages import eval_plan, ingest_key, stage_key, train_plan
 from vlforge.flows.common import open_catalog, run_cached

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-
 from vlforge.components import stages
 from vlforge.components.data.crawl import CrawlConfig
 from vlforge.components.data.shard import ShardConfig

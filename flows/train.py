@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-
 from vlforge.components.stages import stage_key, train_plan
 from vlforge.components.tokenizer import TokenizerConfig
 from vlforge.flows.common import open_catalog, run_cached

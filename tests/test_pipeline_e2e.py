@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from transformers import CLIPModel
-
 from conftest import cli_json, run_cli
+from transformers import CLIPModel
 from vlforge.catalog import Catalog
 
 pytestmark = pytest.mark.slow

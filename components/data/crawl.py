@@ -17,9 +17,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
-
 from vlforge.components.data.loopback import serve_files, url_for
 from vlforge.components.sources.tables import SourceRows
+
 from vlforge.errors import UserError
 
 

@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
-
 from vlforge.components.data.crawl import CrawlResult, local_url
 
 SPLITS = ("train", "validation")

@@ -5,7 +5,6 @@ from collections.abc import Sequence
 
 import torch
 from rich.progress import Progress
-
 from vlforge.components.data.loader import ImageTransform, RawSample, decode_image
 from vlforge.components.models.registry import Family, Recipe
 

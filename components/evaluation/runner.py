@@ -10,13 +10,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-
 from vlforge.components.data.loader import read_split
-from vlforge.components.evaluation.classification import class_weights, zero_shot_metrics
+from vlforge.components.evaluation.classification import (
+    class_weights,
+    zero_shot_metrics,
+)
 from vlforge.components.evaluation.embeddings import embed_images, embed_texts
-from vlforge.components.evaluation.retrieval import KS, retrieval_metrics, unique_captions
+from vlforge.components.evaluation.retrieval import (
+    KS,
+    retrieval_metrics,
+    unique_captions,
+)
 from vlforge.components.models.registry import read_family_file
 from vlforge.components.tokenizer import load_tokenizer
+
 from vlforge.errors import UserError
 
 TASKS = ("retrieval", "zero_shot_classification")

@@ -133,7 +133,7 @@ def special_token_ids(tokenizer: Any) -> dict[str, int]:
 
 
 _FAMILIES: dict[str, Family] = {}
-_BUILTIN_FAMILY_MODULES = ("vlforge.components.models.clip",)
+MODELS_DIR = Path(__file__).resolve().parent
 
 
 def register_family(cls: type[Family]) -> type[Family]:
@@ -142,8 +142,9 @@ def register_family(cls: type[Family]) -> type[Family]:
 
 
 def _load_builtin() -> None:
-    for mod in _BUILTIN_FAMILY_MODULES:
-        importlib.import_module(mod)
+    """Import every family package under components/models/ (each registers itself); a new folder needs no edit here."""
+    for pkg in sorted(p.parent.name for p in MODELS_DIR.glob("*/__init__.py")):
+        importlib.import_module(f"vlforge.components.models.{pkg}")
 
 
 def get_family(name: str) -> Family:

@@ -17,9 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from vlforge.components.data.loader import ImageTransform, decode_image, split_shards, training_stream
-from vlforge.components.models.registry import ImageTextBatch, Recipe, get_family, special_token_ids
+from vlforge.components.data.loader import (
+    ImageTransform,
+    decode_image,
+    split_shards,
+    training_stream,
+)
+from vlforge.components.models.registry import (
+    ImageTextBatch,
+    Recipe,
+    get_family,
+    special_token_ids,
+)
 from vlforge.components.tokenizer import copy_tokenizer, load_tokenizer
 
 TRAIN_STATE = "train_state.pt"
@@ -144,7 +153,6 @@ def train(
     ``run_dir`` resumes from its last checkpoint. Returns a summary: steps, final losses, samples/s, wall time."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
     from vlforge.components.training.ray_runtime import ensure_ray
 
     ensure_ray(ray_address)

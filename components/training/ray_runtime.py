@@ -1,8 +1,8 @@
 """Starting or joining Ray with every address on loopback.
 
 Locally vlforge starts a private Ray instance on a loopback address (127.0.0.2) (never the machine's LAN interface) with token
-auth off, no dashboard and no usage stats. Given an address (``--ray-address`` / ``RAY_ADDRESS``) it joins that
-existing cluster instead."""
+auth off, no dashboard and no usage stats. Given an address (``--ray-address``, ``train.ray_address`` in a pipeline
+config, or the ``VLFORGE_RAY_ADDRESS`` / ``RAY_ADDRESS`` environment variables) it joins that existing cluster."""
 from __future__ import annotations
 
 import os
@@ -31,8 +31,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("VLFORGE_RAY_ADDRESS")
+    address = address or os.environ.get("VLFORGE_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    # Ray Train's placement-group cleaner polls the state API, which needs the dashboard we don't start; its
+    # warnings every few seconds would bury real output, so Ray's own workers log errors only.
     common = {"configure_logging": True, "logging_level": "WARNING", "log_to_driver": True,
+              "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="ERROR"),
               "runtime_env": {"env_vars": ray_env()}}
     if address:
         ray.init(address=address, **common)

@@ -15,8 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from vlforge.catalog import (
+    Artifact,
+    Catalog,
+    FileEntry,
+    detect_code_version,
+    packages_snapshot,
+)
 
-from vlforge.catalog import Artifact, Catalog, FileEntry, detect_code_version, packages_snapshot
 from vlforge.errors import UserError
 
 

@@ -9,7 +9,6 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-
 from vlforge.components.sources.shapes import (
     COLORS,
     INVERSE_RELATION,
@@ -24,6 +23,7 @@ from vlforge.components.sources.shapes import (
     parse_builtin_source,
     render_scene,
 )
+
 from vlforge.errors import UserError
 
 SHAPE_WORDS = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}}

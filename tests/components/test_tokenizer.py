@@ -1,8 +1,12 @@
 from pathlib import Path
 
 import pytest
+from vlforge.components.tokenizer import (
+    TokenizerConfig,
+    load_tokenizer,
+    train_tokenizer,
+)
 
-from vlforge.components.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 from vlforge.errors import UserError
 
 CAPTIONS = ["a small red circle left of a blue square", "two green triangles", "a large yellow star above a cyan cross"] * 20

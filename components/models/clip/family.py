@@ -29,11 +29,22 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
-
 from vlforge.components.losses import gather_with_grad, info_nce
 from vlforge.components.models.clip.hf_text import MODEL_TYPE as HF_TEXT_MODEL_TYPE
-from vlforge.components.models.clip.hf_text import HFTextCLIPModel, build_hf_text_clip, check_tokenizer, resolve_text_tower
-from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, register_family, special_token_ids
+from vlforge.components.models.clip.hf_text import (
+    HFTextCLIPModel,
+    build_hf_text_clip,
+    check_tokenizer,
+    resolve_text_tower,
+)
+from vlforge.components.models.registry import (
+    Family,
+    ImageTextBatch,
+    Recipe,
+    register_family,
+    special_token_ids,
+)
+
 from vlforge.errors import UserError
 
 

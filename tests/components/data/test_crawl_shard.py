@@ -1,7 +1,6 @@
 """Crawl with the real img2dataset against loopback servers, then shard; checks outcomes, not calls."""
 import hashlib
 import io
-import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -11,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
-
 from vlforge.components.data.crawl import CrawlConfig, crawl, failure_reason
 from vlforge.components.data.shard import ShardConfig, shard_crawl, split_of
 from vlforge.components.sources.tables import load_local_table, load_url_list

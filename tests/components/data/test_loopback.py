@@ -3,7 +3,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from vlforge.components.data.loopback import serve_files, url_for
 
 

@@ -1,7 +1,9 @@
 import pytest
 import torch
-
-from vlforge.components.evaluation.classification import class_weights, zero_shot_metrics
+from vlforge.components.evaluation.classification import (
+    class_weights,
+    zero_shot_metrics,
+)
 from vlforge.components.evaluation.retrieval import retrieval_metrics, unique_captions
 
 

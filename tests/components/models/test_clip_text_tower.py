@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, CLIPModel
-
-from vlforge.components.models.clip import ClipFamily
-from vlforge.components.models.clip import hf_text
+from vlforge.components.models.clip import ClipFamily, hf_text
 from vlforge.components.models.clip.hf_text import HFTextCLIPModel, minilm_dir
 from vlforge.components.models.registry import ImageTextBatch
 from vlforge.components.models.registry import special_token_ids as _special_ids
 from vlforge.components.training.loop import _param_groups
+
 from vlforge.errors import UserError
 
 SMALL = {"image_size": 32, "vision_width": 32, "vision_layers": 1, "vision_heads": 2, "patch_size": 8, "embed_dim": 16,

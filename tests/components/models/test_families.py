@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from vlforge.components.models.registry import ImageTextBatch, family_names, get_family
+
 from vlforge.errors import UserError
 
 # Parameter counts of the paper-size recipes, with their sources.

@@ -4,8 +4,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from vlforge.components.sources.tables import (
+    load_local_table,
+    load_url_list,
+    sniff_table_kind,
+)
 
-from vlforge.components.sources.tables import load_local_table, load_url_list, sniff_table_kind
 from vlforge.errors import UserError
 
 ROWS = [{"url": "http://example.test/a.jpg", "caption": "a cat"}, {"url": "http://example.test/b.jpg", "caption": "a dog"},

@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from vlforge.catalog import Catalog
 from vlforge.components.data.crawl import CrawlConfig
 from vlforge.components.data.shard import ShardConfig
 from vlforge.components.pipeline_config import SourceConfig
 from vlforge.components.stages import run_ingest, run_tokenizer
 from vlforge.components.tokenizer import TokenizerConfig
+
 from vlforge.settings import catalog_root
 
 pytestmark = pytest.mark.slow

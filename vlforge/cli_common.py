@@ -1,0 +1,107 @@
+"""What every ``vlforge`` sub-command shares: the typer apps, stdout protection for ``--json``, the one-line
+error contract (UserError -> ``error: ...`` on stderr, exit code 2) and output helpers."""
+import functools
+import inspect
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vlforge.environment import configure_environment
+from vlforge.errors import UserError
+
+configure_environment()
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reproducible vision-language pretraining as one DAG.")
+run_app = typer.Typer(no_args_is_help=True, help="Run the whole pipeline or one stage.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Browse the artifact catalog.")
+app.add_typer(run_app, name="run")
+app.add_typer(catalog_app, name="catalog")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field: KEY=VALUE (repeatable).")]
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[Console]:
+    """Send everything written to fd 1 (Ray, Prefect, tqdm, prints) to stderr; yield a console on the real stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    out = os.fdopen(os.dup(saved), "w", buffering=1)
+    try:
+        yield Console(file=out, soft_wrap=True, width=shutil.get_terminal_size((140, 24)).columns)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        out.close()
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command with stdout protected, UserError -> one line + exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with _stdout_to_stderr() as out:
+                return fn(*args, out=out, **kwargs)
+        except UserError as exc:
+            err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    # typer must not see the injected ``out`` parameter
+    sig = inspect.signature(fn)
+    wrapper.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "out"])  # type: ignore[attr-defined]
+    return wrapper
+
+
+def open_catalog():
+    from vlforge.catalog import Catalog
+    from vlforge.settings import catalog_root
+
+    return Catalog(catalog_root())
+
+
+def emit(out: Console, as_json: bool, payload: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        out.file.write(json.dumps(payload, default=str) + "\n")
+        out.file.flush()
+    else:
+        human()
+
+
+def artifacts_table(result: dict[str, Any], title: str) -> Table:
+    catalog = open_catalog()
+    table = Table(title=title)
+    for col in ("kind", "artifact", "name", "version", "cached", "seconds"):
+        table.add_column(col)
+    for kind in ("dataset", "tokenizer", "model", "eval"):
+        if kind in result:
+            art = catalog.get(result[kind])
+            seconds = result.get("seconds", {}).get(kind)
+            table.add_row(kind, art.short_id, art.name, str(art.version), "yes" if result.get("cached", {}).get(kind) else "no",
+                          f"{seconds:.1f}" if seconds is not None else "")
+    return table
+
+
+def artifact_ids(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k in ("dataset", "tokenizer", "model", "eval")} | {"cached": result.get("cached", {})}
+
+
+def split_sections(pairs: dict[str, Any], sections: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {s: {} for s in sections}
+    for key, value in pairs.items():
+        section, dot, field = key.partition(".")
+        if not dot or section not in sections:
+            raise UserError(f"--set '{key}' must name a section: {', '.join(s + '.FIELD' for s in sections)}")
+        out[section][field] = value
+    return out
