@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -23,7 +23,13 @@ $(VENV)/.installed: pyproject.toml setup.py
 demo: install
 	$(VENV)/bin/vlforge run pipeline
 
-test: install
+# The catalog browser's end-to-end test drives Debian's chromium through chromium-driver (browser downloads fail
+# here); quick no-op when both are installed, apt-get otherwise (CI runs as root on a fresh machine).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
+
+test: install browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: install

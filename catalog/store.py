@@ -9,7 +9,8 @@ Layout under the root folder (the caller passes ``$VLFORGE_HOME/catalog``)::
 
     blobs/sha256/<2 hex>/<64 hex>   each distinct file content stored once, read-only (0o444)
     tmp/                            scratch space for blobs being written (same filesystem as blobs/)
-    index.sqlite                    artifacts, files, parents (ordered edges), aliases, cache keys (WAL mode)
+    index.sqlite                    artifacts, files, parents (ordered edges), aliases, tags, cache keys and
+                                    file_checks (size/mtime/inode of each file last seen intact) (WAL mode)
     views/<id>/                     read-only materialised directory of one artifact's files, made on demand
 
 Guarantees:
@@ -22,6 +23,12 @@ Guarantees:
   go in in a single ``BEGIN IMMEDIATE`` transaction, so concurrent processes never lose or duplicate a
   version, and a process killed mid-registration leaves nothing visible (at worst orphaned blobs, harmless).
 * Views appear atomically: they are built in a temporary folder and renamed into place.
+* Loading checks content: :meth:`Catalog.path` re-hashes any file whose size, mtime or inode differ from when it
+  was last seen intact and raises :class:`UserError` on a mismatch, so a blob changed on disk is never handed
+  to a stage. Nothing in the catalog is a pickle: registration refuses pickle streams and ``torch.save``
+  archives (checkpoints are safetensors).
+* Scratch files are named ``<host>.<pid>-...`` so :func:`vlforge.catalog.maintenance.gc` can tell a dead
+  writer's leftovers from a live one's; gc and the final step of registration share the index's write lock.
 
 Every mistake a caller can make (unknown or ambiguous reference, missing file, bad name, non-JSON config)
 raises :class:`vlforge.errors.UserError` with a one-line message naming the input.
@@ -37,7 +44,9 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import socket
 import uuid
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +61,7 @@ from vlforge.errors import UserError
 
 __all__ = [
     "Artifact",
+    "Query",
     "Catalog",
     "FileEntry",
     "detect_code_version",
@@ -66,7 +76,8 @@ _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 _LATEST = "latest"
 _CHUNK = 1 << 20
 _BUSY_TIMEOUT_S = 30.0
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+_PICKLE_PROTOCOLS = {2, 3, 4, 5}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -112,7 +123,100 @@ CREATE TABLE IF NOT EXISTS cache_keys (
     artifact_id TEXT NOT NULL REFERENCES artifacts (id),
     UNIQUE (cache_key, artifact_id)
 );
+-- schema 2: search indexes, tags, and the stat cache that lets path() detect changed blobs without re-hashing
+CREATE INDEX IF NOT EXISTS artifacts_by_name ON artifacts (name, version);
+CREATE INDEX IF NOT EXISTS artifacts_by_family ON artifacts (family);
+CREATE INDEX IF NOT EXISTS artifacts_by_created ON artifacts (created_at);
+CREATE INDEX IF NOT EXISTS files_by_sha ON files (sha256);
+CREATE INDEX IF NOT EXISTS aliases_by_alias ON aliases (alias);
+CREATE TABLE IF NOT EXISTS tags (
+    artifact_id TEXT NOT NULL REFERENCES artifacts (id),
+    tag         TEXT NOT NULL,
+    PRIMARY KEY (artifact_id, tag)
+);
+CREATE INDEX IF NOT EXISTS tags_by_tag ON tags (tag);
+CREATE TABLE IF NOT EXISTS file_checks (
+    path     TEXT    PRIMARY KEY,   -- relative to the catalog root: blobs/sha256/.. or views/<id>/..
+    sha256   TEXT    NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode    INTEGER NOT NULL
+);
 """
+
+
+_METRIC_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _metric_path(metric: str) -> str:
+    """The JSON path of a metric key inside ``artifacts.metrics``, refusing keys that are not plain names."""
+    if not _METRIC_KEY.fullmatch(metric):
+        raise UserError(f"invalid metric name {metric!r}: expected letters, digits, '_', '.' or '-'")
+    return f'$."{metric}"'
+
+
+@dataclass(frozen=True)
+class Query:
+    """Filters and order for :meth:`Catalog.search` / :meth:`Catalog.count`; every field narrows the result.
+
+    ``text`` matches a substring of the name, family or kind, or a prefix of the id; ``since`` is an ISO-8601
+    time (compared with ``created_at``, UTC); ``metric_above`` keeps artifacts whose numeric metric is strictly
+    greater; ``sort_metric`` orders by a metric (artifacts without it last), highest first unless
+    ``ascending``."""
+
+    kind: str | None = None
+    family: str | None = None
+    name: str | None = None
+    text: str | None = None
+    tag: str | None = None
+    alias: str | None = None
+    since: str | None = None
+    metric_above: tuple[tuple[str, float], ...] = ()
+    sort_metric: str | None = None
+    ascending: bool = False
+
+    def sql(self) -> tuple[str, list[Any], str]:
+        """``(where, params, order by)`` over ``artifacts a``."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("a.kind", self.kind), ("a.family", self.family), ("a.name", self.name)):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.text:
+            escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            # id prefix: hex sorts below 'g', so [prefix, prefix + 'g') is exactly the ids with that prefix
+            prefix = self.text.lower() if _HEX_PREFIX.fullmatch(self.text.lower()) else "-"
+            clauses.append("(a.name LIKE ? ESCAPE '\\' OR a.family LIKE ? ESCAPE '\\' OR a.kind = ?"
+                           " OR (a.id >= ? AND a.id < ?))")
+            params.extend([f"%{escaped}%", f"%{escaped}%", self.text, prefix, prefix + "g"])
+        if self.tag:
+            clauses.append("a.id IN (SELECT artifact_id FROM tags WHERE tag = ?)")
+            params.append(self.tag)
+        if self.alias:
+            clauses.append("a.id IN (SELECT artifact_id FROM aliases WHERE alias = ?)")
+            params.append(self.alias)
+        if self.since:
+            try:
+                moment = datetime.fromisoformat(self.since)
+            except ValueError:
+                raise UserError(f"invalid time {self.since!r}: expected ISO-8601 like 2026-11-27 or "
+                                f"2026-11-27T04:00") from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            clauses.append("a.created_at >= ?")
+            params.append(moment.astimezone(timezone.utc).isoformat(timespec="microseconds"))
+        for metric, threshold in self.metric_above:
+            path = _metric_path(metric)
+            clauses.append("json_type(a.metrics, ?) IN ('integer', 'real') AND json_extract(a.metrics, ?) > ?")
+            params.extend([path, path, float(threshold)])
+        order = "a.seq DESC"
+        if self.sort_metric:
+            path = _metric_path(self.sort_metric).replace("'", "''")
+            direction = "ASC" if self.ascending else "DESC"
+            order = (f"json_type(a.metrics, '{path}') NOT IN ('integer', 'real') OR json_type(a.metrics, '{path}')"
+                     f" IS NULL, json_extract(a.metrics, '{path}') {direction}, a.seq DESC")
+        return " AND ".join(clauses) or "1", params, order
 
 
 class FileEntry(BaseModel):
@@ -157,6 +261,8 @@ class Artifact(BaseModel):
     """ISO-8601 UTC timestamp of the registration."""
     aliases: list[str]
     """Aliases (``latest``, ``production``, ...) pointing at this artifact when it was read, sorted."""
+    tags: list[str] = []
+    """Free labels (``baseline``, ``paper``, ...) attached to this artifact when it was read, sorted."""
 
     @property
     def short_id(self) -> str:
@@ -230,6 +336,23 @@ def _hash_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _is_pickle(path: Path) -> bool:
+    """Whether ``path`` holds a pickle stream (protocol 2+) or a ``torch.save`` zip archive (which wraps one).
+
+    Loading either runs arbitrary code, so the catalog refuses them: checkpoints are safetensors."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
+        return True
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(member.endswith(".pkl") for member in archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
+    return False
+
+
 def _check_relpath(relpath: Any, what: str) -> str:
     """Return ``relpath`` if it is a normalised relative POSIX path inside the artifact, else raise."""
     if not isinstance(relpath, str) or not relpath:
@@ -254,6 +377,11 @@ def _remove_tree(path: Path) -> None:
     if path.exists():
         _make_tree_writable(path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _scratch_owner() -> str:
+    """``<host>.<pid>``: names scratch files so :meth:`Catalog.gc` can tell a live writer's from a dead one's."""
+    return f"{socket.gethostname().replace('-', '_').replace('.', '_')}.{os.getpid()}"
 
 
 def detect_code_version(repo_dir: Path) -> str | None:
@@ -319,6 +447,13 @@ class Catalog:
             conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             yield conn
+        except sqlite3.DatabaseError as exc:
+            # Exactly DatabaseError ("file is not a database", "malformed"): the index file itself is damaged,
+            # which a user can cause (a truncated copy, a stray write). Subclasses (locked, integrity) are bugs.
+            if type(exc) is sqlite3.DatabaseError:
+                raise UserError(f"catalog index '{self._db}' is corrupt ({exc}); restore it from a backup") \
+                    from None
+            raise
         finally:
             conn.close()
 
@@ -417,11 +552,18 @@ class Catalog:
             packages_json=_canonical_json(packages),
         )
 
+        checks: list[tuple[str, str, int, int, int]] = []
         if not self._exists(artifact_id):
             for source in sources:
-                self._store_blob(source, what)
-        self._commit(pending)
-        return self.get(artifact_id)
+                if (row := self._store_blob(source, what)) is not None:
+                    checks.append(row)
+        for _attempt in range(5):
+            missing = self._commit(pending, checks)
+            if not missing:
+                return self.get(artifact_id)
+            # `gc` removed a blob we stored (it was unreferenced until our commit): store it again and retry.
+            checks = [row for source in missing if (row := self._store_blob(source, what)) is not None]
+        raise RuntimeError(f"registration of {what} kept losing its blobs to a concurrent gc")
 
     def _collect(self, files: Path | str | Mapping[str, Path | str], what: str) -> tuple[_Source, ...]:
         """Turn the ``files`` argument into hashed sources sorted by relative path, checking every file."""
@@ -458,6 +600,10 @@ class Catalog:
                 raise UserError(f"cannot register {what}: source file '{source}' for {relpath!r} does not exist "
                                 f"or is not a regular file")
             try:
+                if _is_pickle(source):
+                    raise UserError(f"cannot register {what}: {relpath!r} is a Python pickle (torch.save or "
+                                    f"pickle.dump); the catalog holds only data that loads without running code, "
+                                    f"save tensors with safetensors instead")
                 sha256, size = _hash_file(source)
             except OSError as exc:
                 raise UserError(f"cannot register {what}: cannot read '{source}': {exc.strerror or exc}") from exc
@@ -467,19 +613,21 @@ class Catalog:
     def _blob_path(self, sha256: str) -> Path:
         return self._blobs / sha256[:2] / sha256
 
-    def _store_blob(self, source: _Source, what: str) -> None:
+    def _store_blob(self, source: _Source, what: str) -> tuple[str, str, int, int, int] | None:
         """Copy one source file into the blob store unless an intact blob is already there.
 
         The copy goes to a temporary file under ``tmp/`` (same filesystem), is re-hashed while copying, fsynced,
-        made read-only and then renamed over the final name, so readers only ever see complete blobs."""
+        made read-only and then renamed over the final name, so readers only ever see complete blobs.
+        Returns the ``file_checks`` row of the blob it wrote (None if an intact-looking blob was there)."""
         final = self._blob_path(source.sha256)
         try:
             if final.stat().st_size == source.size:
-                return
+                return None
         except FileNotFoundError:
             pass
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=f"{source.sha256[:12]}-", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=f"{_scratch_owner()}-{source.sha256[:12]}-",
+                                        suffix=".part")
         tmp = Path(tmp_name)
         try:
             digest = hashlib.sha256()
@@ -494,17 +642,34 @@ class Catalog:
                                 f"registered")
             os.chmod(tmp, 0o444)
             os.replace(tmp, final)
+            return self._check_row(final, source.sha256)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _check_row(self, path: Path, sha256: str) -> tuple[str, str, int, int, int]:
+        """A ``file_checks`` row saying that ``path`` as it stands now holds content ``sha256``."""
+        st = path.stat()
+        return (path.relative_to(self.root).as_posix(), sha256, st.st_size, st.st_mtime_ns, st.st_ino)
 
     def _exists(self, artifact_id: str) -> bool:
         with self._connect() as conn:
             return conn.execute("SELECT 1 FROM artifacts WHERE id = ?", (artifact_id,)).fetchone() is not None
 
-    def _commit(self, pending: _Pending) -> None:
-        """Insert a prepared registration in one ``BEGIN IMMEDIATE`` transaction (all or nothing)."""
+    def _commit(self, pending: _Pending, checks: Sequence[tuple[str, str, int, int, int]] = ()) -> list[_Source]:
+        """Insert a prepared registration in one ``BEGIN IMMEDIATE`` transaction (all or nothing).
+
+        :meth:`gc` deletes unreferenced blobs while holding the same write lock, so checking under the lock
+        that every blob is present makes "blob stored, then referenced" atomic against it. Returns the sources
+        whose blobs are missing (nothing inserted then), or an empty list once committed."""
         with self._connect() as conn, self._transaction(conn):
+            if not conn.execute("SELECT 1 FROM artifacts WHERE id = ?", (pending.id,)).fetchone():
+                missing = [source for source in pending.files if not self._blob_path(source.sha256).is_file()]
+                if missing:
+                    return missing
             self._insert(conn, pending)
+            conn.executemany("INSERT OR REPLACE INTO file_checks (path, sha256, size, mtime_ns, inode)"
+                             " VALUES (?, ?, ?, ?, ?)", checks)
+        return []
 
     def _insert(self, conn: sqlite3.Connection, pending: _Pending) -> None:
         """The statements of one registration, run inside :meth:`_commit`'s transaction.
@@ -624,6 +789,36 @@ class Catalog:
         with self._connect() as conn:
             return self._load(conn, " AND ".join(clauses) or "1", tuple(params))
 
+    def search(self, query: Query | None = None, *, limit: int | None = None, offset: int = 0) -> list[Artifact]:
+        """The artifacts matching ``query``, ordered by its sort (newest registration first by default), at
+        most ``limit`` of them after skipping ``offset``. Filtering, sorting and paging happen in SQLite, so a
+        page costs about the same at 100,000 entries as at 100."""
+        where, params, order = (query or Query()).sql()
+        sql = f"SELECT a.id FROM artifacts a WHERE {where} ORDER BY {order}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+        with self._connect() as conn:
+            ids = [row[0] for row in conn.execute(sql, params)]
+            by_id = {artifact.id: artifact for artifact in self._load_ids(conn, ids)}
+        return [by_id[artifact_id] for artifact_id in ids]
+
+    def count(self, query: Query | None = None) -> int:
+        """How many artifacts match ``query``."""
+        where, params, _order = (query or Query()).sql()
+        with self._connect() as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM artifacts a WHERE {where}", params).fetchone()[0])
+
+    def facets(self) -> dict[str, list[str]]:
+        """The distinct kinds, families, tags and aliases in the catalog (for filter menus), each sorted."""
+        with self._connect() as conn:
+            return {
+                "kind": [r[0] for r in conn.execute("SELECT DISTINCT kind FROM artifacts ORDER BY kind")],
+                "family": [r[0] for r in conn.execute(
+                    "SELECT DISTINCT family FROM artifacts WHERE family IS NOT NULL ORDER BY family")],
+                "tag": [r[0] for r in conn.execute("SELECT DISTINCT tag FROM tags ORDER BY tag")],
+                "alias": [r[0] for r in conn.execute("SELECT DISTINCT alias FROM aliases ORDER BY alias")],
+            }
+
     def find_by_cache_key(self, cache_key: str) -> Artifact | None:
         """The artifact most recently registered (or re-registered) under ``cache_key``, or None."""
         with self._connect() as conn:
@@ -659,6 +854,10 @@ class Catalog:
                     f"SELECT artifact_id, alias FROM aliases WHERE artifact_id IN ({selected}) ORDER BY alias",
                     params):
                 aliases.setdefault(artifact_id, []).append(alias)
+            tags: dict[str, list[str]] = {}
+            for artifact_id, tag in conn.execute(
+                    f"SELECT artifact_id, tag FROM tags WHERE artifact_id IN ({selected}) ORDER BY tag", params):
+                tags.setdefault(artifact_id, []).append(tag)
         finally:
             conn.execute("COMMIT")
         return [
@@ -666,7 +865,7 @@ class Catalog:
                 id=artifact_id, kind=kind, name=name, version=version, family=family, files=files.get(artifact_id, []),
                 config=json.loads(config), parents=parents.get(artifact_id, []), metrics=json.loads(metrics),
                 cache_key=cache_key, code_version=code_version, packages=json.loads(packages_json),
-                created_at=created_at, aliases=aliases.get(artifact_id, []),
+                created_at=created_at, aliases=aliases.get(artifact_id, []), tags=tags.get(artifact_id, []),
             )
             for (artifact_id, kind, name, version, family, config, metrics, cache_key, code_version, packages_json,
                  created_at) in rows
@@ -683,8 +882,10 @@ class Catalog:
         artifact = self.get(ref)
         final = self._views / artifact.id
         if final.is_dir():
+            self._check_view(artifact, final)
             return final
-        building = self._views / f".building-{artifact.id[:12]}-{uuid.uuid4().hex}"
+        self._check_files(artifact, [(entry, self._blob_path(entry.sha256)) for entry in artifact.files])
+        building = self._views / f".building-{_scratch_owner()}-{artifact.id[:12]}-{uuid.uuid4().hex}"
         try:
             building.mkdir()
             for entry in artifact.files:
@@ -705,7 +906,58 @@ class Catalog:
                     raise
         finally:
             _remove_tree(building)
+        self._check_view(artifact, final)
         return final
+
+    def _check_view(self, artifact: Artifact, view: Path) -> None:
+        """Check a view's files: a hard link shares its blob's inode, so checking the blob covers it; a copy is
+        checked on its own."""
+        pairs: list[tuple[FileEntry, Path]] = []
+        for entry in artifact.files:
+            target = view / entry.path
+            blob = self._blob_path(entry.sha256)
+            try:
+                same = os.path.samefile(target, blob)
+            except OSError:
+                same = False
+            pairs.append((entry, blob if same else target))
+        self._check_files(artifact, pairs)
+
+    def _check_files(self, artifact: Artifact, pairs: Sequence[tuple[FileEntry, Path]]) -> None:
+        """Raise :class:`UserError` if any file is missing or no longer holds its recorded content.
+
+        A file whose size, mtime and inode match its ``file_checks`` row is trusted without reading it; any
+        other is re-hashed (and the row refreshed when it is intact). Editing a blob in place changes its
+        mtime, so a changed blob is caught the next time anything loads it."""
+        rels = [path.relative_to(self.root).as_posix() for _, path in pairs]
+        known: dict[str, tuple[Any, ...]] = {}
+        with self._connect() as conn:
+            for start in range(0, len(rels), 500):  # stay far below SQLite's bound-variable limit
+                chunk = rels[start:start + 500]
+                known |= {row[0]: tuple(row[1:]) for row in conn.execute(
+                    f"SELECT path, sha256, size, mtime_ns, inode FROM file_checks WHERE path IN"
+                    f" ({','.join('?' * len(chunk))})", chunk)}
+        fresh: list[tuple[str, str, int, int, int]] = []
+        for entry, path in pairs:
+            rel = path.relative_to(self.root).as_posix()
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                raise UserError(f"artifact {artifact.name}:{artifact.version} ({artifact.short_id}) is damaged: "
+                                f"file {entry.path!r} is missing from the catalog ({rel}); run "
+                                f"'vlforge catalog verify'") from None
+            if known.get(rel) == (entry.sha256, st.st_size, st.st_mtime_ns, st.st_ino):
+                continue
+            sha256, _size = _hash_file(path)
+            if sha256 != entry.sha256:
+                raise UserError(f"artifact {artifact.name}:{artifact.version} ({artifact.short_id}) is corrupt: "
+                                f"file {entry.path!r} has sha256 {sha256[:16]}..., the catalog recorded "
+                                f"{entry.sha256[:16]}... ({rel}); run 'vlforge catalog verify'")
+            fresh.append(self._check_row(path, sha256))
+        if fresh:
+            with self._connect() as conn, self._transaction(conn):
+                conn.executemany("INSERT OR REPLACE INTO file_checks (path, sha256, size, mtime_ns, inode)"
+                                 " VALUES (?, ?, ?, ?, ?)", fresh)
 
     # ------------------------------------------------------------------ aliases
 
@@ -721,6 +973,37 @@ class Catalog:
                 raise UserError(f"cannot set alias {name}@{alias}: {ref!r} is an artifact named {actual!r}, "
                                 f"not {name!r}")
             self._point_alias(conn, name, alias, artifact_id)
+
+    def remove_alias(self, name: str, alias: str) -> str:
+        """Remove ``name@alias`` and return the id it pointed at. ``latest`` belongs to the catalog (it moves
+        on every registration and bare names resolve through it), so it cannot be removed."""
+        if alias == _LATEST:
+            raise UserError(f"cannot remove alias {name}@{alias}: 'latest' is managed by the catalog")
+        with self._connect() as conn, self._transaction(conn):
+            row = conn.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = ?",
+                               (name, alias)).fetchone()
+            if row is None:
+                raise UserError(f"cannot remove alias {name}@{alias}: name {name!r} has no alias {alias!r}")
+            conn.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+            return str(row[0])
+
+    # ------------------------------------------------------------------ tags
+
+    def tag(self, ref: str, tags: Sequence[str], *, remove: bool = False) -> Artifact:
+        """Add (or with ``remove=True`` remove) free labels on the artifact ``ref`` names; labels match
+        ``[A-Za-z][A-Za-z0-9_.-]*``. Tags are not part of an artifact's identity."""
+        for tag in tags:
+            if not isinstance(tag, str) or not _ALIAS.fullmatch(tag):
+                raise UserError(f"invalid tag {tag!r}: tags must match [A-Za-z][A-Za-z0-9_.-]*")
+        with self._connect() as conn, self._transaction(conn):
+            artifact_id = self._resolve(conn, ref)
+            if remove:
+                conn.executemany("DELETE FROM tags WHERE artifact_id = ? AND tag = ?",
+                                 [(artifact_id, tag) for tag in tags])
+            else:
+                conn.executemany("INSERT OR IGNORE INTO tags (artifact_id, tag) VALUES (?, ?)",
+                                 [(artifact_id, tag) for tag in tags])
+        return self.get(artifact_id)
 
     # ------------------------------------------------------------------ lineage
 
@@ -772,3 +1055,18 @@ class Catalog:
             return {"artifact": artifact, "parents": [subtree(parent) for parent in artifact.parents]}
 
         return subtree(root_id)
+
+    def descendants_tree(self, ref: str) -> dict[str, Any]:
+        """``{"artifact": Artifact, "children": [subtree, ...]}``: what was made from ``ref``, recursively,
+        children in registration order. An artifact made from two nodes appears under both."""
+        root = self.get(ref)
+        found = self.descendants(root.id)
+        children: dict[str, list[Artifact]] = {}
+        for artifact in found:
+            for parent in dict.fromkeys(artifact.parents):
+                children.setdefault(parent, []).append(artifact)
+
+        def subtree(artifact: Artifact) -> dict[str, Any]:
+            return {"artifact": artifact, "children": [subtree(child) for child in children.get(artifact.id, [])]}
+
+        return subtree(root)

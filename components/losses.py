@@ -51,3 +51,13 @@ def info_nce(
 
     loss = one_side(logits, pos_mask)
     return 0.5 * (loss + one_side(logits.t(), pos_mask.t())) if symmetric else loss
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked-language-modelling cross-entropy over the positions whose label is not -100 (see models/masking.py)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+
+
+def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Image-text matching cross-entropy: ``logits`` (N, 2) from an ITM head, ``labels`` 1 = matched, 0 = not."""
+    return F.cross_entropy(logits.float(), labels.long())

@@ -19,13 +19,18 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 from vlforge.catalog import Artifact, Catalog, detect_code_version, packages_snapshot
+from vlforge.components.data.card import write_dataset_card
 from vlforge.components.data.crawl import CrawlConfig, check_nonempty, crawl
+from vlforge.components.data.filter import FilterConfig, filter_dataset
 from vlforge.components.data.shard import ShardConfig, shard_crawl
 from vlforge.components.models.registry import get_family
 from vlforge.components.pipeline_config import SourceConfig
 from vlforge.components.sources import shapes
 from vlforge.components.sources.tables import (
     SourceRows,
+    is_remote,
+    load_image_folder,
+    mix_sources,
     load_local_table,
     load_url_list,
     sniff_table_kind,
@@ -45,9 +50,10 @@ PACKAGES = ("vlforge", "torch", "transformers", "tokenizers", "img2dataset", "we
 # The code each stage runs, fingerprinted into its cache key (Prefect's TASK_SOURCE would only see the wrapper).
 STAGE_CODE = {
     "ingest": ("data", "sources", "stages.py"),
+    "filter": ("data", "models", "tokenizer.py", "stages.py"),
     "tokenizer": ("tokenizer.py", "stages.py"),
     "train": ("training", "models", "losses.py", "data/loader.py", "tokenizer.py", "plots.py", "stages.py"),
-    "eval": ("evaluation", "models", "data/loader.py", "tokenizer.py", "stages.py"),
+    "eval": ("evaluation", "models", "data/loader.py", "sources/scene_tasks.py", "tokenizer.py", "stages.py"),
 }
 
 
@@ -94,7 +100,7 @@ def _fresh_dir(path: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ ingest
 @dataclass
 class ResolvedSource:
-    kind: str  # builtin | url-list | local
+    kind: str  # builtin | url-list | local | folder | mix
     name: str
     fingerprint: str
     describe: dict[str, Any]
@@ -115,14 +121,39 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
         code = hashlib.sha256(Path(shapes.__file__).read_bytes()).hexdigest()
         fp = hashlib.sha256(json.dumps({**params, "code": code}, sort_keys=True).encode()).hexdigest()
         return ResolvedSource("builtin", _safe_name(cfg.name or params["name"]), fp, {"spec": spec, **params})
+    if spec == "mix" or cfg.mix:
+        rows = _load_rows(cfg, "mix", spec)
+        return ResolvedSource("mix", _safe_name(cfg.name or "mix"), rows.fingerprint, {"spec": "mix", **rows.description})
+    if is_remote(spec):  # an fsspec URL list (s3://, gs://, https://, file://, ...)
+        rows = _load_rows(cfg, "url-list", spec)
+        name = _safe_name(cfg.name or Path(spec.split("?", 1)[0]).stem)
+        return ResolvedSource("url-list", name, rows.fingerprint, {"spec": spec, **rows.description})
     path = Path(spec).expanduser()
-    kind = "local" if sniff_table_kind(path, cfg.url_col, cfg.path_col) == "local" else "url-list"
-    rows = _load_rows(cfg, kind, path)
+    if path.is_dir():
+        kind = "folder"
+    else:
+        kind = "local" if sniff_table_kind(path, cfg.url_col, cfg.path_col) == "local" else "url-list"
+    rows = _load_rows(cfg, kind, spec)
     name = _safe_name(cfg.name or path.stem)
     return ResolvedSource(kind, name, rows.fingerprint, {"spec": str(path.resolve()), **rows.description})
 
 
-def _load_rows(cfg: SourceConfig, kind: str, path: Path) -> SourceRows:
+def _load_rows(cfg: SourceConfig, kind: str, spec: str) -> SourceRows:
+    if kind == "mix":
+        if not cfg.mix:
+            raise UserError("source 'mix' needs a list of parts under source.mix")
+        parts = []
+        for part in cfg.mix:
+            if part.spec.strip().startswith("builtin:") or part.spec.strip() == "mix":
+                raise UserError(f"source.mix part '{part.spec}': only URL lists, local tables and image folders mix")
+            sub = SourceConfig(**part.model_dump(exclude={"weight"}))
+            parts.append((_load_rows(sub, resolve_source(sub).kind, part.spec.strip()), part.weight))
+        return mix_sources(parts, cfg.mix_seed)
+    if is_remote(spec):
+        return load_url_list(spec, cfg.url_col, cfg.caption_col, cfg.label_col)
+    path = Path(spec).expanduser()
+    if kind == "folder":
+        return load_image_folder(path)
     if kind == "local":
         return load_local_table(path, cfg.path_col, cfg.caption_col, cfg.label_col, cfg.key_col)
     return load_url_list(path, cfg.url_col, cfg.caption_col, cfg.label_col)
@@ -150,14 +181,14 @@ def run_ingest(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig
         return StageResult(hit, True, time.perf_counter() - start)
     work = work_root() / "ingest" / key[:16]
     work.mkdir(parents=True, exist_ok=True)
-    rows = _builtin_rows(src.describe, work) if src.kind == "builtin" else _load_rows(cfg, src.kind, Path(cfg.spec).expanduser())
+    rows = _builtin_rows(src.describe, work) if src.kind == "builtin" else _load_rows(cfg, src.kind, cfg.spec.strip())
     result = crawl(rows, work / "crawl", crawl_cfg)
     check_nonempty(result, cfg.spec)
     out = _fresh_dir(work / "dataset")
     manifest = shard_crawl(result, out, shard_cfg, {"kind": src.kind, **src.describe})
     if manifest["samples"] == 0:
         raise UserError(f"source '{cfg.spec}' yielded no decodable images")
-    _write_dataset_card(out, src, manifest)
+    write_dataset_card(out, src.name, f"{src.describe.get('spec')} ({src.kind})", manifest)
     metrics = {
         "samples": manifest["samples"],
         "train_samples": manifest["splits"]["train"]["samples"],
@@ -175,18 +206,36 @@ def run_ingest(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig
     return StageResult(art, False, time.perf_counter() - start)
 
 
-def _write_dataset_card(out: Path, src: ResolvedSource, manifest: dict) -> None:
-    failures = "\n".join(f"| {k} | {v} |" for k, v in manifest["failures_by_reason"].items()) or "| (none) | 0 |"
-    splits = "\n".join(f"| {s} | {v['samples']} | {len(v['shards'])} |" for s, v in manifest["splits"].items())
-    (out / "README.md").write_text(
-        f"# Dataset card: {src.name}\n\nSource: `{src.describe.get('spec')}` ({src.kind}).\n"
-        f"Crawled with img2dataset into webdataset shards; split deterministically by sample key.\n\n"
-        f"| split | samples | shards |\n|---|---|---|\n{splits}\n\n"
-        f"Attempted {manifest['attempted']} rows; kept {manifest['samples']}.\n\n"
-        f"| failure reason | count |\n|---|---|\n{failures}\n\n"
-        f"Labels: {', '.join(manifest['labels']) or 'none'}. Scene facts: {'yes' if manifest['has_facts'] else 'no'}.\n"
-        f"Licence: that of the source's images and captions; check it before redistributing.\n"
-    )
+# ------------------------------------------------------------------------------------------------ filter
+def filter_plan(data_ref: str, cfg: FilterConfig, catalog: Catalog) -> tuple[str, Artifact, Artifact | None]:
+    """Resolve the filter stage's inputs (the dataset and, for the CLIP-score rule, the scoring model) and key."""
+    dataset = _require_kind(catalog, data_ref, "dataset", "--data")
+    model = _require_kind(catalog, cfg.clip_model, "model", "clip_model") if cfg.clip_model else None
+    if model is not None and "retrieval" not in get_family(model.family or "").capabilities:
+        raise UserError(f"clip_model '{cfg.clip_model}' is a {model.family} model, not a dual image-text encoder")
+    inputs = {"dataset": dataset.id} | ({"model": model.id} if model else {})
+    return stage_key("filter", inputs, cfg.model_dump()), dataset, model
+
+
+def run_filter(data_ref: str, cfg: FilterConfig, catalog: Catalog) -> StageResult:
+    start = time.perf_counter()
+    key, dataset, model = filter_plan(data_ref, cfg, catalog)
+    if (hit := catalog.find_by_cache_key(key)) is not None:
+        return StageResult(hit, True, time.perf_counter() - start)
+    out = _fresh_dir(work_root() / "filter" / key[:16])
+    manifest = filter_dataset(catalog.path(dataset.id), out, cfg, catalog.path(model.id) if model else None)
+    if manifest["samples"] == 0:
+        shutil.rmtree(out, ignore_errors=True)
+        raise UserError(f"filtering dataset '{dataset.name}' removed every sample ({manifest['removed_by_rule']})")
+    name = f"{dataset.name}-filtered"
+    write_dataset_card(out, name, f"{dataset.name} ({dataset.id[:12]}) filtered", manifest)
+    metrics = {"samples": manifest["samples"], "input_samples": manifest["attempted"],
+               "train_samples": manifest["splits"]["train"]["samples"],
+               "validation_samples": manifest["splits"]["validation"]["samples"]}
+    art = _register(catalog, kind="dataset", name=name, files=out, config=cfg.model_dump(),
+                    parents=[dataset.id] + ([model.id] if model else []), metrics=metrics, cache_key=key)
+    shutil.rmtree(out, ignore_errors=True)
+    return StageResult(art, False, time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
@@ -263,20 +312,32 @@ def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
 
 # ------------------------------------------------------------------------------------------------ eval
 def eval_plan(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog) -> tuple[str, Artifact, Artifact]:
-    from vlforge.components.evaluation.runner import TASKS
+    from vlforge.components.evaluation.tasks import check_fit, dataset_offers
 
     model = _require_kind(catalog, model_ref, "model", "--model")
     dataset = _require_kind(catalog, data_ref, "dataset", "--data")
     family = get_family(model.family or "")
-    for task in tasks:
-        if task not in TASKS:
-            raise UserError(f"unknown evaluation task '{task}' (tasks: {', '.join(TASKS)})")
-        if task not in family.capabilities:
-            raise UserError(f"family '{family.name}' does not support task '{task}'")
     if split not in ("train", "validation", "all"):
         raise UserError(f"--split '{split}' is not one of train, validation, all")
+    if not tasks:
+        raise UserError("no evaluation task given")
+    check_fit(tasks, family, dataset_offers(catalog.path(dataset.id), split), dataset.name)
     key = stage_key("eval", {"model": model.id, "dataset": dataset.id}, {"tasks": sorted(tasks), "split": split})
     return key, model, dataset
+
+
+def eval_suite(model_ref: str, data_ref: str, suite: str, split: str, catalog: Catalog) -> tuple[list[str], dict[str, str]]:
+    """The tasks of ``suite`` that fit the model's family and the dataset split, and why the others do not."""
+    from vlforge.components.evaluation.tasks import dataset_offers, suite_tasks
+
+    model = _require_kind(catalog, model_ref, "model", "--model")
+    dataset = _require_kind(catalog, data_ref, "dataset", "--data")
+    if split not in ("train", "validation", "all"):
+        raise UserError(f"--split '{split}' is not one of train, validation, all")
+    tasks, skipped = suite_tasks(suite, get_family(model.family or ""), dataset_offers(catalog.path(dataset.id), split))
+    if not tasks:
+        raise UserError(f"no task of suite '{suite}' fits model '{model_ref}' and dataset '{data_ref}'")
+    return tasks, skipped
 
 
 def run_eval(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog) -> StageResult:

@@ -1,5 +1,5 @@
-"""Tokenizer stage: train a tokenizer on the training captions with HF ``tokenizers``, or adopt a local HF
-tokenizer directory. The result is a directory ``PreTrainedTokenizerFast.from_pretrained`` loads offline.
+"""Tokenizer stage: train a subword tokenizer (BPE or WordPiece) on the training captions — merges learned
+deterministically by ``components/bpe.py``, encoding by HF ``tokenizers`` — or adopt a local HF tokenizer directory. The result is a directory ``PreTrainedTokenizerFast.from_pretrained`` loads offline.
 
 Special tokens are laid out so that no family mistakes one for another: pad=0, unk=1, mask=2, bos=3, eos=4.
 (CLIP's text pooling in ``transformers`` treats ``eos_token_id == 2`` as the legacy "argmax" case, so the end
@@ -11,17 +11,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
-from tokenizers import (
-    Tokenizer,
-    decoders,
-    models,
-    normalizers,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from vlforge.components.bpe import learn_merges
 from vlforge.errors import UserError
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<mask>", "<bos>", "<eos>"]
@@ -42,23 +35,23 @@ def train_tokenizer(captions: Iterable[str], out_dir: Path, config: TokenizerCon
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.kind == "pretrained":
         return _adopt_pretrained(config, out_dir)
-    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if config.lowercase else [])
-    if config.kind == "bpe":
-        tok = Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
-        trainer = trainers.BpeTrainer(show_progress=False, 
-            vocab_size=config.vocab_size, min_frequency=config.min_frequency, special_tokens=SPECIAL_TOKENS, end_of_word_suffix="</w>"
-        )
-        tok.decoder = decoders.BPEDecoder(suffix="</w>")
-    else:
-        tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
-        trainer = trainers.WordPieceTrainer(show_progress=False, vocab_size=config.vocab_size, min_frequency=config.min_frequency, special_tokens=SPECIAL_TOKENS)
-        tok.decoder = decoders.WordPiece()
-    tok.normalizer = normalizers.Sequence(norm)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    norm = normalizers.Sequence([normalizers.NFKC()] + ([normalizers.Lowercase()] if config.lowercase else []))
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     captions = [c for c in captions if c and c.strip()]
     if not captions:
         raise UserError("tokenizer: the dataset's training split has no captions to train on")
-    tok.train_from_iterator(captions, trainer=trainer)
+    # the words exactly as the tokenizer will see them (its own normaliser and pre-tokeniser)
+    words = [w for c in captions for w, _ in pre.pre_tokenize_str(norm.normalize_str(c))]
+    if config.kind == "bpe":
+        vocab, merges = learn_merges(words, config.vocab_size, SPECIAL_TOKENS, config.min_frequency, end_of_word_suffix="</w>")
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", end_of_word_suffix="</w>"))
+        tok.decoder = decoders.BPEDecoder(suffix="</w>")
+    else:
+        vocab, _ = learn_merges(words, config.vocab_size, SPECIAL_TOKENS, config.min_frequency, continuing_prefix="##")
+        tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", continuing_subword_prefix="##"))
+        tok.decoder = decoders.WordPiece()
+    tok.normalizer = norm
+    tok.pre_tokenizer = pre
     bos, eos = tok.token_to_id("<bos>"), tok.token_to_id("<eos>")
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A <eos>", pair="<bos> $A <eos> $B:1 <eos>:1", special_tokens=[("<bos>", bos), ("<eos>", eos)]

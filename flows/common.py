@@ -3,8 +3,11 @@ skip user mistakes (retrying a bad input cannot help)."""
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from typing import Any
 
+from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 from vlforge.catalog import Catalog
 
@@ -46,11 +49,38 @@ def was_cached(state: Any) -> bool:
 
 
 def run_cached(task_fn: Any, cache_key: str, **params: Any) -> tuple[str, bool]:
-    """Run a stage task; a cache hit whose artifact is gone from the catalog is refreshed, not trusted."""
+    """Run a stage task; a cache hit whose artifact is gone from the catalog is refreshed, not trusted. The
+    stage's catalog entry is then published to the Prefect UI (:func:`publish_catalog_entry`)."""
     state = task_fn(cache_key=cache_key, return_state=True, **params)
     artifact_id = state.result()
     if was_cached(state) and not open_catalog().exists(artifact_id):
         state = task_fn.with_options(refresh_cache=True)(cache_key=cache_key, return_state=True, **params)
         artifact_id = state.result()
+        publish_catalog_entry(artifact_id)
         return artifact_id, False
+    publish_catalog_entry(artifact_id)
     return artifact_id, was_cached(state)
+
+
+def catalog_artifact_key(kind: str, name: str) -> str:
+    """The stable Prefect artifact key of a catalog name (Prefect keys allow only ``[a-z0-9-]``): every version
+    of one name lands under one key, so the UI shows its history."""
+    return f"catalog-{kind}-" + (re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "artifact")
+
+
+def publish_catalog_entry(artifact_id: str) -> str:
+    """Publish a catalog entry to the Prefect UI: a table artifact (id, version, aliases, parents, metrics) and a
+    link artifact to its page in ``vlforge catalog serve`` (base URL ``$VLFORGE_CATALOG_URL``, default
+    http://127.0.0.1:8765), both under :func:`catalog_artifact_key`. Returns the key."""
+    art = open_catalog().get(artifact_id)
+    key = catalog_artifact_key(art.kind, art.name)
+    rows = [{"field": "id", "value": art.id}, {"field": "kind", "value": art.kind},
+            {"field": "version", "value": str(art.version)}, {"field": "family", "value": art.family or ""},
+            {"field": "aliases", "value": ", ".join(art.aliases)}, {"field": "created", "value": art.created_at},
+            *({"field": "parent", "value": parent} for parent in art.parents),
+            *({"field": f"metric {k}", "value": str(v)} for k, v in sorted(art.metrics.items()))]
+    create_table_artifact(key=key, table=rows, description=f"{art.kind} {art.name}:{art.version} ({art.short_id})")
+    base = os.environ.get("VLFORGE_CATALOG_URL", "http://127.0.0.1:8765").rstrip("/")
+    create_link_artifact(key=f"{key}-page", link=f"{base}/a/{art.id}", link_text=f"{art.name}:{art.version}",
+                         description=f"{art.kind} {art.name}:{art.version} in the catalog browser")
+    return key

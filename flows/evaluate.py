@@ -1,6 +1,8 @@
-"""Eval flow: a catalog model + dataset -> a catalogued eval report (metrics, per-sample rows, plot).
+"""Eval flow: a catalog model + dataset -> a catalogued eval report (metrics with untrained baselines, per-sample
+rows, plots). The tasks are checked against the family and the data before anything runs (``eval_plan``).
 
     vlforge run eval --model clip-shapes --data shapes --task retrieval
+    vlforge run eval --model clip-shapes --data shapes --suite default
 """
 from __future__ import annotations
 

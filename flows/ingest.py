@@ -4,12 +4,15 @@
 """
 from __future__ import annotations
 
+import re
+
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 from vlforge.components.data.crawl import CrawlConfig
 from vlforge.components.data.shard import ShardConfig
 from vlforge.components.pipeline_config import SourceConfig
 from vlforge.components.stages import ingest_key
-from vlforge.flows.common import run_cached
+from vlforge.flows.common import open_catalog, run_cached
 from vlforge.flows.stages import ingest_task
 
 
@@ -17,7 +20,19 @@ from vlforge.flows.stages import ingest_task
 def ingest_flow(source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig) -> dict:
     key, _ = ingest_key(source, crawl, shard)
     dataset, cached = run_cached(ingest_task, key, source=source, crawl=crawl, shard=shard)
+    publish_dataset_card(dataset)
     return {"dataset": dataset, "cached": {"dataset": cached}}
+
+
+def publish_dataset_card(dataset_id: str) -> str:
+    """Publish the dataset's card (its README.md) as a Prefect markdown artifact keyed by the dataset's name, so
+    the Prefect UI keeps one card per dataset with a history of versions."""
+    catalog = open_catalog()
+    art = catalog.get(dataset_id)
+    key = "dataset-card-" + (re.sub(r"[^a-z0-9-]+", "-", art.name.lower()).strip("-") or "dataset")
+    card = (catalog.path(art.id) / "README.md").read_text()
+    create_markdown_artifact(key=key, markdown=card, description=f"dataset {art.name} ({art.id[:12]})")
+    return key
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from prefect.artifacts import create_table_artifact
 from vlforge.components.pipeline_config import PipelineConfig
 from vlforge.components.stages import eval_plan, ingest_key, stage_key, train_plan
 from vlforge.flows.common import open_catalog, run_cached
+from vlforge.flows.ingest import publish_dataset_card
 from vlforge.flows.stages import eval_task, ingest_task, tokenizer_task, train_task
 
 
@@ -26,6 +27,7 @@ def pipeline_flow(config: PipelineConfig) -> dict:
     t = time.perf_counter()
     key, _ = ingest_key(config.source, config.crawl, config.shard)
     dataset, cached["dataset"] = run_cached(ingest_task, key, source=config.source, crawl=config.crawl, shard=config.shard)
+    publish_dataset_card(dataset)
     seconds["dataset"] = time.perf_counter() - t
 
     t = time.perf_counter()

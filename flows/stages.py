@@ -6,6 +6,7 @@ from typing import Any
 from prefect import task
 from vlforge.components import stages
 from vlforge.components.data.crawl import CrawlConfig
+from vlforge.components.data.filter import FilterConfig
 from vlforge.components.data.shard import ShardConfig
 from vlforge.components.pipeline_config import SourceConfig
 from vlforge.components.tokenizer import TokenizerConfig
@@ -15,6 +16,11 @@ from vlforge.flows.common import TASK_OPTIONS, open_catalog
 @task(name="ingest", **TASK_OPTIONS)
 def ingest_task(cache_key: str, source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig) -> str:
     return stages.run_ingest(source, crawl, shard, open_catalog()).artifact.id
+
+
+@task(name="filter", **TASK_OPTIONS)
+def filter_task(cache_key: str, data: str, config: FilterConfig) -> str:
+    return stages.run_filter(data, config, open_catalog()).artifact.id
 
 
 @task(name="tokenizer", **TASK_OPTIONS)

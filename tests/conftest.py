@@ -1,16 +1,10 @@
-"""Shared fixtures: an isolated VLFORGE_HOME per test, a way to run the real `vlforge` CLI, the emoji data."""
+"""Shared fixtures: an isolated VLFORGE_HOME per test and the shared emoji data. CLI helpers: cli_harness.py."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-EMOJI_DIR = REPO.parent / "shared" / "data" / "emoji-noto"
+from cli_harness import EMOJI_DIR
 
 
 @pytest.fixture
@@ -18,19 +12,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     h = tmp_path / "vlforge-home"
     monkeypatch.setenv("VLFORGE_HOME", str(h))
     return h
-
-
-def run_cli(args: list[str], home: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["VLFORGE_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
-
-
-def cli_json(args: list[str], home: Path, timeout: float = 600) -> dict | list:
-    proc = run_cli([*args, "--json"], home, timeout)
-    assert proc.returncode == 0, f"vlforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="session")

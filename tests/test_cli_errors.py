@@ -4,7 +4,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from cli_harness import run_cli
 from vlforge.catalog import Catalog
 
 
@@ -62,3 +62,8 @@ def test_bad_config_values(home: Path, seeded: Catalog, tmp_path: Path) -> None:
     (tmp_path / "neg.yaml").write_text("train:\n  overrides: {batch_size: -1}\n")
     check_error(["run", "pipeline", "--config", str(tmp_path / "neg.yaml")], home, seeded, "field 'batch_size'")
     check_error(["run", "ingest", "--source", "builtin:shapes", "--set", "crawl.image_size=big"], home, seeded, "field 'crawl.image_size'")
+
+
+def test_unreachable_ray_address(home: Path, seeded: Catalog, tmp_path: Path) -> None:
+    check_error(["run", "pipeline", "--ray-address", "127.0.0.9:1"], home, seeded, "Ray address '127.0.0.9:1' is unreachable")
+    check_error(["run", "train", "--family", "clip", "--data", "x", "--ray-address", "nonsense"], home, seeded, "is not HOST:PORT")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from conftest import cli_json, run_cli
+from cli_harness import cli_json, run_cli
 from transformers import CLIPModel
 from vlforge.catalog import Catalog
 
@@ -71,6 +71,12 @@ def test_pipeline_end_to_end_then_cached(home: Path, tmp_path: Path) -> None:
     third = cli_json(["run", "pipeline", "--config", str(config)], home)
     assert third["cached"] == {"dataset": True, "tokenizer": True, "model": True, "eval": False}
     assert third["eval"] != first["eval"] and catalog.get(third["eval"]).metrics["images"] == 500
+
+    # reproduce: the DAG re-run with caching off rebuilds data, tokenizer, model and eval bit for bit
+    rows = cli_json(["reproduce", first["eval"]], home)
+    assert [r["kind"] for r in rows] == ["dataset", "tokenizer", "model", "eval"]
+    assert all(r["match"] for r in rows), rows
+    assert len(catalog.list()) == count + 1  # reproducing registers nothing in this catalog
 
     listed = cli_json(["catalog", "list", "--kind", "eval"], home)
     assert {e["id"] for e in listed} == {first["eval"], third["eval"]}

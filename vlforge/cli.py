@@ -1,15 +1,19 @@
 """The ``vlforge`` command: run the pipeline or one stage, browse the catalog.
 
     vlforge run pipeline [--config FILE] [--json]
-    vlforge run ingest --source SOURCE [--name NAME] [--set crawl.image_size=64 ...] [--json]
+    vlforge run ingest --source SOURCE [--name NAME] [--allow-host HOST[:PORT] ...] [--timeout S] [--retries N]
+                       [--max-bytes N] [--min-side PX] [--set crawl.image_size=64 ...] [--json]
+    vlforge run filter --data REF [--config FILE] [--json]
     vlforge run tokenizer --data REF [--set vocab_size=1024] [--json]
     vlforge run train --family clip --data REF [--recipe tiny] [--steps N] [--set KEY=VALUE ...] [--json]
-    vlforge run eval --model REF --data REF [--task retrieval] [--split validation] [--json]
+    vlforge run eval --model REF --data REF [--task retrieval ... | --suite default] [--split validation] [--json]
+    vlforge leaderboard [--json]
     vlforge catalog list|show|lineage ...
     vlforge families
 
 Bad input gives one line on stderr naming what is wrong and exit code 2, and registers nothing. With ``--json``
 stdout carries exactly one JSON document; everything libraries print goes to stderr."""
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,7 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vlforge import cli_catalog  # noqa: F401  (registers the catalog commands)
+from vlforge import cli_catalog, cli_orchestration  # noqa: F401  (register their commands)
+from vlforge import cli_eval  # noqa: F401  (registers the leaderboard command)
 from vlforge.cli_common import (
     JsonOpt,
     SetOpt,
@@ -40,14 +45,19 @@ from vlforge.errors import UserError
 def run_pipeline(
     out: Console,
     config: Annotated[Optional[Path], typer.Option(help="Pipeline config (YAML); default: the embedded demo config.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster for training (HOST:PORT or auto).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole DAG: ingest -> tokenizer -> train -> eval, registering every artifact."""
     from vlforge.components.models.registry import get_family
     from vlforge.components.pipeline_config import load_pipeline_config
     from vlforge.components.stages import resolve_source
+    from vlforge.components.training.ray_runtime import check_ray_address
 
     cfg = load_pipeline_config(config)
+    if ray_address:
+        cfg.train.ray_address = ray_address
+    check_ray_address(cfg.train.ray_address)
     resolve_source(cfg.source)
     get_family(cfg.train.family).recipe(cfg.train.recipe, cfg.train.overrides)
     from vlforge.flows.pipeline import pipeline_flow
@@ -81,10 +91,17 @@ def run_ingest(
     path_col: str = "path",
     label_col: Annotated[Optional[str], typer.Option(help="Column with a class label (for zero-shot classification).")] = None,
     key_col: Annotated[Optional[str], typer.Option(help="Column with a stable sample id (local tables).")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(help="HOST[:PORT] the crawler may fetch even if private/loopback (repeatable).")] = None,
+    timeout: Annotated[Optional[int], typer.Option(help="Seconds per request (crawl.timeout).")] = None,
+    retries: Annotated[Optional[int], typer.Option(help="Retries per URL (crawl.retries).")] = None,
+    max_bytes: Annotated[Optional[int], typer.Option(help="Largest download in bytes (crawl.max_bytes).")] = None,
+    min_side: Annotated[Optional[int], typer.Option(help="Smallest original image side in pixels (crawl.min_image_size).")] = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Crawl a source with img2dataset and shard it into a catalogued webdataset."""
+    """Crawl a source with img2dataset and shard it into a catalogued webdataset.
+
+    With --json: {"dataset": ID, "samples": N, "failures": {reason: count}, "cached": {...}}."""
     from pydantic import ValidationError
 
     from vlforge.components.pipeline_config import (
@@ -96,6 +113,10 @@ def run_ingest(
     from vlforge.components.stages import ingest_key
 
     sections = split_sections(parse_assignments(set_ or []), ("crawl", "shard"))
+    for field_name, value in (("allow_hosts", allow_host), ("timeout", timeout), ("retries", retries),
+                              ("max_bytes", max_bytes), ("min_image_size", min_side)):
+        if value is not None:
+            sections["crawl"][field_name] = value
     defaults = PipelineConfig()
     src = SourceConfig(spec=source, name=name, url_col=url_col, caption_col=caption_col, path_col=path_col,
                        label_col=label_col, key_col=key_col)
@@ -110,7 +131,64 @@ def run_ingest(
     from vlforge.flows.ingest import ingest_flow
 
     result = ingest_flow(src, crawl, shard)
-    emit(out, as_json, artifact_ids(result), lambda: out.print(artifacts_table(result, "vlforge ingest")))
+    manifest = json.loads((open_catalog().path(result["dataset"]) / "manifest.json").read_text())
+    failures = manifest["failures_by_reason"]
+    payload = artifact_ids(result) | {"samples": manifest["samples"], "failures": failures}
+
+    def human() -> None:
+        out.print(artifacts_table(result, "vlforge ingest"))
+        out.print(f"{manifest['samples']} samples of {manifest['attempted']} rows; failures: "
+                  + (", ".join(f"{k}={v}" for k, v in failures.items()) or "none"))
+
+    emit(out, as_json, payload, human)
+
+
+@run_app.command("filter")
+@command
+def run_filter(
+    out: Console,
+    data: Annotated[str, typer.Option(help="Dataset REF to filter.")],
+    config: Annotated[Optional[Path], typer.Option(help="Filter rules (YAML over FilterConfig); default: the default rules.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Filter a dataset (duplicates, caption/image rules, CLIP score) into a new catalogued dataset.
+
+    With --json: {"dataset": ID, "samples": N, "funnel": {rule: removed}, "cached": {...}}."""
+    import yaml
+    from pydantic import ValidationError
+
+    from vlforge.components.data.filter import FilterConfig
+    from vlforge.components.pipeline_config import validation_message
+    from vlforge.components.stages import filter_plan
+
+    raw: object = {}
+    if config is not None:
+        if not config.is_file():
+            raise UserError(f"config file '{config}' does not exist")
+        try:
+            raw = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file '{config}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file '{config}' must hold a mapping of filter rules")
+    try:
+        cfg = FilterConfig(**raw)
+    except ValidationError as exc:
+        raise UserError(validation_message(f"config file '{config}'", exc)) from None
+    filter_plan(data, cfg, open_catalog())  # validates the refs before anything starts
+    from vlforge.flows.filter import filter_flow
+
+    result = filter_flow(data, cfg)
+    manifest = json.loads((open_catalog().path(result["dataset"]) / "manifest.json").read_text())
+    funnel = {f["rule"]: f["removed"] for f in manifest["funnel"] if f["rule"] != "input"}
+    payload = artifact_ids(result) | {"samples": manifest["samples"], "input_samples": manifest["attempted"], "funnel": funnel}
+
+    def human() -> None:
+        out.print(artifacts_table(result, "vlforge filter"))
+        out.print(f"{manifest['attempted']} -> {manifest['samples']} samples; removed: "
+                  + (", ".join(f"{k}={v}" for k, v in funnel.items()) or "none"))
+
+    emit(out, as_json, payload, human)
 
 
 @run_app.command("tokenizer")
@@ -165,6 +243,9 @@ def run_train(
     if steps is not None:
         overrides["steps"] = steps
     get_family(family).recipe(recipe, overrides)
+    from vlforge.components.training.ray_runtime import check_ray_address
+
+    check_ray_address(ray_address)
     catalog = open_catalog()
     art = catalog.get(data)
     if art.kind != "dataset":
@@ -183,14 +264,21 @@ def run_eval(
     out: Console,
     model: Annotated[str, typer.Option(help="Model REF.")],
     data: Annotated[str, typer.Option(help="Dataset REF.")],
-    task: Annotated[Optional[list[str]], typer.Option(help="Task (repeatable): retrieval, zero_shot_classification.")] = None,
+    task: Annotated[Optional[list[str]], typer.Option(help="Task (repeatable): retrieval, zero_shot_classification, linear_probe, itm, vqa, nlvr, grounding, captioning.")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="Run every task of a suite that fits the model and data: default.")] = None,
     split: Annotated[str, typer.Option(help="validation, train or all.")] = "validation",
     as_json: JsonOpt = False,
 ) -> None:
     """Score a catalog model on a catalog dataset and register the eval report."""
-    from vlforge.components.stages import eval_plan
+    from vlforge.components.stages import eval_plan, eval_suite
 
-    tasks = task or ["retrieval"]
+    if task and suite:
+        raise UserError("give --task or --suite, not both")
+    skipped: dict[str, str] = {}
+    if suite is not None:
+        tasks, skipped = eval_suite(model, data, suite, split, open_catalog())
+    else:
+        tasks = task or ["retrieval"]
     eval_plan(model, data, tasks, split, open_catalog())
     from vlforge.flows.evaluate import eval_flow
 
@@ -206,7 +294,7 @@ def run_eval(
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
         out.print(table)
 
-    emit(out, as_json, artifact_ids(result) | {"metrics": metrics}, human)
+    emit(out, as_json, artifact_ids(result) | {"tasks": sorted(tasks), "skipped": skipped, "metrics": metrics}, human)
 
 
 @app.command("families")

@@ -18,6 +18,9 @@ from vlforge.environment import configure_environment
 from vlforge.errors import UserError
 
 configure_environment()
+from vlforge.flows.server import use_running_server  # noqa: E402  (after the environment is set)
+
+use_running_server()  # a server this home started is used by every command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reproducible vision-language pretraining as one DAG.")
 run_app = typer.Typer(no_args_is_help=True, help="Run the whole pipeline or one stage.")

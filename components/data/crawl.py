@@ -3,7 +3,14 @@
 img2dataset runs in a child process (``python -m vlforge.components.data.img2dataset_child``): its
 multiprocessing distributor spawns workers that re-import the caller's ``__main__``, which is only safe from a
 script of our own; the child also keeps wandb/albumentations imports out of the orchestrator. Local sources are
-served by a loopback server the stage starts here, so builtin, local and remote sources share one code path."""
+served by a loopback server the stage starts here, so builtin, local and remote sources share one code path.
+
+Every fetch goes through the guarded opener of ``guard.py`` (installed in img2dataset's workers through the
+``VLFORGE_FETCH_POLICY`` environment variable): non-http(s) schemes and non-public addresses are refused on every
+redirect hop and on the connected socket, except this stage's own loopback server and the user's allow-list.
+Every URL ends in exactly one outcome: a sample, or a failure whose reason is one of ``FAILURE_REASONS``.
+A crawl killed part-way resumes: img2dataset's incremental mode skips shards whose ``_stats.json`` exists (it is
+written last), re-downloads half-written ones over their partial files, and only finished shards are read here."""
 from __future__ import annotations
 
 import json
@@ -16,7 +23,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from vlforge.components.data.guard import POLICY_ENV, FetchPolicy, parse_allow_host
 from vlforge.components.data.loopback import serve_files, url_for
 from vlforge.components.sources.tables import SourceRows
 
@@ -33,12 +41,24 @@ class CrawlConfig(BaseModel):
     encode_quality: int = Field(95, ge=1, le=100)
     processes: int = Field(2, ge=1)
     threads: int = Field(16, ge=1)
-    timeout: int = Field(10, ge=1)
+    timeout: int = Field(10, ge=1, description="seconds per request")
     retries: int = Field(0, ge=0)
-    min_image_size: int = Field(0, ge=0)
+    min_image_size: int = Field(0, ge=0, description="min side in pixels of the original image")
+    max_side: int | None = Field(None, ge=1, description="max side in pixels of the original image; None: no limit")
+    max_pixels: int = Field(40_000_000, ge=1, description="max width*height of the original (decompression bombs)")
+    max_bytes: int | None = Field(32 * 1024 * 1024, ge=1, description="max body size of one download; None: no limit")
     max_aspect_ratio: float | None = Field(None, gt=0, description="None: no limit")
+    allow_hosts: list[str] = Field(default_factory=list, description="HOST or HOST:PORT exempt from the address guard")
     samples_per_crawl_shard: int = Field(1000, ge=1)
     disallowed_header_directives: list[str] = Field(default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _normalise_hosts(cls, value: list[str]) -> list[str]:
+        try:
+            return sorted({parse_allow_host(v) for v in value})
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class CrawlResult(BaseModel):
@@ -48,29 +68,42 @@ class CrawlResult(BaseModel):
     failures_by_reason: dict[str, int]
     failures_path: str
     served_from: str | None = None  # loopback base URL of a local source (stripped from recorded URLs)
+    rejected_keys: list[str] = Field(default_factory=list)  # img2dataset keys downloaded but over a limit checked here
 
 
+# First match wins, so the specific phrases (ours, from guard.py) come before generic ones like "http error".
 FAILURE_REASONS: list[tuple[str, tuple[str, ...]]] = [
-    ("not_found", ("404", "not found")),
-    ("server_error", ("http error 5", "500", "502", "503", "504")),
+    ("blocked_by_policy", ("blocked by policy", "redirection to url")),  # the latter: urllib refusing file:// hops
+    ("opted_out", ("x-robots-tag", "disallowed")),
+    ("truncated", ("incompleteread", "truncated")),
+    ("too_large", ("exceeds max_bytes", "image area too large", "exceeds max_side")),
+    ("redirect_loop", ("infinite loop", "redirect")),
+    ("not_found", ("http error 404", "http error 410", "not found")),
+    ("server_error", ("http error 5",)),
     ("timeout", ("timed out", "timeout")),
-    ("opted_out", ("x-robots-tag", "disallowed", "noai")),
-    ("redirect_loop", ("redirect",)),
     ("too_small", ("image too small", "too small")),
     ("bad_aspect_ratio", ("aspect ratio",)),
-    ("too_large", ("too large", "image area")),
-    ("not_an_image", ("cannot identify", "decod", "not an image", "unknown image")),
+    ("not_an_image", ("image decoding error", "cannot identify", "decod", "not an image", "unknown image")),
     ("connection_error", ("connection", "refused", "reset", "unreachable", "name or service")),
+    ("client_error", ("http error 4",)),
 ]
 
 
 def failure_reason(error_message: str) -> str:
-    """Map img2dataset's free-text error to one reason code (counted in the dataset manifest)."""
+    """Map img2dataset's (or the guard's) free-text error to one reason code (counted in the dataset manifest)."""
     msg = (error_message or "").lower()
     for reason, needles in FAILURE_REASONS:
         if any(n in msg for n in needles):
             return reason
     return "other"
+
+
+def fetch_policy(config: CrawlConfig, served_from: str | None) -> FetchPolicy:
+    """The guard's policy: the user's allow-list plus this stage's own loopback server (only its exact port)."""
+    hosts = set(config.allow_hosts)
+    if served_from:
+        hosts.add(served_from.split("://", 1)[1].rstrip("/"))
+    return FetchPolicy(allow_hosts=tuple(sorted(hosts)), max_bytes=config.max_bytes)
 
 
 def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path | None = None) -> CrawlResult:
@@ -83,7 +116,9 @@ def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path |
         table = rows.table
         if rows.files:
             base = stack.enter_context(serve_files(rows.files))
-            table = table.set_column(0, "url", pa.array([url_for(base, n) for n in table.column("url").to_pylist()]))
+            # only the served names: a mixed source can hold remote URLs beside local files
+            urls = [url_for(base, u) if u in rows.files else u for u in table.column("url").to_pylist()]
+            table = table.set_column(table.column_names.index("url"), "url", pa.array(urls, pa.string()))
         url_list = out_dir.parent / f"{out_dir.name}.urls.parquet"
         pq.write_table(table, url_list)
         args = {
@@ -103,6 +138,7 @@ def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path |
             "timeout": config.timeout,
             "retries": config.retries,
             "min_image_size": config.min_image_size,
+            "max_image_area": config.max_pixels,
             "max_aspect_ratio": config.max_aspect_ratio if config.max_aspect_ratio is not None else float("inf"),
             "number_sample_per_shard": config.samples_per_crawl_shard,
             "disallowed_header_directives": config.disallowed_header_directives,
@@ -111,7 +147,8 @@ def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path |
             "incremental_mode": "incremental",
             "compute_hash": "sha256",
         }
-        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true"}
+        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true",
+               POLICY_ENV: fetch_policy(config, base).to_env()}
         with log_path.open("w") as log:
             proc = subprocess.run(
                 [sys.executable, "-m", "vlforge.components.data.img2dataset_child", json.dumps(args)],
@@ -123,7 +160,7 @@ def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path |
         if proc.returncode != 0:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"img2dataset exited with {proc.returncode}: {tail[0]} (log: {log_path})")
-    return summarise_crawl(out_dir, attempted=rows.table.num_rows, served_from=base)
+    return summarise_crawl(out_dir, attempted=rows.table.num_rows, served_from=base, max_side=config.max_side)
 
 
 def local_url(url: str, served_from: str | None) -> str:
@@ -133,12 +170,28 @@ def local_url(url: str, served_from: str | None) -> str:
     return url
 
 
-def summarise_crawl(out_dir: Path, attempted: int, served_from: str | None = None) -> CrawlResult:
-    """Read img2dataset's parquet sidecars: successes and failures by reason (written to failures.parquet)."""
+def finished_crawl_shards(out_dir: Path) -> list[Path]:
+    """The parquet sidecars of shards img2dataset finished (``_stats.json`` is written after tar and parquet close;
+    a shard without one was cut off by a kill and is re-downloaded on resume)."""
+    done = {p.name.split("_", 1)[0] for p in out_dir.glob("*_stats.json")}
+    return [p for p in sorted(out_dir.glob("*.parquet")) if p.stem in done]
+
+
+def summarise_crawl(out_dir: Path, attempted: int, served_from: str | None = None, max_side: int | None = None) -> CrawlResult:
+    """Read img2dataset's parquet sidecars: successes and failures by reason (written to failures.parquet).
+    Downloads whose original image is over ``max_side`` become ``too_large`` failures (img2dataset has no such
+    limit; their keys are listed in ``rejected_keys`` so the shard stage leaves them out)."""
     statuses: list[dict] = []
-    for part in sorted(out_dir.glob("*.parquet")):
-        cols = [c for c in ("url", "status", "error_message", "source_key") if c in pq.read_schema(part).names]
+    wanted = ("key", "url", "status", "error_message", "source_key", "original_width", "original_height")
+    for part in finished_crawl_shards(out_dir):
+        cols = [c for c in wanted if c in pq.read_schema(part).names]
         statuses.extend(pq.read_table(part, columns=cols).to_pylist())
+    rejected: list[str] = []
+    for s in statuses:
+        side = max(s.get("original_width") or 0, s.get("original_height") or 0)
+        if s.get("status") == "success" and max_side is not None and side > max_side:
+            s["status"], s["error_message"] = "failed_to_resize", f"original side {side} exceeds max_side {max_side}"
+            rejected.append(str(s.get("key")))
     succeeded = sum(1 for s in statuses if s.get("status") == "success")
     failures = [s for s in statuses if s.get("status") != "success"]
     reasons = [failure_reason(s.get("error_message") or "") for s in failures]
@@ -146,15 +199,15 @@ def summarise_crawl(out_dir: Path, attempted: int, served_from: str | None = Non
     pq.write_table(
         pa.table(
             {
-                "url": [local_url(f.get("url") or "", served_from) for f in failures],
-                "source_key": [f.get("source_key") or "" for f in failures],
-                "reason": reasons,
-                "error_message": [f.get("error_message") or "" for f in failures],
+                "url": pa.array([local_url(f.get("url") or "", served_from) for f in failures], pa.string()),
+                "source_key": pa.array([f.get("source_key") or "" for f in failures], pa.string()),
+                "reason": pa.array(reasons, pa.string()),
+                "error_message": pa.array([f.get("error_message") or "" for f in failures], pa.string()),
             }
         ),
         failures_path,
     )
-    if len(statuses) < attempted:  # rows img2dataset never reported (should not happen): count them honestly
+    if len(statuses) < attempted:  # rows of shards that never finished (the crawl died): counted, not hidden
         reasons.extend(["not_attempted"] * (attempted - len(statuses)))
     return CrawlResult(
         output_dir=str(out_dir),
@@ -163,6 +216,7 @@ def summarise_crawl(out_dir: Path, attempted: int, served_from: str | None = Non
         failures_by_reason=dict(sorted(Counter(reasons).items())),
         failures_path=str(failures_path),
         served_from=served_from,
+        rejected_keys=rejected,
     )
 
 

@@ -4,7 +4,9 @@ Training streams samples without end: each epoch shuffles the shard list with (s
 data-parallel rank every ``world``-th shard (all shards, sample-strided, when there are fewer shards than
 ranks), and shuffles within a bounded buffer. The stream is a pure function of (seed, rank, world, position),
 so resuming at step ``s`` skips ``s`` batches of raw bytes without decoding them and sees exactly the samples an
-uninterrupted run would have seen. Evaluation reads a split in order with ``webdataset``."""
+uninterrupted run would have seen. ``training_loader`` is the same stream split further across torch DataLoader
+workers that decode, resize and normalise in parallel, with optional shard resampling (``bench/loader_bench.py``
+measures it against a bare decode loop). Evaluation reads a split in order with ``webdataset``."""
 from __future__ import annotations
 
 import io
@@ -83,11 +85,18 @@ def _to_raw(key: str, group: dict[str, bytes]) -> RawSample:
     return RawSample(key, image, group.get("txt", b"").decode("utf-8"), json.loads(group.get("json", b"{}")))
 
 
-def training_stream(shards: Sequence[Path], rank: int, world: int, seed: int, shuffle_buffer: int) -> Iterator[RawSample]:
-    """Endless, deterministic stream of raw samples for one data-parallel rank."""
+def training_stream(shards: Sequence[Path], rank: int, world: int, seed: int, shuffle_buffer: int,
+                    resample: bool = False) -> Iterator[RawSample]:
+    """Endless, deterministic stream of raw samples for one consumer (a data-parallel rank, or one dataloader
+    worker of one rank: see ``TrainingBatches``). ``resample``: draw shards with replacement (seeded per consumer)
+    instead of splitting each epoch's shard order — every consumer sees every shard, so a shard count below the
+    number of consumers costs no stride and no consumer runs dry first (webdataset's ``ResampledShards``)."""
     if not shards:
         raise ValueError("no training shards")
     shards = sorted(shards)
+    if resample:
+        yield from _resampled_stream(shards, rank, seed, shuffle_buffer)
+        return
     epoch = 0
     while True:
         order = list(shards)
@@ -110,6 +119,87 @@ def training_stream(shards: Sequence[Path], rank: int, world: int, seed: int, sh
         while buffer:
             yield buffer.pop(rng.randrange(len(buffer)))
         epoch += 1
+
+
+def _resampled_stream(shards: Sequence[Path], consumer: int, seed: int, shuffle_buffer: int) -> Iterator[RawSample]:
+    pick = random.Random(f"{seed}:{consumer}:resample")
+    rng = random.Random(f"{seed}:{consumer}:buffer")
+    buffer: list[RawSample] = []
+    while True:
+        for sample in _read_tar(shards[pick.randrange(len(shards))]):
+            buffer.append(sample)
+            if len(buffer) >= shuffle_buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
+
+
+@dataclass
+class DecodedBatch:
+    pixel_values: torch.Tensor  # (B, 3, size, size), normalised
+    captions: list[str]
+    keys: list[str]
+    skipped: int  # samples whose image did not decode, skipped on the way to this batch (a counted skip)
+
+
+class TrainingBatches(torch.utils.data.IterableDataset):
+    """The training input pipeline: shards -> shuffled raw samples -> decoded, resized, normalised batches.
+
+    Split two ways: by data-parallel rank (Ray Train worker) and, inside a rank, by torch DataLoader worker; each
+    (rank, worker) pair is one consumer of ``training_stream`` (``world * num_workers`` consumers). The DataLoader
+    takes batches round-robin from its workers, so the batch sequence is a pure function of (seed, rank, world,
+    num_workers, resample) and resuming at ``start_step`` has each worker skip, undecoded, the raw samples of the
+    batches it made before that step. Decoding happens in the workers, off the training process."""
+
+    def __init__(self, shards: Sequence[Path], *, rank: int, world: int, seed: int, shuffle_buffer: int,
+                 transform: ImageTransform, batch_size: int, num_workers: int, start_step: int = 0,
+                 resample: bool = False) -> None:
+        super().__init__()
+        self.shards, self.rank, self.world, self.seed = list(shards), rank, world, seed
+        self.shuffle_buffer, self.transform, self.batch_size = shuffle_buffer, transform, batch_size
+        self.num_workers, self.start_step, self.resample = max(0, num_workers), start_step, resample
+
+    def __iter__(self) -> Iterator[DecodedBatch]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader asks its workers for batches round-robin from worker 0, so after a resume at step s the
+        # worker asked first must play the part of the worker that made batch s: rotate the roles by s.
+        role = (worker + self.start_step) % workers
+        consumer, consumers = self.rank * workers + role, self.world * workers
+        stream = training_stream(self.shards, consumer, consumers, self.seed, self.shuffle_buffer, self.resample)
+        made_before = len(range(role, self.start_step, workers))  # batches this role made before start_step
+        for _ in range(made_before * self.batch_size):
+            next(stream)
+        while True:
+            pixels, captions, keys, skipped = [], [], [], 0
+            while len(pixels) < self.batch_size:
+                raw = next(stream)
+                try:
+                    pixels.append(self.transform(decode_image(raw.image)))
+                except Exception:  # noqa: BLE001 - a corrupt image inside a shard is a counted skip, not a crash
+                    skipped += 1
+                    continue
+                captions.append(raw.caption)
+                keys.append(raw.key)
+            yield DecodedBatch(torch.stack(pixels), captions, keys, skipped)
+
+
+def _as_is(batch: DecodedBatch) -> DecodedBatch:
+    return batch  # batches are whole already (a module-level function: picklable for spawned workers)
+
+
+def _single_thread_worker(_: int) -> None:
+    torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
+
+
+def training_loader(shards: Sequence[Path], *, rank: int, world: int, seed: int, shuffle_buffer: int,
+                    transform: ImageTransform, batch_size: int, num_workers: int = 2, start_step: int = 0,
+                    resample: bool = False, prefetch_factor: int = 4) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``TrainingBatches`` (batches are made in the workers; ``batch_size=None`` here)."""
+    dataset = TrainingBatches(shards, rank=rank, world=world, seed=seed, shuffle_buffer=shuffle_buffer,
+                              transform=transform, batch_size=batch_size, num_workers=num_workers,
+                              start_step=start_step, resample=resample)
+    extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": _single_thread_worker} if num_workers else {}
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                                       collate_fn=_as_is, **extra)
 
 
 def read_split(dataset_dir: Path, split: str) -> list[RawSample]:

@@ -26,7 +26,7 @@ class _FileTableServer(ThreadingHTTPServer):
 class _FileTableHandler(BaseHTTPRequestHandler):
     server: _FileTableServer
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         name = unquote(self.path.lstrip("/").split("?", 1)[0])
         path = self.server.files.get(name)
         if path is None:

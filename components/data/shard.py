@@ -4,7 +4,8 @@ Each good sample gets a stable key (a hash of its source key), a split chosen de
 (so a sample keeps its split whatever else is crawled), and lands in ``{split}-{n:06d}.tar`` in source order.
 Tars are written with fixed metadata (mtime 0, uid 0, sorted members) so the same input gives byte-identical
 shards and the dataset artifact's id is reproducible. The manifest (pyarrow) records every shard's sha256 and
-sample count, per-split totals and failures by reason; ``samples.parquet`` indexes every sample."""
+sample count, per-split totals and failures by reason; ``samples.parquet`` indexes every sample. A sample whose
+image does not decode is a counted skip (``undecodable``), never an error."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
-from vlforge.components.data.crawl import CrawlResult, local_url
+from vlforge.components.data.crawl import CrawlResult, finished_crawl_shards, local_url
 
 SPLITS = ("train", "validation")
 
@@ -107,11 +108,20 @@ def shard_crawl(crawl: CrawlResult, out_dir: Path, config: ShardConfig, source: 
     Returns the manifest. Images that do not decode are dropped and counted as ``undecodable``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     writers = {s: _SplitWriter(out_dir, s, config.samples_per_shard) for s in SPLITS}
-    index: dict[str, list] = {k: [] for k in ("key", "split", "shard", "caption", "label", "facts", "url", "width", "height")}
+    index: dict[str, list] = {k: [] for k in ("key", "split", "shard", "caption", "label", "facts", "url", "width", "height",
+                                              "original_width", "original_height")}
     failures = Counter(crawl.failures_by_reason)
     seen: set[str] = set()
+    rejected = set(crawl.rejected_keys)
+    finished = {p.stem for p in finished_crawl_shards(Path(crawl.output_dir))}
     for crawl_tar in sorted(Path(crawl.output_dir).glob("*.tar")):
-        for _, members in _read_crawl_tar(crawl_tar):
+        if crawl_tar.stem not in finished:  # cut off by a kill and never resumed: its rows count as not_attempted
+            continue
+        # img2dataset writes a shard in download-completion order; its keys (row numbers) give a stable order, so
+        # a resumed crawl and an uninterrupted one give byte-identical shards.
+        for crawl_key, members in sorted(_read_crawl_tar(crawl_tar), key=lambda g: g[0]):
+            if crawl_key in rejected:
+                continue
             meta = json.loads(members.get("json", b"{}"))
             image_ext = next((e for e in ("jpg", "png", "webp") if e in members), None)
             if image_ext is None:
@@ -144,7 +154,9 @@ def shard_crawl(crawl: CrawlResult, out_dir: Path, config: ShardConfig, source: 
                 key, {image_ext: members[image_ext], "txt": caption.encode(), "json": json.dumps(record, sort_keys=True).encode()}
             )
             for col, val in (("key", key), ("split", split), ("shard", shard), ("caption", caption), ("label", record["label"]),
-                             ("facts", meta.get("facts") or ""), ("url", record["url"] or ""), ("width", width), ("height", height)):
+                             ("facts", meta.get("facts") or ""), ("url", record["url"] or ""), ("width", width), ("height", height),
+                             ("original_width", int(meta.get("original_width") or width)),
+                             ("original_height", int(meta.get("original_height") or height))):
                 index[col].append(val)
     shards = [s for split in SPLITS for s in writers[split].close()]
     pq.write_table(pa.table(index), out_dir / "samples.parquet")

@@ -6,8 +6,12 @@ them, is a hit. Without the merge a model would be punished for ties the data ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from vlforge.components.evaluation.tasks import EvalContext, TaskOutput
 
 KS = (1, 5, 10)
 
@@ -49,3 +53,26 @@ def unique_captions(captions: list[str]) -> tuple[list[str], list[int]]:
     index: dict[str, int] = {}
     ids = [index.setdefault(c, len(index)) for c in captions]
     return list(index), ids
+
+
+def run_retrieval(ctx: EvalContext) -> TaskOutput:
+    """The retrieval task over a split: each image against the split's unique captions."""
+    from vlforge.components.evaluation.plots import (
+        plot_retrieval,
+        plot_retrieval_examples,
+    )
+    from vlforge.components.evaluation.tasks import TaskOutput
+
+    captions = [s.caption for s in ctx.samples]
+    uniq, ids = unique_captions(captions)
+    image_emb = ctx.image_embeddings()
+    text_emb = ctx.embed_texts(uniq)
+    result = retrieval_metrics(image_emb, text_emb, ids)
+    top5 = (image_emb @ text_emb.t()).topk(min(5, len(uniq)), dim=1).indices.tolist()
+    rows = {"key": [s.key for s in ctx.samples], "caption": captions, "i2t_rank": result.image_rank,
+            "t2i_rank": [result.caption_rank[i] for i in ids], "i2t_top5": [[uniq[j] for j in row] for row in top5]}
+    examples = [(ctx.images()[i], captions[i], [uniq[j] for j in top5[i]]) for i in range(min(4, len(captions)))]
+    return TaskOutput(result.metrics, rows, {
+        "retrieval.png": lambda path: plot_retrieval(result.metrics, path),
+        "retrieval_examples.png": lambda path: plot_retrieval_examples(examples, path),
+    })

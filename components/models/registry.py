@@ -54,6 +54,7 @@ class ImageTextBatch:
     attention_mask: torch.Tensor  # (B, L)
     captions: list[str]
     keys: list[str]
+    word_ids: torch.Tensor | None = None  # (B, L) word index per token, -1 for specials (whole-word masking)
 
 
 class Family(ABC):

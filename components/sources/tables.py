@@ -1,12 +1,15 @@
 """Reading user-supplied sources: URL lists and tables of local image paths.
 
 A URL list (parquet, csv, tsv or jsonl with a URL column and a caption column) is what a user with CC3M, LAION
-or DataComp metadata has. A local table names image files (paths relative to the table) with captions, like
-``shared/data/emoji-noto/pairs.parquet``. Both become the same normalised ``SourceRows`` the crawl consumes."""
+or DataComp metadata has; it may live on any ``fsspec`` filesystem (``s3://``, ``gs://``, ``https://``, ...,
+with the user's own credentials). A local table names image files (paths relative to the table) with captions,
+like ``shared/data/emoji-noto/pairs.parquet``; a local image folder is images with optional ``<stem>.txt``
+caption sidecars. All become the same normalised ``SourceRows`` the crawl consumes."""
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,21 +34,48 @@ class SourceRows:
     description: dict = field(default_factory=dict)
 
 
-def read_table(path: Path) -> pa.Table:
-    """Read a parquet/csv/tsv/jsonl table; UserError on a missing, unknown or unreadable file."""
-    if not path.is_file():
-        raise UserError(f"source table '{path}' does not exist")
-    fmt = TABLE_SUFFIXES.get(path.suffix.lower())
+def is_remote(spec: str | Path) -> bool:
+    """A ``protocol://`` path for fsspec (``file://`` included); a plain path is local."""
+    return isinstance(spec, str) and "://" in spec
+
+
+def read_remote_bytes(spec: str) -> bytes:
+    """The bytes of an fsspec URL; UserError when it is missing, its protocol unknown or access refused."""
+    import fsspec
+
+    try:
+        with fsspec.open(spec, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UserError(f"source table '{spec}' does not exist") from None
+    except (ImportError, ValueError) as exc:  # unknown protocol, or its driver (s3fs, gcsfs) is not installed
+        raise UserError(f"source table '{spec}' cannot be opened: {str(exc).splitlines()[0]}") from None
+    except (OSError, PermissionError) as exc:
+        raise UserError(f"source table '{spec}' cannot be read: {str(exc).splitlines()[0] or type(exc).__name__}") from None
+
+
+def read_table(path: Path | str, data: bytes | None = None) -> pa.Table:
+    """Read a parquet/csv/tsv/jsonl table (a local path, or an fsspec URL whose ``data`` may be given already);
+    UserError on a missing, unknown or unreadable file."""
+    suffix = Path(str(path).split("?", 1)[0]).suffix.lower()
+    if is_remote(path):
+        source: object = pa.BufferReader(data if data is not None else read_remote_bytes(str(path)))
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"source table '{path}' does not exist")
+        source = path
+    fmt = TABLE_SUFFIXES.get(suffix)
     if fmt is None:
-        raise UserError(f"source table '{path}' has unknown format '{path.suffix}' (use .parquet, .csv, .tsv or .jsonl)")
+        raise UserError(f"source table '{path}' has unknown format '{suffix}' (use .parquet, .csv, .tsv or .jsonl)")
     try:
         if fmt == "parquet":
-            return pq.read_table(path)
+            return pq.read_table(source)
         if fmt == "csv":
-            return pacsv.read_csv(path)
+            return pacsv.read_csv(source)
         if fmt == "tsv":
-            return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t"))
-        return pajson.read_json(path)
+            return pacsv.read_csv(source, parse_options=pacsv.ParseOptions(delimiter="\t"))
+        return pajson.read_json(source)
     except (pa.ArrowInvalid, OSError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"source table '{path}' cannot be read as {fmt}: {first_line}") from None
@@ -71,9 +101,15 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_url_list(path: Path, url_col: str = "url", caption_col: str = "caption", label_col: str | None = None) -> SourceRows:
-    """A URL list of remote images. Rows whose URL is empty are dropped (and counted)."""
-    table = read_table(path)
+def load_url_list(path: Path | str, url_col: str = "url", caption_col: str = "caption", label_col: str | None = None) -> SourceRows:
+    """A URL list of remote images (a local path or an fsspec URL). Rows whose URL is empty are dropped (and
+    counted)."""
+    if is_remote(path):
+        data = read_remote_bytes(str(path))
+        table, fingerprint = read_table(path, data), hashlib.sha256(data).hexdigest()
+    else:
+        path = Path(path)
+        table, fingerprint = read_table(path), _file_sha256(path)
     _require_columns(path, table, url_col, caption_col, *([label_col] if label_col else []))
     urls = _as_str_list(table, url_col)
     captions = _as_str_list(table, caption_col)
@@ -92,7 +128,7 @@ def load_url_list(path: Path, url_col: str = "url", caption_col: str = "caption"
     )
     return SourceRows(
         table=rows,
-        fingerprint=_file_sha256(path),
+        fingerprint=fingerprint,
         description={"kind": "url-list", "path": str(path), "rows": table.num_rows, "empty_urls": len(urls) - len(keep)},
     )
 
@@ -136,6 +172,38 @@ def load_local_table(
     )
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+def load_image_folder(folder: Path) -> SourceRows:
+    """Every image under ``folder`` (recursively, sorted by relative path); the caption is ``<stem>.txt`` beside the
+    image when present, else the file stem with ``_``/``-`` as spaces. The sample key is the relative path."""
+    if not folder.is_dir():
+        raise UserError(f"source folder '{folder}' does not exist")
+    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise UserError(f"source folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    files: dict[str, Path] = {}
+    names, captions, keys = [], [], []
+    digest = hashlib.sha256()
+    for i, image in enumerate(images):
+        rel = image.relative_to(folder).as_posix()
+        sidecar = image.with_suffix(".txt")
+        caption = sidecar.read_text(encoding="utf-8", errors="replace").strip() if sidecar.is_file() else \
+            image.stem.replace("_", " ").replace("-", " ")
+        name = f"{i:08d}{image.suffix.lower()}"
+        files[name] = image.resolve()
+        names.append(name)
+        captions.append(caption)
+        keys.append(rel)
+        stat = image.stat()
+        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\0{caption}\n".encode())
+    rows = pa.table({"url": names, "caption": captions, "source_key": keys, "label": [""] * len(names),
+                     "facts": [""] * len(names)})
+    return SourceRows(table=rows, files=files, fingerprint=digest.hexdigest(),
+                      description={"kind": "folder", "path": str(folder), "rows": len(names)})
+
+
 def sniff_table_kind(path: Path, url_col: str = "url", path_col: str = "path") -> str:
     """'local' when the table has the path column and no URL column, else 'url-list'."""
     table = read_table(path)
@@ -146,3 +214,32 @@ def sniff_table_kind(path: Path, url_col: str = "url", path_col: str = "path") -
 
 def facts_json(obj: dict) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def mix_sources(parts: list[tuple[SourceRows, float]], seed: int = 0) -> SourceRows:
+    """Mix sources by weight: source ``i`` gives a share ``w_i / sum(w)`` of the rows. The total is the largest
+    that needs no source to repeat a row, and each source's rows are a seeded sample without replacement (kept in
+    source order), so the mix is reproducible. Sample keys are prefixed with the part's index."""
+    if not parts:
+        raise UserError("a source mix needs at least one part")
+    total_weight = sum(w for _, w in parts)
+    n_total = min(int(rows.table.num_rows * total_weight / w) for rows, w in parts)
+    tables, files, digest = [], {}, hashlib.sha256(f"mix:{seed}".encode())
+    counts = []
+    for i, (rows, weight) in enumerate(parts):
+        n = min(rows.table.num_rows, round(n_total * weight / total_weight))
+        chosen = sorted(random.Random(f"{seed}:{i}").sample(range(rows.table.num_rows), n))
+        table = rows.table.take(pa.array(chosen, pa.int64()))
+        if rows.files:  # local parts: serve each part's files under a prefixed name
+            names = [f"m{i}-{u}" for u in table.column("url").to_pylist()]
+            files.update({f"m{i}-{name}": path for name, path in rows.files.items()})
+            table = table.set_column(table.column_names.index("url"), "url", pa.array(names, pa.string()))
+        keys = [f"{i}:{k}" for k in table.column("source_key").to_pylist()]
+        table = table.set_column(table.column_names.index("source_key"), "source_key", pa.array(keys, pa.string()))
+        table = table.select(list(NORMALISED_COLUMNS))
+        tables.append(table.cast(tables[0].schema) if tables else table)
+        counts.append(n)
+        digest.update(f"{rows.fingerprint}:{weight}\n".encode())
+    return SourceRows(table=pa.concat_tables(tables), files=files, fingerprint=digest.hexdigest(),
+                      description={"kind": "mix", "parts": [{**r.description, "weight": w, "rows_taken": n}
+                                                            for (r, w), n in zip(parts, counts)]})

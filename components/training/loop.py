@@ -55,6 +55,11 @@ def _lr_lambda(recipe: Recipe):
     return f
 
 
+def word_id_tensor(enc: Any, n: int) -> torch.Tensor:
+    """The fast tokenizer's word index of every token (-1 for special tokens and padding), for whole-word masking."""
+    return torch.tensor([[-1 if w is None else w for w in enc.word_ids(i)] for i in range(n)], dtype=torch.long)
+
+
 def train_worker(cfg: dict[str, Any]) -> None:
     """Runs inside each Ray Train worker."""
     import ray.train
@@ -105,6 +110,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
             attention_mask=enc["attention_mask"].to(device),
             captions=captions,
             keys=[r.key for r in raws],
+            word_ids=word_id_tensor(enc, len(raws)).to(device),
         )
         with autocast:
             losses = family.training_step(model, batch, recipe)

@@ -23,6 +23,24 @@ def ray_env() -> dict[str, str]:
     }
 
 
+def check_ray_address(address: str | None, timeout: float = 3.0) -> None:
+    """UserError unless ``address`` (``host:port`` of a Ray head's GCS, or ``auto``/``local``/``ray://...``) answers."""
+    if not address or address in ("auto", "local") or address.startswith("ray://"):
+        return
+    import socket
+
+    from vlforge.errors import UserError
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UserError(f"Ray address '{address}' is not HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserError(f"Ray address '{address}' is unreachable: {exc.strerror or exc}") from None
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to Ray once per process: to ``address`` if given, else a local instance on loopback."""
     for key, value in ray_env().items():
@@ -38,6 +56,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
               "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="ERROR"),
               "runtime_env": {"env_vars": ray_env()}}
     if address:
+        check_ray_address(address)
         ray.init(address=address, **common)
     else:
         ray.init(

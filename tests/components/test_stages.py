@@ -2,12 +2,12 @@
 from pathlib import Path
 
 import pytest
-
 from vlforge.catalog import Catalog
 from vlforge.components.models.clip.hf_text import minilm_dir
 from vlforge.components.models.registry import get_family
 from vlforge.components.stages import resolve_artifact_fields, stage_key, train_plan
 from vlforge.components.tokenizer import TokenizerConfig, train_tokenizer
+
 from vlforge.errors import UserError
 
 
@@ -36,7 +36,7 @@ def test_train_plan_checks_kinds_and_tokenizer_fit(tmp_path: Path) -> None:
     (tmp_path / "ds" / "manifest.json").write_text("{}")
     dataset = catalog.register(kind="dataset", name="d", files=tmp_path / "ds", config={})
     train_tokenizer(["a red circle", "a blue square"] * 5, tmp_path / "tok", TokenizerConfig(vocab_size=40))
-    tok = catalog.register(kind="tokenizer", name="t", files=tmp_path / "tok", config={}, parents=[dataset.id])
+    catalog.register(kind="tokenizer", name="t", files=tmp_path / "tok", config={}, parents=[dataset.id])
     key, _, _, recipe = train_plan("clip", "tiny", {"steps": 3}, "d", "t", catalog)
     assert recipe.steps == 3 and key != train_plan("clip", "tiny", {"steps": 4}, "d", "t", catalog)[0]
     with pytest.raises(UserError, match="is a tokenizer, not a dataset"):

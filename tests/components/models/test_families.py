@@ -12,6 +12,15 @@ from vlforge.errors import UserError
 PAPER_PARAMS = {
     # OpenAI CLIP ViT-B/32 (Radford et al. 2021, Table 20 architecture); 151,277,313 as released.
     "clip": ("base", 151_277_313),
+    # ViLT-B/32: 87.4M in Kim et al. 2021 (Table 6, #Params). Our model without its word-embedding table has 88.8M,
+    # so that count leaves the table out: + BERT-base's 30,522 x 768 word embeddings = 110.8M; the rest (~1.2%) is
+    # the pooler, MLM transform and ITM head.
+    "vilt": ("base", 87_400_000 + 30_522 * 768),
+    # VLMo-Base: 175M in Bao et al. 2021 (the multiway backbone with embeddings: ours has 175.4M), + the
+    # pretraining heads of the released code, which that count leaves out: 4 ITC projections (4 x 768²), the
+    # pooler and MLM transform (2 x (768² + 768)), MLM LayerNorm and decoder bias, ITM head, and the stage-1
+    # pixel-regression MIM head (768 x 768 + 768 for 16x16x3 pixels) = 4,164,668.
+    "vlmo": ("base", 175_000_000 + 4_164_668),
 }
 SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 

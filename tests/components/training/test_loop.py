@@ -1,5 +1,6 @@
-"""The Ray Train loop for real (2 gloo workers on CPU): a run killed with SIGKILL resumes from its last checkpoint
-and ends with exactly the weights of an uninterrupted run; the same seed gives the same weights."""
+"""The Ray Train loop for real (2 gloo workers on CPU). Faults: the driver killed with SIGKILL resumes from its last
+checkpoint, and one training worker killed mid-run is restarted by Ray Train (FailureConfig) from the last
+checkpoint; both end with exactly the weights of an uninterrupted run (same seed, CPU)."""
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from vlforge.catalog import Catalog
 from vlforge.components.data.crawl import CrawlConfig
@@ -15,8 +17,6 @@ from vlforge.components.data.shard import ShardConfig
 from vlforge.components.pipeline_config import SourceConfig
 from vlforge.components.stages import run_ingest, run_tokenizer
 from vlforge.components.tokenizer import TokenizerConfig
-
-from vlforge.settings import catalog_root
 
 pytestmark = pytest.mark.slow
 
@@ -41,32 +41,61 @@ def launch(args: dict) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen) -> dict:
-    out, err = proc.communicate(timeout=400)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(home: Path, tmp_path: Path) -> None:
-    catalog = Catalog(catalog_root())
-    data = run_ingest(SourceConfig(spec="builtin:shapes?n=240&image_size=32"), CrawlConfig(image_size=32, processes=1),
-                      ShardConfig(samples_per_shard=40), catalog).artifact
-    tok = run_tokenizer(data.id, TokenizerConfig(vocab_size=128), catalog).artifact
-    common = {"recipe": RECIPE, "data": str(catalog.path(data.id)), "tok": str(catalog.path(tok.id))}
-
-    killed_run = tmp_path / "runs" / "interrupted"
-    proc = launch({**common, "run": str(killed_run), "out": str(tmp_path / "m1")})
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen) -> None:
     deadline = time.time() + 300
-    while not list(killed_run.glob("checkpoint_*")) and time.time() < deadline and proc.poll() is None:
+    while not list(run.glob("checkpoint_*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    if proc.poll() is not None:
+        pytest.fail(f"the run ended ({proc.returncode}) before it could be interrupted: {proc.stderr.read()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("loop")
+    old = os.environ.get("VLFORGE_HOME")
+    os.environ["VLFORGE_HOME"] = str(root / "home")
+    try:
+        catalog = Catalog(root / "home" / "catalog")
+        data = run_ingest(SourceConfig(spec="builtin:shapes?n=240&image_size=32"), CrawlConfig(image_size=32, processes=1),
+                          ShardConfig(samples_per_shard=40), catalog).artifact
+        tok = run_tokenizer(data.id, TokenizerConfig(vocab_size=128), catalog).artifact
+    finally:
+        os.environ.pop("VLFORGE_HOME") if old is None else os.environ.__setitem__("VLFORGE_HOME", old)
+    common = {"recipe": RECIPE, "data": str(catalog.path(data.id)), "tok": str(catalog.path(tok.id))}
+    straight = finish(launch({**common, "run": str(root / "runs" / "straight"), "out": str(root / "straight")}))
+    return {"root": root, "common": common, "straight": straight, "weights": (root / "straight" / "model.safetensors").read_bytes()}
+
+
+def test_resume_after_driver_sigkill_matches_uninterrupted_run(prepared: dict, tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "interrupted"
+    args = {**prepared["common"], "run": str(run), "out": str(tmp_path / "m")}
+    proc = launch(args)
+    wait_for_checkpoint(run, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
     proc.wait()
-    assert not (tmp_path / "m1").exists()
-    resumed = finish(launch({**common, "run": str(killed_run), "out": str(tmp_path / "m1")}))
-    straight = finish(launch({**common, "run": str(tmp_path / "runs" / "straight"), "out": str(tmp_path / "m2")}))
-
-    log = [json.loads(line) for line in (tmp_path / "m1" / "train_log.jsonl").read_text().splitlines()]
+    assert not (tmp_path / "m").exists()
+    resumed = finish(launch(args))
+    log = [json.loads(line) for line in (tmp_path / "m" / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == list(range(4, 49, 4))  # history carried over the resume, no gaps
-    assert resumed["steps"] == straight["steps"] == 48
-    assert (tmp_path / "m1" / "model.safetensors").read_bytes() == (tmp_path / "m2" / "model.safetensors").read_bytes()
-    assert straight["final_loss"] < straight["first_loss"]
+    assert resumed["steps"] == prepared["straight"]["steps"] == 48
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == prepared["weights"]
+    assert prepared["straight"]["final_loss"] < prepared["straight"]["first_loss"]
+
+
+def test_worker_sigkill_is_restarted_from_checkpoint(prepared: dict, tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "worker-fault"
+    proc = launch({**prepared["common"], "run": str(run), "out": str(tmp_path / "m")})
+    wait_for_checkpoint(run, proc)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+    assert workers, "no Ray Train worker found under the driver"
+    workers[-1].send_signal(signal.SIGKILL)
+    result = finish(proc)
+    assert result["steps"] == 48
+    # restarted from the last checkpoint with the same data position: bit-identical to the uninterrupted run
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == prepared["weights"]
+    assert abs(result["final_loss"] - prepared["straight"]["final_loss"]) < 1e-6

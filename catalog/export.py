@@ -1,0 +1,112 @@
+"""``vlforge catalog export``: write one artifact out of the catalog as a plain folder a person can hand on,
+for a model a Hugging Face ``save_pretrained`` directory plus a model card (``README.md``).
+
+Where it sits: the end of the DAG, after evaluation. The card is assembled from the catalog alone: what the
+model is (family, recipe), the data it was trained on (its dataset ancestors), the training config, its metrics
+and those of every evaluation made from it, its lineage, the environment that made it and the data's licence.
+The folder is built under a temporary name beside the target and renamed into place, so it appears whole or
+not at all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from vlforge.catalog.store import Artifact, Catalog, _remove_tree
+from vlforge.errors import UserError
+
+__all__ = ["export", "model_card"]
+
+_UNKNOWN_LICENCE = ("not recorded by the source: the images and captions keep their owners' terms; check them "
+                    "before redistributing this model or its data")
+
+
+def _licence(dataset: Artifact) -> str:
+    source = dataset.config.get("source", {}) if isinstance(dataset.config, dict) else {}
+    for key in ("license", "licence"):
+        for holder in (source, dataset.config):
+            if isinstance(holder, dict) and isinstance(holder.get(key), str):
+                return holder[key]
+    return _UNKNOWN_LICENCE
+
+
+def _fence(text: str) -> str:
+    """A fenced block that the text inside cannot close early."""
+    ticks = "`" * max(3, max((len(run) for run in text.split("\n") if set(run) == {"`"}), default=0) + 1)
+    return f"{ticks}\n{text}\n{ticks}"
+
+
+def model_card(catalog: Catalog, artifact: Artifact) -> str:
+    """The Markdown card for ``artifact`` (Hugging Face front matter, then prose and tables)."""
+    ancestors = catalog.ancestors(artifact.id)
+    datasets = [a for a in ancestors if a.kind == "dataset"]
+    evals = [d for d in catalog.descendants(artifact.id) if d.kind == "eval"]
+    licences = sorted({_licence(d) for d in datasets}) or [_UNKNOWN_LICENCE]
+    front = {"library_name": "transformers", "tags": ["vlforge", artifact.kind, *( [artifact.family] if artifact.family else [])],
+             "datasets": [d.name for d in datasets]}
+    lines = ["---", *(f"{key}: {json.dumps(value)}" for key, value in front.items()), "---", "",
+             f"# {artifact.name} (version {artifact.version})", "",
+             f"A `{artifact.kind}` artifact from the vlforge catalog, id `{artifact.id}`."]
+    if artifact.family:
+        recipe = artifact.config.get("recipe") if isinstance(artifact.config, dict) else None
+        lines.append(f"A **{artifact.family}** vision-language model" + (f", recipe `{recipe}`" if recipe else "")
+                     + ", pretrained from scratch by vlforge's Ray Train loop. Load it with the family's "
+                       "`from_pretrained` on this folder (weights are safetensors).")
+    lines += ["", "## Data", ""]
+    if datasets:
+        lines += ["| dataset | version | id | samples | source |", "|---|---|---|---|---|"]
+        for d in datasets:
+            spec = d.config.get("source", {}).get("spec", "") if isinstance(d.config.get("source"), dict) else ""
+            lines.append(f"| {d.name} | {d.version} | `{d.short_id}` | {d.metrics.get('samples', '')} | `{spec}` |")
+    else:
+        lines.append("No dataset is recorded in this artifact's lineage.")
+    lines += ["", "## Licence of the data", "", *(f"- {text}" for text in licences),
+              "", "## Training config", "", _fence(json.dumps(artifact.config, indent=2, sort_keys=True)),
+              "", "## Metrics", ""]
+    rows = [(artifact.name, key, value) for key, value in sorted(artifact.metrics.items())]
+    rows += [(f"{e.name}:{e.version}", key, value) for e in evals for key, value in sorted(e.metrics.items())]
+    if rows:
+        lines += ["| from | metric | value |", "|---|---|---|", *(f"| {w} | {k} | {v} |" for w, k, v in rows)]
+    else:
+        lines.append("No metrics recorded.")
+    lines += ["", "## Lineage", "", f"- {artifact.kind} {artifact.name}:{artifact.version} `{artifact.short_id}`"]
+    lines += [f"  - made from {a.kind} {a.name}:{a.version} `{a.short_id}`" for a in ancestors]
+    lines += ["", "## Environment", "", f"- code version: `{artifact.code_version or 'unknown'}`",
+              f"- registered: {artifact.created_at}",
+              *(f"- {name} {version}" for name, version in sorted(artifact.packages.items())), ""]
+    return "\n".join(lines)
+
+
+def export(catalog: Catalog, ref: str, target: Path | str) -> Path:
+    """Copy the artifact ``ref`` names into ``target`` (which must not exist or be empty) with a model card
+    as ``README.md`` (an artifact's own README is kept below the card). Every file is checked against its
+    recorded hash on the way out. Returns the folder."""
+    artifact = catalog.get(ref)
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"cannot export {ref!r} to '{target}': it exists and is not an empty folder")
+    if not target.parent.is_dir():
+        raise UserError(f"cannot export {ref!r} to '{target}': the parent folder '{target.parent}' does not exist")
+    view = catalog.path(artifact.id)  # verifies the blobs
+    building = target.parent / f".{target.name}.export-{uuid.uuid4().hex[:8]}"
+    try:
+        building.mkdir()
+        for entry in artifact.files:
+            out = building / entry.path
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(view / entry.path, out)
+            os.chmod(out, 0o644)
+        card = model_card(catalog, artifact)
+        original = building / "README.md"
+        if original.exists():
+            card += "\n## The artifact's own README\n\n" + original.read_text(encoding="utf-8", errors="replace")
+        original.write_text(card, encoding="utf-8")
+        if target.exists():
+            target.rmdir()
+        os.rename(building, target)
+    finally:
+        _remove_tree(building)
+    return target

@@ -1,0 +1,62 @@
+"""Heads and negative sampling shared by the fusion families' image-text matching (ITM) objective.
+
+``ITMHead`` is ViLT's and VLMo's ``Linear(hidden, 2)`` on the pooled [CLS] state (class 1 = matched pair).
+``sample_negatives`` picks, for every row of a batch, another row to pair it with: uniformly (ViLT: a random
+image swapped in) or ``hard`` (VLMo's ``compute_itm_hardneg``: drawn ∝ softmax of the ITC similarities with the
+positive excluded). Pairs that are the same sample (the diagonal, or rows with the same key) are never drawn."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+class ITMHead(nn.Module):
+    """Binary matched / not-matched classifier on the pooled fusion state."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.fc = nn.Linear(hidden_size, 2)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc(pooled)
+
+
+def same_sample_mask(keys: list[str], device: torch.device | None = None) -> torch.Tensor:
+    """(B, B) bool: True where two rows carry the same sample key (the diagonal included)."""
+    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    ids = torch.tensor([index[k] for k in keys], device=device)
+    return ids[:, None] == ids[None, :]
+
+
+def sample_negatives(
+    sim: torch.Tensor,
+    mode: Literal["random", "hard"],
+    forbid: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """For each row i of the (B, M) score matrix ``sim``, the column of a negative partner, or -1 where none exists.
+
+    ``random``: uniform over the allowed columns (``sim`` only gives the shape). ``hard``: ∝ ``softmax(sim[i])``
+    over the allowed columns. Forbidden: the diagonal (when square) and ``forbid`` (e.g. ``same_sample_mask``)."""
+    rows, cols = sim.shape
+    banned = torch.zeros((rows, cols), dtype=torch.bool, device=sim.device)
+    if rows == cols:
+        banned |= torch.eye(rows, dtype=torch.bool, device=sim.device)
+    if forbid is not None:
+        banned |= forbid.to(sim.device, torch.bool)
+    if mode == "random":
+        weights = torch.ones((rows, cols), device=sim.device)
+    elif mode == "hard":
+        weights = torch.softmax(sim.detach().float(), dim=1)
+    else:
+        raise ValueError(f"unknown negative sampling mode '{mode}' (random or hard)")
+    weights = weights.masked_fill(banned, 0.0)
+    has_any = (~banned).any(dim=1)
+    # a row whose allowed weights all underflow to 0 still gets a uniform draw over its allowed columns
+    weights = torch.where((weights.sum(dim=1, keepdim=True) > 0), weights, (~banned).float())
+    weights[~has_any] = 1.0  # placeholder so multinomial accepts the row; its result is replaced by -1
+    draw_on = generator.device if generator is not None else weights.device
+    picked = torch.multinomial(weights.to(draw_on), 1, generator=generator).squeeze(1).to(sim.device)
+    return torch.where(has_any, picked, torch.full_like(picked, -1))

@@ -1,0 +1,203 @@
+"""ViLT — "ViLT: Vision-and-Language Transformer Without Convolution or Region Supervision" (Kim et al., ICML 2021).
+
+Architecture (``transformers``' ``ViltModel``): BERT word embeddings and a ViT linear patch projection, each with a
+modality-type embedding, concatenated into one ViT encoder; its tanh pooler on [CLS] feeds the ITM head, and a
+``ViltMLMHead`` (decoder tied to the word embeddings, as ``ViltForMaskedLM``) predicts masked words. Nothing is
+frozen. A checkpoint is a ``save_pretrained`` directory with a ``ViltConfig``.
+
+Objectives (``dandelin/ViLT`` ``objectives.py``), summed with weight 1 each:
+- ITM: each pair's image is replaced, with p=0.5 (``itm_negative_prob``), by another image of the batch (a
+  different sample); cross-entropy on the pooled [CLS] (``heads.ITMHead``; ``losses.itm_loss``).
+- MLM: 15% whole-word masking of the caption (``masking.mask_tokens``), paired with its true image; CE.
+Both run in one encoder pass over a 2B batch (masked captions with their images, then the ITM pairs).
+Word-patch alignment (IPOT, weight 0.1 in the paper) is not implemented yet; the project's notes make it optional.
+Images enter at a fixed square resolution, so every patch is kept (ViLT's random patch sampling only trims
+variable-resolution images to ``max_image_len``); that also makes the forward pass deterministic.
+
+Masks and negatives draw from ``masking.batch_generator`` (seeded by the recipe's seed and the batch's keys), so a
+resumed run repeats the uninterrupted run's draws and losses are reproducible.
+
+Capability "itm": ``score_pairs(model, pixel_values, input_ids, attention_mask)`` gives each pair's match log-odds.
+
+Run:  vlforge run train --family vilt --data shapes --recipe tiny
+Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (ViLT-B/32, 384 px)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from torch import nn
+from transformers import ViltConfig
+from transformers.models.vilt.modeling_vilt import (
+    ViltMLMHead,
+    ViltModel,
+    ViltPreTrainedModel,
+)
+from vlforge.components.losses import itm_loss, mlm_loss
+from vlforge.components.models.heads import ITMHead, same_sample_mask, sample_negatives
+from vlforge.components.models.masking import batch_generator, mask_tokens
+from vlforge.components.models.registry import (
+    Family,
+    ImageTextBatch,
+    Recipe,
+    register_family,
+)
+
+from vlforge.errors import UserError
+
+
+class ViltRecipe(Recipe):
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(3, ge=1)
+    num_heads: int = Field(4, ge=1)
+    mlp_ratio: int = Field(4, ge=1)
+    patch_size: int = Field(8, ge=1)
+    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
+    max_position_embeddings: int | None = Field(None, ge=4, description="text positions; None: max_text_length")
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    whole_word_masking: bool = True
+    itm_negative_prob: float = Field(0.5, ge=0, le=1, description="chance a pair's image is swapped for another")
+    mlm_weight: float = Field(1.0, ge=0)
+    itm_weight: float = Field(1.0, ge=0)
+
+
+def vilt_config(recipe: ViltRecipe, vocab_size: int, special_ids: dict[str, int]) -> ViltConfig:
+    return ViltConfig(
+        vocab_size=recipe.vocab_size or vocab_size,
+        hidden_size=recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        intermediate_size=recipe.hidden_size * recipe.mlp_ratio,
+        max_position_embeddings=recipe.max_position_embeddings or recipe.max_text_length,
+        image_size=recipe.image_size,
+        patch_size=recipe.patch_size,
+        pad_token_id=special_ids.get("pad", 0),
+        tie_word_embeddings=True,
+    )
+
+
+class ViltPretrainingModel(ViltPreTrainedModel):
+    """``ViltModel`` with ViLT's pretraining heads: MLM (tied decoder) and ITM on the pooled [CLS]."""
+
+    _tied_weights_keys = {"mlm_score.decoder.weight": "vilt.embeddings.text_embeddings.word_embeddings.weight"}  # noqa: RUF012 (transformers reads this class attribute)
+
+    def __init__(self, config: ViltConfig):
+        super().__init__(config)
+        self.vilt = ViltModel(config, add_pooling_layer=True)
+        self.mlm_score = ViltMLMHead(config)
+        self.itm_score = ITMHead(config.hidden_size)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.mlm_score.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.mlm_score.decoder = new_embeddings
+
+    def embed_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[CLS] + every patch, with position embeddings: ViLT's ``visual_embed`` for a full square image (no
+        random patch selection, which only trims padded variable-size images)."""
+        emb = self.vilt.embeddings
+        patches = emb.patch_embeddings(pixel_values).flatten(2).transpose(1, 2)
+        cls = emb.cls_token.expand(patches.shape[0], -1, -1)
+        return emb.dropout(torch.cat([cls, patches], dim=1) + emb.position_embeddings)
+
+    def forward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused sequence (B, L + 1 + N, D; text first) and the pooled [CLS] (B, D)."""
+        image_embeds = self.embed_image(pixel_values)
+        image_mask = torch.ones(image_embeds.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
+        out = self.vilt(input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds, pixel_mask=image_mask)
+        return out.last_hidden_state, out.pooler_output
+
+
+def _unwrap(model: nn.Module) -> ViltPretrainingModel:
+    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
+
+
+def swap_images(
+    pixel_values: torch.Tensor, keys: list[str], prob: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ViLT's ITM pairs: each caption keeps its image, or with probability ``prob`` gets the image of another
+    sample of the batch (never one with the same key). Returns the images and labels (1 = matched, 0 = swapped)."""
+    bsz, device = pixel_values.shape[0], pixel_values.device
+    partner = sample_negatives(torch.zeros(bsz, bsz, device=device), "random", same_sample_mask(keys, device), generator)
+    coin = torch.rand(bsz, generator=generator).to(device)
+    swap = (coin < prob) & (partner >= 0)
+    images = torch.where(swap[:, None, None, None], pixel_values[partner.clamp(min=0)], pixel_values)
+    return images, (~swap).long()
+
+
+@register_family
+class ViltFamily(Family):
+    name = "vilt"
+    paper = "Kim et al., ViLT: Vision-and-Language Transformer Without Convolution or Region Supervision, ICML 2021 (arXiv 2102.03334)"
+    recipe_cls = ViltRecipe
+    capabilities = frozenset({"itm"})
+    image_mean = (0.5, 0.5, 0.5)  # ViLT normalises pixels to [-1, 1] (its ``inception_normalize``)
+    image_std = (0.5, 0.5, 0.5)
+
+    def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
+        assert isinstance(recipe, ViltRecipe)
+        if recipe.hidden_size % recipe.num_heads:
+            raise UserError(f"vilt recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
+        if "mask" not in special_ids:
+            raise UserError("vilt needs a tokenizer with a mask token (MLM)")
+        model = ViltPretrainingModel(vilt_config(recipe, vocab_size, special_ids))
+        model.config.vlforge_special_ids = dict(special_ids)  # saved with the checkpoint: masking needs them
+        return model
+
+    def preflight(self, recipe: Recipe, tokenizer: object) -> None:
+        assert isinstance(recipe, ViltRecipe)
+        if getattr(tokenizer, "mask_token_id", None) is None:
+            raise UserError("vilt: the tokenizer has no mask token, which MLM needs")
+        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
+            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
+        if recipe.batch_size // recipe.num_workers < 2:
+            raise UserError(f"vilt: batch_size {recipe.batch_size} over {recipe.num_workers} workers leaves fewer than 2 pairs per worker; ITM needs another image to swap in")
+
+    def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
+        assert isinstance(recipe, ViltRecipe)
+        core = _unwrap(model)
+        special_ids: dict[str, int] = core.config.vlforge_special_ids
+        gen = batch_generator(batch.keys, recipe.seed)
+        bsz, length = batch.input_ids.shape
+        masked_ids, labels = mask_tokens(
+            batch.input_ids, batch.attention_mask, mask_id=special_ids["mask"], vocab_size=core.config.vocab_size,
+            special_ids=special_ids.values(), word_ids=batch.word_ids, p=recipe.mlm_probability,
+            whole_word=recipe.whole_word_masking, generator=gen,
+        )
+        itm_pixels, itm_labels = swap_images(batch.pixel_values, batch.keys, recipe.itm_negative_prob, gen)
+        seq, pooled = model(
+            pixel_values=torch.cat([batch.pixel_values, itm_pixels]),
+            input_ids=torch.cat([masked_ids, batch.input_ids]),
+            attention_mask=torch.cat([batch.attention_mask, batch.attention_mask]),
+        )
+        mlm = mlm_loss(core.mlm_score(seq[:bsz, :length]), labels)
+        itm_logits = core.itm_score(pooled[bsz:])
+        itm = itm_loss(itm_logits, itm_labels)
+        loss = recipe.mlm_weight * mlm + recipe.itm_weight * itm
+        acc = (itm_logits.argmax(dim=-1) == itm_labels).float().mean()
+        return {"loss": loss, "mlm": mlm.detach(), "itm": itm.detach(), "itm_accuracy": acc.detach()}
+
+    def load(self, model_dir: Path) -> nn.Module:
+        config_file = Path(model_dir) / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"'{model_dir}' holds no ViLT checkpoint (no config.json)")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type != "vilt":
+            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a ViLT one")
+        return ViltPretrainingModel.from_pretrained(model_dir, local_files_only=True)
+
+    # ---- capability "itm" -------------------------------------------------------------------------------
+    def score_pairs(
+        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Match log-odds (B,) of each (image i, text i) pair: ITM logit "matched" minus "not matched"."""
+        core = _unwrap(model)
+        _, pooled = core(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        logits = core.itm_score(pooled)
+        return logits[:, 1] - logits[:, 0]

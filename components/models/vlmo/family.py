@@ -1,0 +1,241 @@
+"""VLMo — "VLMo: Unified Vision-Language Pre-Training with Mixture-of-Modality-Experts" (Bao et al., 2021).
+
+The model is ``modeling.VlmoModel`` (a ``save_pretrained`` checkpoint, model type ``vlforge_vlmo``). Pretraining is
+stagewise, as in the paper (section 2.3), one ``vlforge run train`` per stage, each registering a model whose parents
+include the previous stage's model (``init_from: catalog:REF`` is resolved by the train stage and becomes a parent):
+1. ``stage: 1`` image-only masked image modelling on the batch's images (captions ignored); only the vision side
+   (patch embedding, attention, V-FFN, norms) trains;
+2. ``stage: 2`` text-only MLM on the batch's captions (images ignored), with the self-attention and the V-FFN
+   frozen (also the image embedding and final norm, so the image path is exactly what stage 1 left);
+3. ``stage: 3`` image-text ITC + ITM with hard negatives + MLM, everything trainable (but the stage-1 MIM head and
+   mask embedding, which no stage-3 loss uses).
+Freezing is set in ``build_model`` from ``recipe.stage`` (``requires_grad=False``), so the loop's optimiser and the
+data-parallel wrapper skip frozen parameters; unused parameters are frozen too, which a data-parallel run needs.
+
+The commands (or ``flows/vlmo.py``'s ``vlmo_stagewise_flow``, which chains the three)::
+
+    vlforge run train --family vlmo --data REF --recipe tiny-stage1 --json            # -> model A
+    vlforge run train --family vlmo --data REF --recipe tiny-stage2 --set init_from=catalog:A --json   # -> B
+    vlforge run train --family vlmo --data REF --recipe tiny --set init_from=catalog:B --json          # -> C
+
+Capabilities: "retrieval" (dual encoder: ``encode_images``/``encode_texts``, the final-layer projected [CLS]) and
+"itm" (fusion encoder: ``score_pairs``, the ITM log-odds). Losses are summed with VLMo's released weights
+(``vlmo/config.py``: itc 1, itm 1, mlm 1). Masks and negatives draw from ``masking.batch_generator``."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from vlforge.components.models.heads import same_sample_mask
+from vlforge.components.models.masking import (
+    batch_generator,
+    mask_tokens,
+    random_patch_mask,
+)
+from vlforge.components.models.registry import (
+    FAMILY_FILE,
+    Family,
+    ImageTextBatch,
+    Recipe,
+    register_family,
+)
+from vlforge.components.models.vlmo.modeling import MODEL_TYPE, VlmoConfig, VlmoModel
+
+from vlforge.errors import UserError
+
+# What trains in each stage (parameter-name prefixes / block sub-module names); everything else is frozen.
+_STAGE1_BLOCK = ("norm1.", "attn.", "gamma_1", "gamma_2", "norm2_imag.", "mlp_imag.")
+_STAGE2_BLOCK = ("norm2_text.", "mlp_text.")
+_STAGE3_FROZEN = ("image_embeddings.mask_token", "mim_head.")
+_ARCH_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio",
+                "vlffn_start_layer", "image_size", "patch_size", "max_text_positions")
+
+
+class VlmoRecipe(Recipe):
+    stage: Literal[1, 2, 3] = Field(3, description="1: image-only MIM, 2: text-only MLM (frozen attention, V-FFN), 3: image-text")
+    init_from: str | None = Field(None, description="the previous stage's VLMo model: a directory or catalog:REF")
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(3, ge=1)
+    num_heads: int = Field(4, ge=1)
+    mlp_ratio: int = Field(4, ge=1)
+    vlffn_start_layer: int = Field(2, ge=0, description="layers with this index and above get the VL-FFN")
+    patch_size: int = Field(8, ge=1)
+    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
+    layer_scale_init: float = Field(0.1, gt=0, description="BEiT's layer scale (gamma) initial value")
+    initializer_range: float = Field(0.02, gt=0, description="std of the Linear/Embedding initialisation")
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    whole_word_masking: bool = True
+    mim_mask_ratio: float = Field(0.4, gt=0, lt=1, description="share of patches masked in stage 1 (BEiT: 40%)")
+    itc_weight: float = Field(1.0, ge=0)
+    itm_weight: float = Field(1.0, ge=0)
+    mlm_weight: float = Field(1.0, ge=0)
+    max_logit_scale: float = Field(100.0, gt=0)
+    gather_features: bool = True
+
+
+def vlmo_config(recipe: VlmoRecipe, vocab_size: int) -> VlmoConfig:
+    return VlmoConfig(
+        vocab_size=recipe.vocab_size or vocab_size,
+        hidden_size=recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        mlp_ratio=recipe.mlp_ratio,
+        vlffn_start_layer=recipe.vlffn_start_layer,
+        image_size=recipe.image_size,
+        patch_size=recipe.patch_size,
+        max_text_positions=recipe.max_text_length,
+        layer_scale_init=recipe.layer_scale_init,
+        initializer_range=recipe.initializer_range,
+    )
+
+
+def trainable_in_stage(name: str, stage: int) -> bool:
+    """Whether parameter ``name`` of a ``VlmoModel`` trains in ``stage``."""
+    if stage == 3:
+        return not name.startswith(_STAGE3_FROZEN)
+    if name.startswith("blocks."):
+        sub = name.split(".", 2)[2]
+        return sub.startswith(_STAGE1_BLOCK if stage == 1 else _STAGE2_BLOCK)
+    if stage == 1:
+        return name.startswith(("image_embeddings.", "modality_type.", "norm.", "mim_head."))
+    return name.startswith(("text_embeddings.", "mlm_head."))
+
+
+def apply_stage_freezing(model: VlmoModel, stage: int) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable_in_stage(name, stage))
+
+
+def read_vlmo_dir(path: str) -> Path:
+    """The directory of a VLMo checkpoint named by ``init_from``; UserError when it is not one."""
+    model_dir = Path(path).expanduser()
+    meta = model_dir / FAMILY_FILE
+    if not meta.is_file():
+        raise UserError(f"init_from '{path}' is not a vlforge model directory (no {FAMILY_FILE})")
+    family = json.loads(meta.read_text()).get("family")
+    if family != "vlmo":
+        raise UserError(f"init_from '{path}' is a '{family}' model; VLMo stages continue from a 'vlmo' model")
+    return model_dir
+
+
+def _unwrap(model: nn.Module) -> VlmoModel:
+    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
+
+
+@register_family
+class VlmoFamily(Family):
+    name = "vlmo"
+    paper = "Bao et al., VLMo: Unified Vision-Language Pre-Training with Mixture-of-Modality-Experts, NeurIPS 2022 (arXiv 2111.02358)"
+    recipe_cls = VlmoRecipe
+    capabilities = frozenset({"retrieval", "itm"})
+    artifact_fields = ("init_from",)
+    image_mean = (0.5, 0.5, 0.5)  # VLMo (BEiT) normalises pixels to [-1, 1]
+    image_std = (0.5, 0.5, 0.5)
+
+    def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
+        assert isinstance(recipe, VlmoRecipe)
+        if recipe.hidden_size % recipe.num_heads:
+            raise UserError(f"vlmo recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
+        if recipe.vlffn_start_layer >= recipe.num_layers:
+            raise UserError(f"vlmo recipe: vlffn_start_layer {recipe.vlffn_start_layer} leaves no VL-FFN layer in {recipe.num_layers} layers")
+        if "mask" not in special_ids:
+            raise UserError("vlmo needs a tokenizer with a mask token (MLM)")
+        config = vlmo_config(recipe, vocab_size)
+        config.vlforge_special_ids = dict(special_ids)  # saved with the checkpoint: masking needs them
+        model = VlmoModel(config)
+        if recipe.init_from is not None:
+            previous = VlmoModel.from_pretrained(read_vlmo_dir(recipe.init_from), local_files_only=True)
+            mismatch = [f for f in _ARCH_FIELDS if getattr(previous.config, f) != getattr(config, f)]
+            if mismatch:
+                f = mismatch[0]
+                raise UserError(f"init_from '{recipe.init_from}': its {f} is {getattr(previous.config, f)}, this recipe's is {getattr(config, f)}")
+            model.load_state_dict(previous.state_dict())
+        apply_stage_freezing(model, recipe.stage)
+        return model
+
+    def preflight(self, recipe: Recipe, tokenizer: object) -> None:
+        assert isinstance(recipe, VlmoRecipe)
+        if getattr(tokenizer, "mask_token_id", None) is None:
+            raise UserError("vlmo: the tokenizer has no mask token, which MLM needs")
+        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
+            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
+        if recipe.init_from is not None:
+            read_vlmo_dir(recipe.init_from)
+        if recipe.stage == 3 and recipe.batch_size // recipe.num_workers < 2:
+            raise UserError(f"vlmo stage 3: batch_size {recipe.batch_size} over {recipe.num_workers} workers leaves fewer than 2 pairs per worker; ITM needs negatives")
+
+    def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
+        assert isinstance(recipe, VlmoRecipe)
+        core = _unwrap(model)
+        gen = batch_generator(batch.keys, recipe.seed)
+        device = batch.pixel_values.device
+        if recipe.stage == 1:
+            n = core.image_embeddings.num_patches
+            patch_mask = random_patch_mask(batch.pixel_values.shape[0], n, recipe.mim_mask_ratio, device, gen)
+            out = model(stage=1, pixel_values=batch.pixel_values, patch_mask=patch_mask)
+            return {"loss": out["mim"], "mim": out["mim"].detach()}
+        special_ids: dict[str, int] = core.config.vlforge_special_ids
+        mlm_ids, labels = mask_tokens(
+            batch.input_ids, batch.attention_mask, mask_id=special_ids["mask"], vocab_size=core.config.vocab_size,
+            special_ids=special_ids.values(), word_ids=batch.word_ids, p=recipe.mlm_probability,
+            whole_word=recipe.whole_word_masking, generator=gen,
+        )
+        if recipe.stage == 2:
+            out = model(stage=2, attention_mask=batch.attention_mask, mlm_input_ids=mlm_ids, mlm_labels=labels)
+            return {"loss": out["mlm"], "mlm": out["mlm"].detach()}
+        out = model(
+            stage=3, pixel_values=batch.pixel_values, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            mlm_input_ids=mlm_ids, mlm_labels=labels, itm_forbid=same_sample_mask(batch.keys, device),
+            generator=gen, gather=recipe.gather_features,
+        )
+        loss = recipe.itc_weight * out["itc"] + recipe.itm_weight * out["itm"] + recipe.mlm_weight * out["mlm"]
+        return {"loss": loss, **{k: v.detach() for k, v in out.items()}, "logit_scale": core.logit_scale.exp().detach()}
+
+    def after_optimizer_step(self, model: nn.Module, recipe: Recipe) -> None:
+        assert isinstance(recipe, VlmoRecipe)
+        with torch.no_grad():
+            core = _unwrap(model)
+            for scale in (core.logit_scale, core.logit_vl_scale):
+                scale.clamp_(0, math.log(recipe.max_logit_scale))
+
+    def save(self, model: nn.Module, out_dir: Path, recipe: Recipe) -> None:
+        """The checkpoint's recipe drops ``init_from``: the weights already hold it, and whoever rebuilds the recipe
+        (evaluation's untrained baseline) must get a fresh model, not the previous stage's. It is kept beside."""
+        assert isinstance(recipe, VlmoRecipe)
+        super().save(model, out_dir, recipe.model_copy(update={"init_from": None}))
+        meta_file = Path(out_dir) / FAMILY_FILE
+        meta = json.loads(meta_file.read_text())
+        meta["init_from"] = recipe.init_from
+        meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    def load(self, model_dir: Path) -> nn.Module:
+        config_file = Path(model_dir) / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"'{model_dir}' holds no VLMo checkpoint (no config.json)")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type != MODEL_TYPE:
+            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a VLMo one")
+        return VlmoModel.from_pretrained(model_dir, local_files_only=True)
+
+    # ---- capabilities: "retrieval" (dual encoder) and "itm" (fusion encoder) ------------------------------
+    def encode_images(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        core = _unwrap(model)
+        hidden, _ = core.encode_image(pixel_values)
+        return torch.nn.functional.normalize(core.itc_image_proj(hidden[:, 0]), dim=-1)
+
+    def encode_texts(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        core = _unwrap(model)
+        hidden, _ = core.encode_text(input_ids, attention_mask)
+        return torch.nn.functional.normalize(core.itc_text_proj(hidden[:, 0]), dim=-1)
+
+    def score_pairs(
+        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Match log-odds (B,) of each (image i, text i) pair from the fusion encoder's ITM head."""
+        logits = _unwrap(model).itm_logits(input_ids, attention_mask, pixel_values)
+        return logits[:, 1] - logits[:, 0]

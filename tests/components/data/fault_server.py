@@ -1,0 +1,147 @@
+"""A loopback fault-injecting image server and an 'internal service' that must never be reached.
+
+A test helper the crawl tests import .
+
+Paths on the fault server (``<kind>/<i>``): ok (a 48x48 PNG), flaky (500 on the first request, then ok), missing
+(404), error (500), slow (answers after 8 s), truncated (a JPEG cut short of its Content-Length), html, huge (a
+50-megapixel PNG of one colour: a few hundred kB on the wire), bigbody (an image body over the test's max_bytes),
+small (8x8), tall (100x400), wide (200x20), noai (ok but ``X-Robots-Tag: noai``), loop (redirects to itself), to-internal (redirects to the
+internal server), gated (ok once the test sets ``Servers.gate``: lets the resume test hold a crawl mid-shard)."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def png(size: tuple[int, int], color: tuple[int, int, int], mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color if mode == "RGB" else color[0]).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def jpeg(i: int) -> bytes:
+    rng = np.random.default_rng(i)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@dataclass
+class Servers:
+    base: str  # the fault server, http://127.0.0.1:PORT
+    allow: str  # its allow-list entry, 127.0.0.1:PORT
+    internal: str  # the internal service's base URL
+    internal_hits: list = field(default_factory=list)  # accepted connections and requests on the internal server
+    requests: Counter = field(default_factory=Counter)
+    gate: threading.Event = field(default_factory=threading.Event)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, handler: type, hits: list | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.hits = hits
+
+    def verify_request(self, request: object, client_address: tuple) -> bool:
+        if self.hits is not None:
+            self.hits.append(("connect", client_address))
+        return True
+
+
+@pytest.fixture(scope="session")
+def fault_servers() -> Iterator[Servers]:
+    huge = png((7072, 7072), (200, 10, 10), mode="L")  # 50.0 MP, compresses to ~50 kB
+    big_body = png((40, 40), (1, 2, 3)) + b"\0" * 300_000  # a valid PNG followed by padding: 300 kB on the wire
+    small = png((8, 8), (9, 9, 9))
+    tall, wide = png((100, 400), (9, 90, 9)), png((200, 20), (90, 9, 9))
+    state = Servers(base="", allow="", internal="")
+    lock = threading.Lock()
+
+    class Internal(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.internal_hits.append(("request", self.path))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            body = png((40, 40), (0, 0, 0))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    class Faults(BaseHTTPRequestHandler):
+        def reply(self, code: int, body: bytes, ctype: str = "image/png", length: int | None = None, **headers: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            for k, v in headers.items():
+                self.send_header(k.replace("_", "-"), v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            kind, _, arg = self.path.strip("/").partition("/")
+            i = int(arg.split("?")[0] or 0) if arg.split("?")[0].isdigit() else 0
+            with lock:
+                state.requests[self.path] += 1
+                seen = state.requests[self.path]
+            if kind in ("ok", "gated") or (kind == "flaky" and seen > 1):
+                if kind == "gated" and not state.gate.wait(60):
+                    return
+                self.reply(200, png((48, 48), (i % 251, (i * 7) % 253, (i * 13) % 255)))
+            elif kind in ("error", "flaky"):
+                self.reply(500, b"boom", "text/plain")
+            elif kind == "slow":
+                time.sleep(8)
+                self.reply(200, png((48, 48), (5, 5, 5)))
+            elif kind == "truncated":
+                body = jpeg(i)
+                self.reply(200, body[: len(body) // 2], "image/jpeg", length=len(body))
+                self.close_connection = True
+            elif kind == "html":
+                self.reply(200, b"<html><body>not an image</body></html>", "text/html")
+            elif kind == "huge":
+                self.reply(200, huge)
+            elif kind == "bigbody":
+                self.reply(200, big_body)
+            elif kind == "small":
+                self.reply(200, small)
+            elif kind == "tall":
+                self.reply(200, tall)
+            elif kind == "wide":
+                self.reply(200, wide)
+            elif kind == "noai":
+                self.reply(200, png((48, 48), (3, 2, 1)), X_Robots_Tag="noai")
+            elif kind == "loop":
+                self.reply(302, b"", "text/plain", Location=self.path)
+            elif kind == "to-internal":
+                self.reply(302, b"", "text/plain", Location=f"{state.internal}/secret/{i}")
+            else:
+                self.reply(404, b"missing", "text/plain")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    internal = _Server(Internal, state.internal_hits)
+    faults = _Server(Faults)
+    for srv in (internal, faults):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    state.base = f"http://127.0.0.1:{faults.server_address[1]}"
+    state.allow = f"127.0.0.1:{faults.server_address[1]}"
+    state.internal = f"http://127.0.0.1:{internal.server_address[1]}"
+    yield state
+    for srv in (internal, faults):
+        srv.shutdown()
+        srv.server_close()

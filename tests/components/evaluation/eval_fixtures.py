@@ -1,0 +1,84 @@
+"""Fixtures for the evaluation tests (imported by each test module): a small shapes dataset written with the project's own shard writer, a
+tokenizer trained on its captions and a tiny CLIP checkpoint built in-process (no Ray, no Prefect)."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from vlforge.components.data.crawl import CrawlResult
+from vlforge.components.data.shard import ShardConfig, shard_crawl
+from vlforge.components.models.registry import get_family, special_token_ids
+from vlforge.components.sources.shapes import make_scene, render_scene
+from vlforge.components.tokenizer import (
+    TokenizerConfig,
+    load_tokenizer,
+    train_tokenizer,
+)
+
+CLIP_OVERRIDES = {"image_size": 32, "patch_size": 8, "max_text_length": 16, "embed_dim": 32, "vision_width": 32,
+                  "vision_layers": 1, "vision_heads": 2, "text_width": 32, "text_layers": 1, "text_heads": 2}
+
+
+def write_shapes_dataset(out: Path, n: int, image_size: int = 48, with_facts: bool = True, labels: bool = True,
+                         validation_fraction: float = 0.5) -> Path:
+    """Scenes 0..n-1 of seed 0, written as an img2dataset-style crawl folder and sharded by ``shard_crawl``."""
+    crawl_dir = out.parent / f"{out.name}-crawl"
+    crawl_dir.mkdir(parents=True)
+    with tarfile.open(crawl_dir / "00000.tar", "w") as tar:
+        for i in range(n):
+            scene = make_scene(0, i)
+            buf = io.BytesIO()
+            render_scene(scene, image_size).save(buf, format="PNG")
+            meta = {"source_key": f"shapes-0-{i:06d}", "url": f"file:///shapes/{i}.png",
+                    "label": scene.label if labels else "",
+                    "facts": json.dumps(scene.facts()) if with_facts else ""}
+            for ext, data in (("png", buf.getvalue()), ("txt", scene.caption.encode()), ("json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    pq.write_table(pa.table({"key": [f"{i:09d}" for i in range(n)], "status": ["success"] * n}), crawl_dir / "00000.parquet")
+    (crawl_dir / "00000_stats.json").write_text("{}")
+    crawl = CrawlResult(output_dir=str(crawl_dir), attempted=n, succeeded=n, failures_by_reason={},
+                        failures_path=str(crawl_dir / "absent.parquet"))
+    shard_crawl(crawl, out, ShardConfig(samples_per_shard=64, validation_fraction=validation_fraction), {"kind": "test"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", 48)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory, shapes_dataset: Path) -> Path:
+    """An (untrained) tiny CLIP saved like a pipeline checkpoint, with its tokenizer beside it."""
+    out = tmp_path_factory.mktemp("model") / "clip"
+    captions = pq.read_table(shapes_dataset / "samples.parquet", columns=["caption"]).column("caption").to_pylist()
+    train_tokenizer(captions, out, TokenizerConfig(vocab_size=128))
+    tokenizer = load_tokenizer(out)
+    family = get_family("clip")
+    recipe = family.recipe("tiny", CLIP_OVERRIDES)
+    torch.manual_seed(1)
+    family.save(family.build_model(recipe, len(tokenizer), special_token_ids(tokenizer)), out, recipe)
+    return out
+
+
+@pytest.fixture
+def make_dataset(tmp_path: Path):
+    """``make_dataset(name, n, **options)`` -> a dataset folder (see ``write_shapes_dataset``)."""
+    return lambda name, n, **kw: write_shapes_dataset(tmp_path / name, n, **kw)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models run faster on one thread; on a loaded 2-core machine two threads spin and run ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
