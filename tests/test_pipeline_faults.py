@@ -32,8 +32,9 @@ def test_killed_pipeline_resumes_training(home: Path, tmp_path: Path) -> None:
     deadline = time.time() + 400
     checkpoints: list[Path] = []
     while time.time() < deadline and proc.poll() is None:
-        checkpoints = list((home / "work" / "train").glob("*/ray/run-*/checkpoint_*"))
-        if checkpoints:
+        # a checkpoint Ray Train has registered (named in its snapshot) is one a rerun resumes from
+        if list((home / "work" / "train").glob("*/ray/run-*/checkpoint_manager_snapshot.json")):
+            checkpoints = list((home / "work" / "train").glob("*/ray/run-*/checkpoint_*"))
             break
         time.sleep(0.2)
     assert proc.poll() is None and checkpoints, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no checkpoint"

@@ -46,12 +46,17 @@ def finish(proc: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def wait_for_checkpoint(run: Path, proc: subprocess.Popen) -> None:
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen) -> list[dict]:
+    """Wait until Ray Train has registered a checkpoint (its snapshot file names it); return that checkpoint's log."""
     deadline = time.time() + 300
-    while not list(run.glob("checkpoint_*")) and time.time() < deadline and proc.poll() is None:
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    while not snapshot.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
+    logs = sorted(run.glob("checkpoint_*/train_log.jsonl"))
     if proc.poll() is not None:
         pytest.fail(f"the run ended ({proc.returncode}) before it could be interrupted: {proc.stderr.read()[-3000:]}")
+    assert logs, "a checkpoint was registered without its training log"
+    return [json.loads(line) for line in logs[0].read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +80,16 @@ def test_resume_after_driver_sigkill_matches_uninterrupted_run(prepared: dict, t
     run = tmp_path / "runs" / "interrupted"
     args = {**prepared["common"], "run": str(run), "out": str(tmp_path / "m")}
     proc = launch(args)
-    wait_for_checkpoint(run, proc)
+    before_kill = wait_for_checkpoint(run, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
     proc.wait()
     assert not (tmp_path / "m").exists()
     resumed = finish(launch(args))
     log = [json.loads(line) for line in (tmp_path / "m" / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == list(range(4, 49, 4))  # history carried over the resume, no gaps
+    # resumed, not restarted: the rows up to the checkpoint are the killed run's own (their measured throughput
+    # would differ had those steps been trained again)
+    assert log[: len(before_kill)] == before_kill
     assert resumed["steps"] == prepared["straight"]["steps"] == 48
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == prepared["weights"]
     assert prepared["straight"]["final_loss"] < prepared["straight"]["first_loss"]
