@@ -70,9 +70,8 @@ def validation_message(where: str, exc: ValidationError) -> str:
     return f"{where}: field '{field}': {err['msg']} (got {err.get('input')!r})"
 
 
-def load_pipeline_config(path: Path | None) -> PipelineConfig:
-    if path is None:
-        return PipelineConfig()
+def read_yaml_mapping(path: Path, what: str = "a mapping at top level") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; UserError (one line) when missing, malformed or of another shape."""
     if not path.is_file():
         raise UserError(f"config file '{path}' does not exist")
     try:
@@ -80,7 +79,14 @@ def load_pipeline_config(path: Path | None) -> PipelineConfig:
     except yaml.YAMLError as exc:
         raise UserError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise UserError(f"config file '{path}' must hold a mapping at top level")
+        raise UserError(f"config file '{path}' must hold {what}")
+    return data
+
+
+def load_pipeline_config(path: Path | None) -> PipelineConfig:
+    if path is None:
+        return PipelineConfig()
+    data = read_yaml_mapping(path)
     try:
         return PipelineConfig(**data)
     except ValidationError as exc:

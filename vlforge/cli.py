@@ -154,23 +154,13 @@ def run_filter(
     """Filter a dataset (duplicates, caption/image rules, CLIP score) into a new catalogued dataset.
 
     With --json: {"dataset": ID, "samples": N, "funnel": {rule: removed}, "cached": {...}}."""
-    import yaml
     from pydantic import ValidationError
 
     from vlforge.components.data.filter import FilterConfig
-    from vlforge.components.pipeline_config import validation_message
+    from vlforge.components.pipeline_config import read_yaml_mapping, validation_message
     from vlforge.components.stages import filter_plan
 
-    raw: object = {}
-    if config is not None:
-        if not config.is_file():
-            raise UserError(f"config file '{config}' does not exist")
-        try:
-            raw = yaml.safe_load(config.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file '{config}' is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"config file '{config}' must hold a mapping of filter rules")
+    raw = read_yaml_mapping(config, "a mapping of filter rules") if config is not None else {}
     try:
         cfg = FilterConfig(**raw)
     except ValidationError as exc:

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vlforge.components.data.loader import IMAGE_EXTS, RawSample
-from vlforge.components.data.shard import SPLITS, _read_crawl_tar, _SplitWriter
+from vlforge.components.data.shard import SPLITS, read_tar_groups, _SplitWriter
 
 from vlforge.errors import UserError
 
@@ -142,7 +142,7 @@ def _samples(dataset_dir: Path) -> list[tuple[str, RawSample | None]]:
     for split in SPLITS:
         for name in manifest["splits"].get(split, {}).get("shards", []):
             try:
-                groups = list(_read_crawl_tar(dataset_dir / name))
+                groups = list(read_tar_groups(dataset_dir / name))
             except (tarfile.TarError, OSError) as exc:
                 raise UserError(f"dataset shard '{name}' is not a readable tar ({exc})") from None
             for key, members in groups:

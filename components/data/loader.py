@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+from vlforge.components.data.shard import read_tar_groups
 
 IMAGE_EXTS = ("jpg", "png", "webp", "jpeg")
 
@@ -64,20 +64,8 @@ def split_shards(dataset_dir: Path, split: str) -> list[Path]:
 
 
 def _read_tar(path: Path) -> Iterator[RawSample]:
-    group: dict[str, bytes] = {}
-    current = None
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            if current is not None and key != current:
-                yield _to_raw(current, group)
-                group = {}
-            current = key
-            group[ext] = tar.extractfile(member).read()
-    if current is not None:
-        yield _to_raw(current, group)
+    for key, group in read_tar_groups(path):
+        yield _to_raw(key, group)
 
 
 def _to_raw(key: str, group: dict[str, bytes]) -> RawSample:

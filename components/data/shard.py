@@ -41,8 +41,8 @@ def split_of(key: str, config: ShardConfig) -> str:
     return "validation" if h < config.validation_fraction else "train"
 
 
-def _read_crawl_tar(path: Path):
-    """Yield (img2dataset key, {ext: bytes}) groups in tar order."""
+def read_tar_groups(path: Path):
+    """Yield (sample key, {extension: bytes}) groups in tar order: the webdataset layout, read without decoding."""
     group: dict[str, bytes] = {}
     current: str | None = None
     with tarfile.open(path) as tar:
@@ -119,7 +119,7 @@ def shard_crawl(crawl: CrawlResult, out_dir: Path, config: ShardConfig, source: 
             continue
         # img2dataset writes a shard in download-completion order; its keys (row numbers) give a stable order, so
         # a resumed crawl and an uninterrupted one give byte-identical shards.
-        for crawl_key, members in sorted(_read_crawl_tar(crawl_tar), key=lambda g: g[0]):
+        for crawl_key, members in sorted(read_tar_groups(crawl_tar), key=lambda g: g[0]):
             if crawl_key in rejected:
                 continue
             meta = json.loads(members.get("json", b"{}"))
