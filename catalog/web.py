@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from vlforge.catalog.store import Artifact, Catalog, Query
+
 from vlforge.errors import UserError
 
 __all__ = ["make_server"]
@@ -61,11 +62,12 @@ def _table(headers: list[str], rows: list[list[str]], css_id: str = "") -> str:
     return f'<table{f" id={css_id!r}" if css_id else ""}><tr>{head}</tr>{cells}</table>'
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` so nested configs compare key by key (compare page and ``catalog diff``)."""
     if isinstance(value, dict) and value:
         flat: dict[str, Any] = {}
         for key, item in value.items():
-            flat |= _flatten(item, f"{prefix}{key}.")
+            flat |= flatten(item, f"{prefix}{key}.")
         return flat
     return {prefix.rstrip("."): value}
 
@@ -194,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
             return _page("compare", "<p>Pick at least two artifacts on the index to compare.</p>")
         arts = [self.catalog.get(ref) for ref in ids[:6]]
         head = ["", *[_link(a) for a in arts]]
-        configs = [_flatten(a.config) for a in arts]
+        configs = [flatten(a.config) for a in arts]
         rows = [["<b>kind</b>", *[_e(a.kind) for a in arts]], ["<b>family</b>", *[_e(a.family or "") for a in arts]],
                 ["<b>created</b>", *[_e(a.created_at[:19]) for a in arts]],
                 ["<b>parents</b>", *["<br>".join(f'<a href="/a/{p}">{p[:12]}</a>' for p in a.parents) for a in arts]]]

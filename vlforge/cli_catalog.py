@@ -13,6 +13,7 @@ from vlforge.catalog import Query
 from vlforge.catalog.export import export as export_artifact
 from vlforge.catalog.maintenance import gc as gc_catalog
 from vlforge.catalog.maintenance import verify as verify_catalog
+from vlforge.catalog.web import flatten
 from vlforge.cli_common import JsonOpt, catalog_app, command, emit, open_catalog
 from vlforge.errors import UserError
 
@@ -155,19 +156,9 @@ def catalog_lineage(out: Console, ref: Annotated[str, typer.Argument(help="Artif
 
 
 # ----------------------------------------------------------------------------------------------- diff
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` so nested configs compare key by key."""
-    if isinstance(value, dict) and value:
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat |= _flatten(item, f"{prefix}{key}.")
-        return flat
-    return {prefix.rstrip("."): value}
-
-
 def diff_artifacts(a: Any, b: Any) -> dict[str, Any]:
     """What differs between two artifacts: config keys, metrics (with the change), parents and files."""
-    ca, cb = _flatten(a.config), _flatten(b.config)
+    ca, cb = flatten(a.config), flatten(b.config)
     config = {k: [ca.get(k), cb.get(k)] for k in sorted(ca.keys() | cb.keys()) if ca.get(k, ...) != cb.get(k, ...)}
     metrics: dict[str, Any] = {}
     for k in sorted(a.metrics.keys() | b.metrics.keys()):
