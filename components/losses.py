@@ -61,3 +61,36 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Image-text matching cross-entropy: ``logits`` (N, 2) from an ITM head, ``labels`` 1 = matched, 0 = not."""
     return F.cross_entropy(logits.float(), labels.long())
+
+
+def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinton distillation: ``T² · KL(softmax(t/T) || softmax(s/T))`` over the last dim, averaged over the rows
+    ``mask`` keeps (all rows without one). The teacher side carries no gradient."""
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    per_row = (t.exp() * (t - s)).sum(-1) * temperature**2
+    if mask is not None:
+        per_row = per_row[mask.to(torch.bool)]
+    return per_row.mean()
+
+
+def feature_distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Regress student features onto (detached) teacher features: ``mse``, ``smooth_l1`` or ``cosine``
+    (1 - cosine similarity), averaged over rows. Shapes must match (project the student first)."""
+    teacher = teacher.detach().float()
+    student = student.float()
+    if kind == "mse":
+        return F.mse_loss(student, teacher)
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(student, teacher)
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+    raise ValueError(f"unknown feature distillation kind '{kind}'")
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, shift: bool = True) -> torch.Tensor:
+    """Token cross-entropy ignoring -100 labels; ``shift`` for causal LMs (position t predicts token t+1)."""
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)

@@ -257,17 +257,56 @@ def run_tokenizer(data_ref: str, cfg: TokenizerConfig, catalog: Catalog) -> Stag
 
 # ----------------------------------------------------------------------------------------------- train
 def resolve_artifact_fields(family: Any, recipe: BaseModel, catalog: Catalog) -> tuple[BaseModel, list[str]]:
-    """Recipe fields that may name a catalog artifact (``catalog:REF``, e.g. CLIP's ``text_tower``) become the
-    artifact's local directory, and the artifact becomes a parent of what is trained (lineage)."""
+    """Recipe fields that may name a catalog artifact (``catalog:REF``, e.g. CLIP's ``text_tower`` or a family's
+    teacher) become the artifact's local directory, and the artifact becomes a parent of what is trained
+    (lineage). A teacher field only takes a model of one of the families the family accepts there."""
     parents: list[str] = []
     updates: dict[str, str] = {}
-    for field in family.artifact_fields:
+    for field in (*family.artifact_fields, *family.teachers):
         value = getattr(recipe, field, None)
         if isinstance(value, str) and value.startswith("catalog:"):
             art = catalog.get(value[len("catalog:"):])
+            if field in family.teachers:
+                check_teacher(family, field, art, value[len("catalog:"):])
             updates[field] = str(catalog.path(art.id))
             parents.append(art.id)
     return (recipe.model_copy(update=updates) if updates else recipe), parents
+
+
+def check_teacher(family: Any, field: str, art: Artifact, ref: str) -> None:
+    accepted = family.teachers[field]
+    if art.kind != "model":
+        raise UserError(f"teacher '{ref}' is a {art.kind}, not a model (family '{family.name}' takes a "
+                        f"{' or '.join(accepted)} model as its {field})")
+    if art.family not in accepted:
+        raise UserError(f"teacher '{ref}' is a '{art.family}' model; family '{family.name}' takes a "
+                        f"{' or '.join(accepted)} model as its {field}")
+
+
+def teacher_overrides(family_name: str, refs: list[str], catalog: Catalog) -> dict[str, str]:
+    """``--teacher REF`` options -> recipe overrides: each REF fills the teacher field whose accepted families
+    include the model's family (``catalog:ID``). One-line errors for a family without teachers, a REF that is
+    not a model, or a model of a family no teacher field accepts."""
+    family = get_family(family_name)
+    if refs and not family.teachers:
+        raise UserError(f"family '{family_name}' takes no teacher (--teacher {refs[0]})")
+    overrides: dict[str, str] = {}
+    for ref in refs:
+        art = catalog.get(ref)
+        fields = [f for f, fams in family.teachers.items() if art.kind == "model" and art.family in fams]
+        free = [f for f in fields if f not in overrides]
+        if not free:
+            wanted = "; ".join(f"{f}: {' or '.join(fams)}" for f, fams in family.teachers.items())
+            what = f"a '{art.family}' model" if art.kind == "model" else f"a {art.kind}"
+            raise UserError(f"--teacher '{ref}' is {what}; family '{family_name}' takes teachers ({wanted})")
+        overrides[free[0]] = f"catalog:{art.id}"
+    return overrides
+
+
+def missing_teachers(family_name: str, recipe: BaseModel) -> dict[str, str]:
+    """Teacher fields the recipe leaves empty -> the family of the teacher the train flow trains for them."""
+    family = get_family(family_name)
+    return {f: fams[0] for f, fams in family.teachers.items() if not getattr(recipe, f, None)}
 
 
 def train_plan(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: str, tokenizer_ref: str,

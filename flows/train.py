@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from vlforge.components.stages import stage_key, train_plan
+from vlforge.components.models.registry import get_family
+from vlforge.components.stages import missing_teachers, stage_key, train_plan
 from vlforge.components.tokenizer import TokenizerConfig
 from vlforge.flows.common import open_catalog, run_cached
 from vlforge.flows.stages import tokenizer_task, train_task
@@ -32,13 +33,29 @@ def train_flow(family: str, data: str, recipe: str = "tiny", overrides: dict[str
         tok = tokenizer_flow(dataset_id, tokenizer_config or TokenizerConfig())
         tokenizer = tok["tokenizer"]
         result["tokenizer"], result["cached"]["tokenizer"] = tokenizer, tok["cached"]["tokenizer"]
-    overrides = overrides or {}
+    overrides = dict(overrides or {})
+    model, cached, tok_id = _train_with_teachers(family, recipe, overrides, dataset_id, tokenizer, ray_address, result)
+    result["tokenizer"] = tok_id
+    result["model"], result["cached"]["model"] = model, cached
+    return result
+
+
+def _train_with_teachers(family: str, recipe: str, overrides: dict[str, Any], dataset_id: str, tokenizer: str,
+                         ray_address: str | None, result: dict) -> tuple[str, bool, str]:
+    """Train ``family``; a teacher field left empty gets a teacher trained first in the DAG, on the same data
+    and tokenizer (the teacher family's recipe of the same name when it has one, else ``tiny``), which becomes
+    a parent of the student. Teachers and students are cached stages like any other."""
+    catalog = open_catalog()
+    for field, teacher_family in missing_teachers(family, get_family(family).recipe(recipe, overrides)).items():
+        t_recipe = recipe if recipe in get_family(teacher_family).recipe_names() else "tiny"
+        teacher, t_cached, _ = _train_with_teachers(teacher_family, t_recipe, {}, dataset_id, tokenizer, ray_address, result)
+        result.setdefault("teachers", {})[field] = teacher
+        result["cached"][f"teacher:{field}"] = t_cached
+        overrides[field] = f"catalog:{teacher}"
     key, _, tok_art, _ = train_plan(family, recipe, overrides, dataset_id, tokenizer, catalog)
     model, cached = run_cached(train_task, key, family=family, recipe=recipe, overrides=overrides, data=dataset_id,
                                tokenizer=tok_art.id, ray_address=ray_address)
-    result["tokenizer"] = tok_art.id
-    result["model"], result["cached"]["model"] = model, cached
-    return result
+    return model, cached, tok_art.id
 
 
 if __name__ == "__main__":

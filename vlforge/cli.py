@@ -222,6 +222,8 @@ def run_train(
     steps: Annotated[Optional[int], typer.Option(help="Override the recipe's number of steps.")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer REF; default: train one on the dataset.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster to train on.")] = None,
+    teacher: Annotated[Optional[list[str]], typer.Option(help="Teacher model REF (repeatable); default: train the "
+                                                         "family's teachers in the DAG.")] = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -242,6 +244,9 @@ def run_train(
         raise UserError(f"--data '{data}' is a {art.kind}, not a dataset")
     if tokenizer is not None and catalog.get(tokenizer).kind != "tokenizer":
         raise UserError(f"--tokenizer '{tokenizer}' is a {catalog.get(tokenizer).kind}, not a tokenizer")
+    from vlforge.components.stages import teacher_overrides
+
+    overrides.update(teacher_overrides(family, teacher or [], catalog))
     from vlforge.flows.train import train_flow
 
     result = train_flow(family, art.id, recipe, overrides, tokenizer, PipelineConfig().tokenizer, ray_address)
@@ -293,15 +298,26 @@ def families(out: Console, as_json: JsonOpt = False) -> None:
     """List the model families and their recipes."""
     from vlforge.components.models.registry import family_names, get_family
 
-    rows = [{"family": n, "recipes": get_family(n).recipe_names(), "capabilities": sorted(get_family(n).capabilities),
-             "paper": get_family(n).paper} for n in family_names()]
+    from vlforge.components.evaluation.tasks import TASKS, family_offers
+
+    def row(name: str) -> dict:
+        fam = get_family(name)
+        offers = family_offers(fam)
+        return {"family": name, "recipes": fam.recipe_names(), "objectives": list(fam.objectives),
+                "capabilities": sorted(fam.capabilities),
+                "eval_tasks": [t.name for t in TASKS.values() if any(need <= offers for need in t.model_any)],
+                "teachers": {f: list(fams) for f, fams in fam.teachers.items()}, "paper": fam.paper}
+
+    rows = [row(n) for n in family_names()]
 
     def human() -> None:
         table = Table(title="model families")
-        for col in ("family", "recipes", "capabilities", "paper"):
+        for col in ("family", "recipes", "objectives", "eval tasks", "teachers", "paper"):
             table.add_column(col)
         for r in rows:
-            table.add_row(r["family"], ", ".join(r["recipes"]), ", ".join(r["capabilities"]), r["paper"])
+            teachers = "; ".join(f"{f}: {'/'.join(v)}" for f, v in r["teachers"].items())
+            table.add_row(r["family"], ", ".join(r["recipes"]), ", ".join(r["objectives"]), ", ".join(r["eval_tasks"]),
+                          teachers, r["paper"])
         out.print(table)
 
     emit(out, as_json, rows, human)

@@ -97,7 +97,7 @@ def artifacts_table(result: dict[str, Any], title: str) -> Table:
 
 
 def artifact_ids(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k in ("dataset", "tokenizer", "model", "eval")} | {"cached": result.get("cached", {})}
+    return {k: v for k, v in result.items() if k in ("dataset", "tokenizer", "model", "eval", "teachers")} | {"cached": result.get("cached", {})}
 
 
 def split_sections(pairs: dict[str, Any], sections: tuple[str, ...]) -> dict[str, dict[str, Any]]:

@@ -6,10 +6,11 @@ evaluation tasks only talk to this interface, so a new family plugs in by regist
 in its own folder under ``components/models/<family>/``; nothing in the loop changes."""
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,6 +44,8 @@ class Recipe(BaseModel):
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
     shuffle_buffer: int = Field(512, ge=1)
+    freeze: list[str] = Field(default_factory=list, description="parameter-name globs to freeze (the loop's general "
+                              "freezing; a family adds its own through Family.frozen_patterns)")
 
 
 @dataclass
@@ -55,6 +58,23 @@ class ImageTextBatch:
     captions: list[str]
     keys: list[str]
     word_ids: torch.Tensor | None = None  # (B, L) word index per token, -1 for specials (whole-word masking)
+    meta: list[dict] = field(default_factory=list)  # per-sample metadata from the shard: label, facts (builtin scenes)
+    step: int = 0  # the optimiser step this batch is for (task samplers, schedules)
+    tokenizer: Any = None  # the run's tokenizer, for objectives that write new texts (rewrites, task prompts)
+    max_text_length: int | None = None
+
+    def facts(self) -> list[dict | None]:
+        """Each sample's scene facts (``components/sources/shapes.py``), None where the source has none."""
+        return [(m or {}).get("facts") or None for m in (self.meta or [{}] * len(self.keys))]
+
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise new texts like the loop tokenises captions (padded to ``max_length``, default the recipe's),
+        on the batch's device: ``(input_ids, attention_mask)``."""
+        if self.tokenizer is None:
+            raise RuntimeError("this batch carries no tokenizer")
+        enc = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                             max_length=max_length or self.max_text_length or self.input_ids.shape[1], return_tensors="pt")
+        return enc["input_ids"].to(self.input_ids.device), enc["attention_mask"].to(self.input_ids.device)
 
 
 class Family(ABC):
@@ -66,6 +86,10 @@ class Family(ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset()  # e.g. {"retrieval", "zero_shot_classification"}
     # recipe fields whose value may be ``catalog:REF``: resolved to the artifact's directory and made a parent
     artifact_fields: ClassVar[tuple[str, ...]] = ()
+    # teacher recipe fields -> the families a teacher for that field may come from (the first is the default one
+    # the train flow trains in the DAG when the field is left empty). Teacher fields take ``catalog:REF`` too.
+    teachers: ClassVar[dict[str, tuple[str, ...]]] = {}
+    objectives: ClassVar[tuple[str, ...]] = ()  # the training objectives, for `vlforge families`
     image_mean: ClassVar[tuple[float, float, float]] = (0.48145466, 0.4578275, 0.40821073)
     image_std: ClassVar[tuple[float, float, float]] = (0.26862954, 0.26130258, 0.27577711)
 
@@ -91,8 +115,8 @@ class Family(ABC):
             return self.recipe_cls(**data)
         except ValidationError as exc:
             err = exc.errors()[0]
-            field = ".".join(str(x) for x in err["loc"]) or "?"
-            raise UserError(f"{where}: field '{field}': {err['msg']} (got {err.get('input')!r})") from None
+            loc = ".".join(str(x) for x in err["loc"]) or "?"
+            raise UserError(f"{where}: field '{loc}': {err['msg']} (got {err.get('input')!r})") from None
 
     # ---- model ---------------------------------------------------------------------------------------
     @abstractmethod
@@ -104,6 +128,12 @@ class Family(ABC):
 
     def preflight(self, recipe: Recipe, tokenizer: Any) -> None:
         """Cheap checks before a run is launched (e.g. that the tokenizer fits the model); UserError on a mismatch."""
+
+    def frozen_patterns(self, recipe: Recipe) -> list[str]:
+        """Parameter-name globs this family freezes for ``recipe`` (e.g. Frozen's language model), on top of
+        ``recipe.freeze``. The loop applies both with ``apply_freeze``: frozen parameters get no gradient, no
+        optimiser state and are skipped by the data-parallel wrapper."""
+        return []
 
     def after_optimizer_step(self, model: nn.Module, recipe: Recipe) -> None:
         """Hook for constraints applied after each update (e.g. CLIP's logit-scale clamp)."""
@@ -124,6 +154,23 @@ class Family(ABC):
 
     def encode_texts(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"family '{self.name}' cannot embed texts")
+
+
+def apply_freeze(family: Family, model: nn.Module, recipe: Recipe) -> dict[str, int]:
+    """Freeze every parameter whose name matches ``recipe.freeze`` or ``family.frozen_patterns(recipe)`` (globs);
+    return the trainable and total parameter counts. A glob that matches nothing is an error (a typo would
+    otherwise silently train what the user meant to freeze)."""
+    patterns = list(recipe.freeze) + list(family.frozen_patterns(recipe))
+    names = [n for n, _ in model.named_parameters()]
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise UserError(f"freeze pattern '{pat}' matches no parameter of family '{family.name}'")
+    for name, p in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+            p.requires_grad_(False)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total}
 
 
 def special_token_ids(tokenizer: Any) -> dict[str, int]:

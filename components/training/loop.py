@@ -26,6 +26,7 @@ from vlforge.components.data.loader import (
 from vlforge.components.models.registry import (
     ImageTextBatch,
     Recipe,
+    apply_freeze,
     get_family,
     special_token_ids,
 )
@@ -73,6 +74,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     torch.manual_seed(recipe.seed)
     tokenizer = load_tokenizer(cfg["tokenizer_dir"])
     model = family.build_model(recipe, len(tokenizer), special_token_ids(tokenizer))
+    param_counts = apply_freeze(family, model, recipe)
     start_step, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     opt_state = None
@@ -111,6 +113,10 @@ def train_worker(cfg: dict[str, Any]) -> None:
             captions=captions,
             keys=[r.key for r in raws],
             word_ids=word_id_tensor(enc, len(raws)).to(device),
+            meta=[r.meta for r in raws],
+            step=step,
+            tokenizer=tokenizer,
+            max_text_length=recipe.max_text_length,
         )
         with autocast:
             losses = family.training_step(model, batch, recipe)
@@ -125,7 +131,8 @@ def train_worker(cfg: dict[str, Any]) -> None:
         done = step + 1
         if done % recipe.log_every == 0 or done == recipe.steps or done % recipe.checkpoint_every == 0:
             elapsed = time.perf_counter() - window_start
-            row = {"step": done, "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9)}
+            row = {"step": done, "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
+                   **param_counts}
             row.update({k: float(v.detach().float()) for k, v in losses.items()})
             history.append(row)
             window_start, window_samples = time.perf_counter(), 0
@@ -202,4 +209,6 @@ def train(
         "first_loss": history[0]["loss"],
         "samples_per_s": sorted(speeds)[len(speeds) // 2],
         "wall_time_s": time.perf_counter() - start,
+        "trainable_params": last.get("trainable_params", 0),
+        "total_params": last.get("total_params", 0),
     }

@@ -107,6 +107,7 @@ class ClipFamily(Family):
     paper = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021 (arXiv 2103.00020)"
     recipe_cls = ClipRecipe
     capabilities = frozenset({"retrieval", "zero_shot_classification"})
+    objectives = ("itc",)
     artifact_fields = ("text_tower",)
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:

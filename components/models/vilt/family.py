@@ -137,6 +137,7 @@ class ViltFamily(Family):
     paper = "Kim et al., ViLT: Vision-and-Language Transformer Without Convolution or Region Supervision, ICML 2021 (arXiv 2102.03334)"
     recipe_cls = ViltRecipe
     capabilities = frozenset({"itm"})
+    objectives = ("itm", "mlm")
     image_mean = (0.5, 0.5, 0.5)  # ViLT normalises pixels to [-1, 1] (its ``inception_normalize``)
     image_std = (0.5, 0.5, 0.5)
 

@@ -133,6 +133,7 @@ class VlmoFamily(Family):
     paper = "Bao et al., VLMo: Unified Vision-Language Pre-Training with Mixture-of-Modality-Experts, NeurIPS 2022 (arXiv 2111.02358)"
     recipe_cls = VlmoRecipe
     capabilities = frozenset({"retrieval", "itm"})
+    objectives = ("mim (stage 1)", "mlm (stage 2)", "itc + itm (hard negatives) + mlm (stage 3)")
     artifact_fields = ("init_from",)
     image_mean = (0.5, 0.5, 0.5)  # VLMo (BEiT) normalises pixels to [-1, 1]
     image_std = (0.5, 0.5, 0.5)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from vlforge.components.models.registry import ImageTextBatch, family_names, get_family
+from vlforge.components.models.registry import ImageTextBatch, apply_freeze, family_names, get_family, special_token_ids
 
 from vlforge.errors import UserError
 
@@ -25,30 +25,70 @@ PAPER_PARAMS = {
 SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 
 
-def fixed_batch(recipe, n: int = 8, vocab: int = 64) -> ImageTextBatch:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, vocab, (n, recipe.max_text_length), generator=g)
-    ids[:, 0] = SPECIALS["bos"]
-    lengths = torch.randint(4, recipe.max_text_length, (n,), generator=g)
-    mask = torch.zeros_like(ids)
-    for i, length in enumerate(lengths.tolist()):
-        ids[i, length - 1] = SPECIALS["eos"]
-        ids[i, length:] = SPECIALS["pad"]
-        mask[i, :length] = 1
-    pixels = torch.randn(n, 3, recipe.image_size, recipe.image_size, generator=g)
-    return ImageTextBatch(pixels, ids, mask, [f"c{i}" for i in range(n)], [f"k{i}" for i in range(n)])
+@pytest.fixture(scope="module")
+def scene_tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    """A real WordPiece tokenizer trained on builtin-scene captions and the scene-task words (questions, answers)."""
+    from vlforge.components.sources.scene_tasks import vqa_questions
+    from vlforge.components.sources.shapes import make_scene, sample_key
+    from vlforge.components.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+
+    texts = []
+    for i in range(300):
+        scene = make_scene(0, i)
+        texts.append(scene.caption)
+        texts += [f"{q.question} {q.answer}" for q in vqa_questions(sample_key(0, i), scene.facts())]
+    path = train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok", TokenizerConfig(kind="wordpiece", vocab_size=160))
+    tokenizer = load_tokenizer(path)
+    assert special_token_ids(tokenizer) == SPECIALS
+    return tokenizer
+
+
+def fixed_batch(recipe, tokenizer, n: int = 8) -> ImageTextBatch:
+    """Eight builtin scenes' captions, facts and word ids with the tokenizer, as the loop builds a batch. The images
+    are fixed noise: rendered 32 px scenes look so alike at initialisation that a from-scratch dual encoder
+    collapses on eight of them, and this battery checks optimisation, not data (the Ray runs use real scenes)."""
+    from vlforge.components.sources.shapes import make_scene, sample_key
+    from vlforge.components.training.loop import word_id_tensor
+
+    scenes = [make_scene(0, i) for i in range(n)]
+    captions = [s.caption for s in scenes]
+    enc = tokenizer(captions, padding="max_length", truncation=True, max_length=recipe.max_text_length, return_tensors="pt")
+    pixels = torch.randn(n, 3, recipe.image_size, recipe.image_size, generator=torch.Generator().manual_seed(0))
+    return ImageTextBatch(pixels, enc["input_ids"], enc["attention_mask"], captions, [sample_key(0, i) for i in range(n)],
+                          word_ids=word_id_tensor(enc, n),
+                          meta=[{"facts": s.facts(), "label": s.label} for s in scenes], step=0, tokenizer=tokenizer,
+                          max_text_length=recipe.max_text_length)
+
+
+def teacher_overrides(family, tokenizer, out: Path, overrides: dict) -> dict:
+    """Untrained tiny teachers of the families a family takes (the DAG trains them; here they only need to load)."""
+    extra = {}
+    for field, fams in family.teachers.items():
+        teacher = get_family(fams[0])
+        t_recipe = teacher.recipe("tiny", {**overrides, **teacher_overrides(teacher, tokenizer, out / field, overrides)})
+        torch.manual_seed(1)
+        t_model = teacher.build_model(t_recipe, len(tokenizer), SPECIALS)
+        teacher.save(t_model, out / field, t_recipe)
+        extra[field] = str(out / field)
+    return extra
+
+
+SMALL = {"image_size": 32, "max_text_length": 16}
 
 
 @pytest.mark.parametrize("name", family_names())
-def test_family_learns_a_fixed_batch_and_round_trips(name: str, tmp_path: Path) -> None:
+def test_family_learns_a_fixed_batch_and_round_trips(name: str, tmp_path: Path, scene_tokenizer) -> None:
     torch.manual_seed(0)
     family = get_family(name)
-    recipe = family.recipe("tiny", {"image_size": 32, "max_text_length": 12})
-    model = family.build_model(recipe, 64, SPECIALS)
-    batch = fixed_batch(recipe)
+    recipe = family.recipe("tiny", {**SMALL, **teacher_overrides(family, scene_tokenizer, tmp_path / "teachers", SMALL)})
+    model = family.build_model(recipe, len(scene_tokenizer), SPECIALS)
+    counts = apply_freeze(family, model, recipe)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    batch = fixed_batch(recipe, scene_tokenizer)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     losses = []
-    for _ in range(25):
+    for step in range(25):
+        batch.step = step
         out = family.training_step(model, batch, recipe)
         opt.zero_grad()
         out["loss"].backward()
@@ -56,9 +96,14 @@ def test_family_learns_a_fixed_batch_and_round_trips(name: str, tmp_path: Path) 
         family.after_optimizer_step(model, recipe)
         losses.append(float(out["loss"].detach()))
     assert losses[-1] < 0.5 * losses[0], losses
+    assert counts["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    for n, p in model.named_parameters():  # frozen parts did not move
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
     family.save(model, tmp_path / "ckpt", recipe)
     loaded = family.load(tmp_path / "ckpt").eval()
     model.eval()
+    batch.step = 0
     with torch.no_grad():
         a = family.training_step(model, batch, recipe)["loss"]
         b = family.training_step(loaded, batch, recipe)["loss"]
@@ -68,6 +113,9 @@ def test_family_learns_a_fixed_batch_and_round_trips(name: str, tmp_path: Path) 
         txt = family.encode_texts(loaded, batch.input_ids, batch.attention_mask)
         assert img.shape[0] == txt.shape[0] == 8
         assert torch.allclose(img.norm(dim=-1), torch.ones(8), atol=1e-5)
+    if "generate" in family.capabilities:
+        texts = family.generate_texts(loaded, batch.pixel_values[:2], scene_tokenizer, None, 6)
+        assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
@@ -93,3 +141,17 @@ def test_recipe_validation_and_registry() -> None:
     with pytest.raises(UserError, match="unknown family 'vilbert'"):
         get_family("vilbert")
     assert family.recipe("tiny", {"steps": 7}).steps == 7
+
+
+def test_freeze_globs_freeze_exactly_what_they_match() -> None:
+    family = get_family("clip")
+    recipe = family.recipe("tiny", {**SMALL, "freeze": ["vision_model.*"]})
+    model = family.build_model(recipe, 64, SPECIALS)
+    counts = apply_freeze(family, model, recipe)
+    names = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert names and all(n.startswith("vision_model.") for n in names)
+    assert counts["total_params"] - counts["trainable_params"] == sum(
+        p.numel() for n, p in model.named_parameters() if n in names)
+    with pytest.raises(UserError, match="freeze pattern 'nothing.here' matches no parameter"):
+        apply_freeze(family, family.build_model(family.recipe("tiny", {**SMALL, "freeze": ["nothing.here"]}), 64, SPECIALS),
+                     family.recipe("tiny", {**SMALL, "freeze": ["nothing.here"]}))
