@@ -41,6 +41,8 @@ class VerifyReport:
     files: int = 0
     bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
+    remote_only: int = 0
+    """Blobs absent from the local cache that the catalog's remote holds (fetched when loaded, so no problem)."""
 
     @property
     def ok(self) -> bool:
@@ -59,7 +61,8 @@ class GcReport:
 
 def verify(catalog: Catalog) -> VerifyReport:
     """Re-hash every blob the index references, and every view file that is a copy rather than a hard link,
-    and report each that is missing or changed, with the artifacts that hold it."""
+    and report each that is missing or changed, with the artifacts that hold it. With a remote, a blob missing
+    locally is fine if the remote holds it (it is fetched, and its hash checked, when loaded)."""
     report = VerifyReport()
     with catalog._connect() as conn:
         holders: dict[str, list[str]] = {}
@@ -74,6 +77,10 @@ def verify(catalog: Catalog) -> VerifyReport:
     def check(path: Path, sha256: str, who: list[str]) -> None:
         rel = path.relative_to(catalog.root).as_posix()
         if not path.is_file():
+            if catalog.remote is not None and path == catalog._blob_path(sha256) \
+                    and catalog.remote.size(sha256) is not None:
+                report.remote_only += 1
+                return
             report.problems.append(Problem("missing", rel, sha256, None, who))
             return
         actual, size = _hash_file(path)

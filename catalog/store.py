@@ -30,6 +30,12 @@ Guarantees:
 * Scratch files are named ``<host>.<pid>-...`` so :func:`vlforge.catalog.maintenance.gc` can tell a dead
   writer's leftovers from a live one's; gc and the final step of registration share the index's write lock.
 
+With a **remote** (``Catalog(root, remote="s3://bucket/prefix")``, see :mod:`vlforge.catalog.remote`) the local
+``blobs/`` folder becomes a cache of the remote's: registration uploads every blob an artifact needs before the
+index references it, :meth:`Catalog.path` fetches missing blobs (checking their sha256 before they enter the
+cache), and :meth:`Catalog.push` / :meth:`Catalog.pull` copy an artifact's blobs either way on demand. The index
+stays local to each machine; another machine works from a copy of it (:meth:`Catalog.backup_index`).
+
 Every mistake a caller can make (unknown or ambiguous reference, missing file, bad name, non-JSON config)
 raises :class:`vlforge.errors.UserError` with a one-line message naming the input.
 """
@@ -48,6 +54,7 @@ import socket
 import uuid
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -78,6 +85,7 @@ _CHUNK = 1 << 20
 _BUSY_TIMEOUT_S = 30.0
 _SCHEMA_VERSION = 2
 _PICKLE_PROTOCOLS = {2, 3, 4, 5}
+_REMOTE_WORKERS = 8  # concurrent transfers to or from the remote
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -418,9 +426,16 @@ class Catalog:
     threads, and any number of processes may use the same root at once.
     """
 
-    def __init__(self, root: Path | str) -> None:
-        """Open the catalog at ``root``, creating the folder layout and the index if they are missing."""
+    def __init__(self, root: Path | str, *, remote: str | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
+        """Open the catalog at ``root``, creating the folder layout and the index if they are missing. With
+        ``remote`` (an fsspec URL such as ``s3://bucket/prefix``; ``storage_options`` go to its filesystem, e.g.
+        ``{"endpoint_url": ..., "key": ..., "secret": ...}`` for s3fs) blobs are also kept there. Opening
+        contacts no remote: an unreachable one is reported by the first operation that needs it."""
+        from vlforge.catalog.remote import RemoteBlobStore
+
         self.root = Path(root)
+        self.remote = RemoteBlobStore(remote, storage_options) if remote else None
         self._blobs = self.root / "blobs" / "sha256"
         self._tmp = self.root / "tmp"
         self._views = self.root / "views"
@@ -557,6 +572,9 @@ class Catalog:
             for source in sources:
                 if (row := self._store_blob(source, what)) is not None:
                     checks.append(row)
+        if self.remote is not None:
+            # every blob is on the remote before the index can name the artifact
+            checks.extend(self._upload_sources(sources, what, verified={row[1] for row in checks}))
         for _attempt in range(5):
             missing = self._commit(pending, checks)
             if not missing:
@@ -645,6 +663,73 @@ class Catalog:
             return self._check_row(final, source.sha256)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _upload_sources(self, sources: Sequence[_Source], what: str,
+                        verified: set[str]) -> list[tuple[str, str, int, int, int]]:
+        """Upload the blob of every source the remote does not hold yet, from the local blob store (storing it
+        there first when it is missing). A local blob that was already there, and not among the ``verified``
+        hashes just written, is re-hashed before it leaves the machine. Returns the ``file_checks`` rows of blobs
+        stored locally on the way."""
+        assert self.remote is not None
+        remote = self.remote
+
+        def upload(source: _Source) -> tuple[str, str, int, int, int] | None:
+            if remote.size(source.sha256) == source.size:
+                return None
+            row = self._store_blob(source, what)
+            blob = self._blob_path(source.sha256)
+            if row is None and source.sha256 not in verified and _hash_file(blob)[0] != source.sha256:
+                raise UserError(f"cannot register {what}: the catalog's copy of {source.relpath!r} "
+                                f"({blob.relative_to(self.root).as_posix()}) is corrupt; run 'vlforge catalog verify'")
+            remote.upload(blob, source.sha256)
+            return row
+
+        unique = list({source.sha256: source for source in sources}.values())
+        with ThreadPoolExecutor(max_workers=_REMOTE_WORKERS) as pool:
+            return [row for row in pool.map(upload, unique) if row is not None]
+
+    def _fetch_blob(self, artifact: Artifact, entry: FileEntry) -> tuple[str, str, int, int, int]:
+        """Download one blob from the remote into the local store: to a scratch file under ``tmp/``, hashed on the
+        way, renamed into place only if it holds what the index recorded. Returns its ``file_checks`` row."""
+        assert self.remote is not None
+        label = f"artifact {artifact.name}:{artifact.version} ({artifact.short_id})"
+        where = self.remote.location(entry.sha256)
+        final = self._blob_path(entry.sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=f"{_scratch_owner()}-{entry.sha256[:12]}-",
+                                        suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    actual = self.remote.download(entry.sha256, out)
+                except FileNotFoundError:
+                    raise UserError(f"{label} is damaged: file {entry.path!r} is missing from the local catalog "
+                                    f"and from the remote ({where})") from None
+                out.flush()
+                os.fsync(out.fileno())
+            if actual != entry.sha256:
+                raise UserError(f"{label} is corrupt on the remote: file {entry.path!r} has sha256 "
+                                f"{actual[:16]}..., the catalog recorded {entry.sha256[:16]}... ({where})")
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+            return self._check_row(final, entry.sha256)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _fetch_missing(self, artifact: Artifact) -> tuple[int, int]:
+        """Fetch every blob of ``artifact`` that the local store lacks from the remote (if there is one).
+        Returns ``(blobs fetched, bytes)``."""
+        missing = list({entry.sha256: entry for entry in artifact.files
+                        if not self._blob_path(entry.sha256).is_file()}.values())
+        if self.remote is None or not missing:
+            return 0, 0
+        with ThreadPoolExecutor(max_workers=_REMOTE_WORKERS) as pool:
+            rows = list(pool.map(lambda entry: self._fetch_blob(artifact, entry), missing))
+        with self._connect() as conn, self._transaction(conn):
+            conn.executemany("INSERT OR REPLACE INTO file_checks (path, sha256, size, mtime_ns, inode)"
+                             " VALUES (?, ?, ?, ?, ?)", rows)
+        return len(rows), sum(entry.size for entry in missing)
 
     def _check_row(self, path: Path, sha256: str) -> tuple[str, str, int, int, int]:
         """A ``file_checks`` row saying that ``path`` as it stands now holds content ``sha256``."""
@@ -884,6 +969,7 @@ class Catalog:
         if final.is_dir():
             self._check_view(artifact, final)
             return final
+        self._fetch_missing(artifact)
         self._check_files(artifact, [(entry, self._blob_path(entry.sha256)) for entry in artifact.files])
         building = self._views / f".building-{_scratch_owner()}-{artifact.id[:12]}-{uuid.uuid4().hex}"
         try:
@@ -908,6 +994,60 @@ class Catalog:
             _remove_tree(building)
         self._check_view(artifact, final)
         return final
+
+    # ------------------------------------------------------------------ remote
+
+    def _require_remote(self, action: str) -> Any:
+        if self.remote is None:
+            raise UserError(f"cannot {action}: this catalog has no remote; set VLFORGE_CATALOG_REMOTE (e.g. "
+                            f"s3://bucket/prefix) or open it with Catalog(root, remote=URL)")
+        return self.remote
+
+    def push(self, refs: Sequence[str] = ()) -> dict[str, int]:
+        """Upload to the remote every blob of the artifacts ``refs`` name (every artifact when empty) that it
+        does not hold yet, after checking the local copies. Returns counts: ``artifacts``, ``uploaded`` and
+        ``present`` blobs, ``bytes`` uploaded."""
+        remote = self._require_remote("push")
+        artifacts = [self.get(ref) for ref in refs] if refs else self.list()
+        todo: dict[str, tuple[Artifact, FileEntry]] = {}
+        for artifact in artifacts:
+            for entry in artifact.files:
+                todo.setdefault(entry.sha256, (artifact, entry))
+        with ThreadPoolExecutor(max_workers=_REMOTE_WORKERS) as pool:
+            sizes = list(pool.map(remote.size, todo))
+        needed = [item for item, size in zip(todo.values(), sizes) if size != item[1].size]
+        by_artifact: dict[str, list[tuple[FileEntry, Path]]] = {}
+        for artifact, entry in needed:
+            by_artifact.setdefault(artifact.id, []).append((entry, self._blob_path(entry.sha256)))
+        for artifact in artifacts:  # nothing corrupt or missing leaves the machine
+            if artifact.id in by_artifact:
+                self._check_files(artifact, by_artifact[artifact.id])
+        with ThreadPoolExecutor(max_workers=_REMOTE_WORKERS) as pool:
+            list(pool.map(lambda item: remote.upload(self._blob_path(item[1].sha256), item[1].sha256), needed))
+        return {"artifacts": len(artifacts), "uploaded": len(needed), "present": len(todo) - len(needed),
+                "bytes": sum(entry.size for _, entry in needed)}
+
+    def pull(self, ref: str) -> dict[str, Any]:
+        """Fetch every blob of the artifact ``ref`` names that the local store lacks from the remote, check it,
+        and materialise its view. Returns ``id``, ``fetched`` blobs, ``bytes`` fetched and the view's ``path``."""
+        self._require_remote("pull")
+        artifact = self.get(ref)
+        fetched, size = self._fetch_missing(artifact)
+        return {"id": artifact.id, "name": artifact.name, "version": artifact.version, "fetched": fetched,
+                "bytes": size, "path": str(self.path(artifact.id))}
+
+    def backup_index(self, target: Path | str) -> Path:
+        """Write a consistent copy of the index to ``target`` (SQLite's online backup, safe while others write):
+        what another machine sharing this catalog's remote needs to see its artifacts."""
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            copy = sqlite3.connect(target)
+            try:
+                conn.backup(copy)
+            finally:
+                copy.close()
+        return target
 
     def _check_view(self, artifact: Artifact, view: Path) -> None:
         """Check a view's files: a hard link shares its blob's inode, so checking the blob covers it; a copy is

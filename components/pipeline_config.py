@@ -46,6 +46,7 @@ class TrainStageConfig(BaseModel):
     recipe: str = "tiny"
     overrides: dict[str, Any] = Field(default_factory=dict)
     ray_address: str | None = None
+    ray_storage: str | None = None  # where Ray keeps checkpoints, e.g. s3://bucket/ray (else $VLFORGE_RAY_STORAGE)
 
 
 class EvalStageConfig(BaseModel):

@@ -12,9 +12,10 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel
@@ -174,7 +175,8 @@ def ingest_key(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig
     return stage_key("ingest", {}, config), src
 
 
-def run_ingest(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig, catalog: Catalog) -> StageResult:
+def run_ingest(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig, catalog: Catalog,
+               ray_address: str | None = None) -> StageResult:
     start = time.perf_counter()
     key, src = ingest_key(cfg, crawl_cfg, shard_cfg)
     if (hit := catalog.find_by_cache_key(key)) is not None:
@@ -182,7 +184,7 @@ def run_ingest(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig
     work = work_root() / "ingest" / key[:16]
     work.mkdir(parents=True, exist_ok=True)
     rows = _builtin_rows(src.describe, work) if src.kind == "builtin" else _load_rows(cfg, src.kind, cfg.spec.strip())
-    result = crawl(rows, work / "crawl", crawl_cfg)
+    result = crawl(rows, work / "crawl", crawl_cfg, ray_address=ray_address)
     check_nonempty(result, cfg.spec)
     out = _fresh_dir(work / "dataset")
     manifest = shard_crawl(result, out, shard_cfg, {"kind": src.kind, **src.describe})
@@ -217,13 +219,14 @@ def filter_plan(data_ref: str, cfg: FilterConfig, catalog: Catalog) -> tuple[str
     return stage_key("filter", inputs, cfg.model_dump()), dataset, model
 
 
-def run_filter(data_ref: str, cfg: FilterConfig, catalog: Catalog) -> StageResult:
+def run_filter(data_ref: str, cfg: FilterConfig, catalog: Catalog, ray_address: str | None = None) -> StageResult:
     start = time.perf_counter()
     key, dataset, model = filter_plan(data_ref, cfg, catalog)
     if (hit := catalog.find_by_cache_key(key)) is not None:
         return StageResult(hit, True, time.perf_counter() - start)
     out = _fresh_dir(work_root() / "filter" / key[:16])
-    manifest = filter_dataset(catalog.path(dataset.id), out, cfg, catalog.path(model.id) if model else None)
+    manifest = on_cluster(ray_address, filter_dataset, catalog.path(dataset.id), out, cfg,
+                          catalog.path(model.id) if model else None)
     if manifest["samples"] == 0:
         shutil.rmtree(out, ignore_errors=True)
         raise UserError(f"filtering dataset '{dataset.name}' removed every sample ({manifest['removed_by_rule']})")
@@ -239,16 +242,37 @@ def run_filter(data_ref: str, cfg: FilterConfig, catalog: Catalog) -> StageResul
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
-def run_tokenizer(data_ref: str, cfg: TokenizerConfig, catalog: Catalog) -> StageResult:
+# The words of the task prompts the generative families train and the evaluation asks with, so they are not
+# <unk> for a tokenizer learned from captions (``evaluation/vqa.py``, ``models/vlt5/tasks.py``).
+TASK_PROMPT_WORDS = ("question: answer: caption: image text match: true false visual grounding: caption region: "
+                     "span prediction: denoise text: yes no")
+
+
+def task_texts(train_rows: list[dict]) -> list[str]:
+    """Texts the tokenizer learns besides the captions: the task prompt words and, for samples with scene facts,
+    their VQA questions with answers (the training split only, as for the captions)."""
+    from vlforge.components.sources.scene_tasks import vqa_questions
+
+    texts = [TASK_PROMPT_WORDS]
+    for row in train_rows:
+        if row.get("facts"):
+            facts = json.loads(row["facts"]) if isinstance(row["facts"], str) else row["facts"]
+            texts += [f"question: {q.question} answer: {q.answer}" for q in vqa_questions(row.get("key") or "", facts)]
+    return texts
+
+
+def run_tokenizer(data_ref: str, cfg: TokenizerConfig, catalog: Catalog, ray_address: str | None = None) -> StageResult:
     start = time.perf_counter()
     dataset = _require_kind(catalog, data_ref, "dataset", "--data")
     key = stage_key("tokenizer", {"dataset": dataset.id}, cfg.model_dump())
     if (hit := catalog.find_by_cache_key(key)) is not None:
         return StageResult(hit, True, time.perf_counter() - start)
-    samples = pq.read_table(catalog.path(dataset.id) / "samples.parquet", columns=["caption", "split"]).to_pylist()
-    captions = [s["caption"] for s in samples if s["split"] == "train"]
+    index = catalog.path(dataset.id) / "samples.parquet"
+    columns = [c for c in ("caption", "split", "key", "facts") if c in pq.read_schema(index).names]
+    train = [s for s in pq.read_table(index, columns=columns).to_pylist() if s["split"] == "train"]
+    corpus = [s["caption"] for s in train] + task_texts(train)
     out = _fresh_dir(work_root() / "tokenizer" / key[:16])
-    train_tokenizer(captions, out, cfg)
+    on_cluster(ray_address, train_tokenizer, corpus, out, cfg)
     art = _register(catalog, kind="tokenizer", name=f"{dataset.name}-tokenizer", files=out, config=cfg.model_dump(),
                     parents=[dataset.id], metrics={"vocab_size": len(load_tokenizer(out))}, cache_key=key)
     shutil.rmtree(out, ignore_errors=True)
@@ -256,6 +280,25 @@ def run_tokenizer(data_ref: str, cfg: TokenizerConfig, catalog: Catalog) -> Stag
 
 
 # ----------------------------------------------------------------------------------------------- train
+T = TypeVar("T")
+
+
+def on_cluster(ray_address: str | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` here, or with a Ray address as one Ray task on that cluster (its nodes must see the paths in
+    ``args``: one machine, or a shared filesystem). Errors come back as the task's exception."""
+    if not ray_address:
+        return fn(*args)
+    import ray
+
+    from vlforge.components.training.ray_runtime import ensure_ray
+
+    ensure_ray(ray_address)
+    try:
+        return ray.get(ray.remote(num_cpus=1, max_retries=0)(fn).remote(*args))
+    except ray.exceptions.RayTaskError as exc:
+        raise exc.as_instanceof_cause() from None
+
+
 def resolve_artifact_fields(family: Any, recipe: BaseModel, catalog: Catalog) -> tuple[BaseModel, list[str]]:
     """Recipe fields that may name a catalog artifact (``catalog:REF``, e.g. CLIP's ``text_tower`` or a family's
     teacher) become the artifact's local directory, and the artifact becomes a parent of what is trained
@@ -322,7 +365,10 @@ def train_plan(family_name: str, recipe_name: str, overrides: dict[str, Any], da
 
 
 def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: str, tokenizer_ref: str,
-              catalog: Catalog, ray_address: str | None = None) -> StageResult:
+              catalog: Catalog, ray_address: str | None = None, ray_storage: str | None = None) -> StageResult:
+    """Train (or find cached) the model; ``ray_storage`` (else ``$VLFORGE_RAY_STORAGE``) puts Ray's checkpoints on
+    shared storage such as ``s3://bucket/prefix`` instead of the work folder. Where checkpoints go is not part of
+    the cache key: it changes nothing in the model."""
     from vlforge.components.plots import plot_training_log
     from vlforge.components.training.loop import TRAIN_LOG, train
 
@@ -336,13 +382,13 @@ def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
     out = work / "model"
     summary = train(family_name=family_name, recipe=recipe, dataset_dir=catalog.path(dataset.id),
                     tokenizer_dir=catalog.path(tokenizer.id), run_dir=work / "ray" / f"run-{key[:16]}", out_dir=out,
-                    ray_address=ray_address)
+                    ray_address=ray_address, storage=ray_storage)
     history = [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines() if line]
     plot_training_log(history, out / "loss.png", f"{family_name} / {recipe_name} on {dataset.name}")
     art = _register(
         catalog, kind="model", name=f"{family_name}-{dataset.name}", family=family_name, files=out,
         config={"family": family_name, "recipe": recipe_name, "values": recipe.model_dump(mode="json")},
-        parents=[dataset.id, tokenizer.id, *extra_parents], metrics={k: round(float(v), 6) for k, v in summary.items()},
+        parents=[dataset.id, tokenizer.id, *extra_parents], metrics={k: ",".join(v) if isinstance(v, list) else round(float(v), 6) for k, v in summary.items()},
         cache_key=key,
     )
     shutil.rmtree(work, ignore_errors=True)
@@ -379,7 +425,8 @@ def eval_suite(model_ref: str, data_ref: str, suite: str, split: str, catalog: C
     return tasks, skipped
 
 
-def run_eval(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog) -> StageResult:
+def run_eval(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog,
+             ray_address: str | None = None) -> StageResult:
     from vlforge.components.evaluation.runner import evaluate
 
     start = time.perf_counter()
@@ -387,7 +434,7 @@ def run_eval(model_ref: str, data_ref: str, tasks: list[str], split: str, catalo
     if (hit := catalog.find_by_cache_key(key)) is not None:
         return StageResult(hit, True, time.perf_counter() - start)
     out = _fresh_dir(work_root() / "eval" / key[:16])
-    metrics = evaluate(catalog.path(model.id), catalog.path(dataset.id), split, sorted(tasks), out)
+    metrics = on_cluster(ray_address, evaluate, catalog.path(model.id), catalog.path(dataset.id), split, sorted(tasks), out)
     art = _register(catalog, kind="eval", name=f"{model.name}-eval", family=model.family, files=out,
                     config={"tasks": sorted(tasks), "split": split}, parents=[model.id, dataset.id],
                     metrics={k: round(v, 6) for k, v in metrics.items()}, cache_key=key)

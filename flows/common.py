@@ -12,11 +12,11 @@ from prefect.context import TaskRunContext
 from vlforge.catalog import Catalog
 
 from vlforge.errors import UserError
-from vlforge.settings import catalog_root
+from vlforge.settings import catalog_root, open_catalog as _open_catalog
 
 
 def open_catalog() -> Catalog:
-    return Catalog(catalog_root())
+    return _open_catalog()
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -35,12 +35,22 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
+def retry_options() -> dict[str, Any]:
+    """Transient failures (a worker lost, a flaky server) retry ``VLFORGE_RETRIES`` times (default 2) with
+    exponential backoff from ``VLFORGE_RETRY_DELAY_S`` seconds (default 2: waits of 2 s, then 4 s) and 20% jitter;
+    a ``UserError`` fails at once with its reason (``retry_unless_user_error``)."""
+    from prefect.tasks import exponential_backoff
+
+    retries = int(os.environ.get("VLFORGE_RETRIES", "2"))
+    base = float(os.environ.get("VLFORGE_RETRY_DELAY_S", "2"))
+    return {"retries": retries, "retry_delay_seconds": exponential_backoff(backoff_factor=base)(max(retries, 1)),
+            "retry_jitter_factor": 0.2, "retry_condition_fn": retry_unless_user_error}
+
+
 TASK_OPTIONS: dict[str, Any] = {
     "cache_key_fn": stage_cache_key,
     "persist_result": True,
-    "retries": 1,
-    "retry_delay_seconds": 2,
-    "retry_condition_fn": retry_unless_user_error,
+    **retry_options(),
 }
 
 

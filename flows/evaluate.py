@@ -13,9 +13,10 @@ from vlforge.flows.stages import eval_task
 
 
 @flow(name="eval")
-def eval_flow(model: str, data: str, tasks: list[str], split: str = "validation") -> dict:
+def eval_flow(model: str, data: str, tasks: list[str], split: str = "validation", ray_address: str | None = None) -> dict:
     key, model_art, data_art = eval_plan(model, data, tasks, split, open_catalog())
-    report, cached = run_cached(eval_task, key, model=model_art.id, data=data_art.id, tasks=tasks, split=split)
+    report, cached = run_cached(eval_task, key, model=model_art.id, data=data_art.id, tasks=tasks, split=split,
+                                ray_address=ray_address)
     return {"eval": report, "cached": {"eval": cached}}
 
 

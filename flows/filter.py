@@ -13,9 +13,9 @@ from vlforge.flows.stages import filter_task
 
 
 @flow(name="filter", log_prints=True)
-def filter_flow(data: str, config: FilterConfig) -> dict:
+def filter_flow(data: str, config: FilterConfig, ray_address: str | None = None) -> dict:
     key, dataset, _ = filter_plan(data, config, open_catalog())
-    filtered, cached = run_cached(filter_task, key, data=dataset.id, config=config)
+    filtered, cached = run_cached(filter_task, key, data=dataset.id, config=config, ray_address=ray_address)
     publish_dataset_card(filtered)
     return {"dataset": filtered, "cached": {"dataset": cached}}
 

@@ -17,9 +17,9 @@ from vlforge.flows.stages import ingest_task
 
 
 @flow(name="ingest", log_prints=True)
-def ingest_flow(source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig) -> dict:
+def ingest_flow(source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig, ray_address: str | None = None) -> dict:
     key, _ = ingest_key(source, crawl, shard)
-    dataset, cached = run_cached(ingest_task, key, source=source, crawl=crawl, shard=shard)
+    dataset, cached = run_cached(ingest_task, key, source=source, crawl=crawl, shard=shard, ray_address=ray_address)
     publish_dataset_card(dataset)
     return {"dataset": dataset, "cached": {"dataset": cached}}
 

@@ -26,25 +26,29 @@ def pipeline_flow(config: PipelineConfig) -> dict:
 
     t = time.perf_counter()
     key, _ = ingest_key(config.source, config.crawl, config.shard)
-    dataset, cached["dataset"] = run_cached(ingest_task, key, source=config.source, crawl=config.crawl, shard=config.shard)
+    dataset, cached["dataset"] = run_cached(ingest_task, key, source=config.source, crawl=config.crawl, shard=config.shard,
+                                            ray_address=config.train.ray_address)
     publish_dataset_card(dataset)
     seconds["dataset"] = time.perf_counter() - t
 
     t = time.perf_counter()
     key = stage_key("tokenizer", {"dataset": dataset}, config.tokenizer.model_dump())
-    tokenizer, cached["tokenizer"] = run_cached(tokenizer_task, key, data=dataset, config=config.tokenizer)
+    tokenizer, cached["tokenizer"] = run_cached(tokenizer_task, key, data=dataset, config=config.tokenizer,
+                                                ray_address=config.train.ray_address)
     seconds["tokenizer"] = time.perf_counter() - t
 
     t = time.perf_counter()
     tr = config.train
     key, *_ = train_plan(tr.family, tr.recipe, tr.overrides, dataset, tokenizer, catalog)
     model, cached["model"] = run_cached(train_task, key, family=tr.family, recipe=tr.recipe, overrides=tr.overrides,
-                                        data=dataset, tokenizer=tokenizer, ray_address=tr.ray_address)
+                                        data=dataset, tokenizer=tokenizer, ray_address=tr.ray_address,
+                                        ray_storage=tr.ray_storage)
     seconds["model"] = time.perf_counter() - t
 
     t = time.perf_counter()
     key, *_ = eval_plan(model, dataset, config.eval.tasks, config.eval.split, catalog)
-    report, cached["eval"] = run_cached(eval_task, key, model=model, data=dataset, tasks=config.eval.tasks, split=config.eval.split)
+    report, cached["eval"] = run_cached(eval_task, key, model=model, data=dataset, tasks=config.eval.tasks, split=config.eval.split,
+                                          ray_address=config.train.ray_address)
     seconds["eval"] = time.perf_counter() - t
 
     ids = {"dataset": dataset, "tokenizer": tokenizer, "model": model, "eval": report}

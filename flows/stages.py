@@ -14,26 +14,29 @@ from vlforge.flows.common import TASK_OPTIONS, open_catalog
 
 
 @task(name="ingest", **TASK_OPTIONS)
-def ingest_task(cache_key: str, source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig) -> str:
-    return stages.run_ingest(source, crawl, shard, open_catalog()).artifact.id
+def ingest_task(cache_key: str, source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig,
+                ray_address: str | None = None) -> str:
+    return stages.run_ingest(source, crawl, shard, open_catalog(), ray_address).artifact.id
 
 
 @task(name="filter", **TASK_OPTIONS)
-def filter_task(cache_key: str, data: str, config: FilterConfig) -> str:
-    return stages.run_filter(data, config, open_catalog()).artifact.id
+def filter_task(cache_key: str, data: str, config: FilterConfig, ray_address: str | None = None) -> str:
+    return stages.run_filter(data, config, open_catalog(), ray_address).artifact.id
 
 
 @task(name="tokenizer", **TASK_OPTIONS)
-def tokenizer_task(cache_key: str, data: str, config: TokenizerConfig) -> str:
-    return stages.run_tokenizer(data, config, open_catalog()).artifact.id
+def tokenizer_task(cache_key: str, data: str, config: TokenizerConfig, ray_address: str | None = None) -> str:
+    return stages.run_tokenizer(data, config, open_catalog(), ray_address).artifact.id
 
 
 @task(name="train", **TASK_OPTIONS)
 def train_task(cache_key: str, family: str, recipe: str, overrides: dict[str, Any], data: str, tokenizer: str,
-               ray_address: str | None = None) -> str:
-    return stages.run_train(family, recipe, overrides, data, tokenizer, open_catalog(), ray_address).artifact.id
+               ray_address: str | None = None, ray_storage: str | None = None) -> str:
+    return stages.run_train(family, recipe, overrides, data, tokenizer, open_catalog(), ray_address,
+                            ray_storage).artifact.id
 
 
 @task(name="eval", **TASK_OPTIONS)
-def eval_task(cache_key: str, model: str, data: str, tasks: list[str], split: str) -> str:
-    return stages.run_eval(model, data, tasks, split, open_catalog()).artifact.id
+def eval_task(cache_key: str, model: str, data: str, tasks: list[str], split: str,
+              ray_address: str | None = None) -> str:
+    return stages.run_eval(model, data, tasks, split, open_catalog(), ray_address).artifact.id

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from vlforge.components.models.registry import get_family
+from vlforge.components.models.registry import Recipe, get_family
 from vlforge.components.stages import missing_teachers, stage_key, train_plan
 from vlforge.components.tokenizer import TokenizerConfig
 from vlforge.flows.common import open_catalog, run_cached
@@ -15,10 +15,10 @@ from vlforge.flows.stages import tokenizer_task, train_task
 
 
 @flow(name="tokenizer")
-def tokenizer_flow(data: str, config: TokenizerConfig) -> dict:
+def tokenizer_flow(data: str, config: TokenizerConfig, ray_address: str | None = None) -> dict:
     dataset = open_catalog().get(data)
     key = stage_key("tokenizer", {"dataset": dataset.id}, config.model_dump())
-    tok, cached = run_cached(tokenizer_task, key, data=dataset.id, config=config)
+    tok, cached = run_cached(tokenizer_task, key, data=dataset.id, config=config, ray_address=ray_address)
     return {"tokenizer": tok, "cached": {"tokenizer": cached}}
 
 
@@ -30,7 +30,7 @@ def train_flow(family: str, data: str, recipe: str = "tiny", overrides: dict[str
     dataset_id = catalog.get(data).id
     result: dict = {"dataset": dataset_id, "cached": {}}
     if tokenizer is None:
-        tok = tokenizer_flow(dataset_id, tokenizer_config or TokenizerConfig())
+        tok = tokenizer_flow(dataset_id, tokenizer_config or TokenizerConfig(), ray_address)
         tokenizer = tok["tokenizer"]
         result["tokenizer"], result["cached"]["tokenizer"] = tokenizer, tok["cached"]["tokenizer"]
     overrides = dict(overrides or {})
@@ -43,12 +43,15 @@ def train_flow(family: str, data: str, recipe: str = "tiny", overrides: dict[str
 def _train_with_teachers(family: str, recipe: str, overrides: dict[str, Any], dataset_id: str, tokenizer: str,
                          ray_address: str | None, result: dict) -> tuple[str, bool, str]:
     """Train ``family``; a teacher field left empty gets a teacher trained first in the DAG, on the same data
-    and tokenizer (the teacher family's recipe of the same name when it has one, else ``tiny``), which becomes
-    a parent of the student. Teachers and students are cached stages like any other."""
+    and tokenizer (the teacher family's recipe of the same name when it has one, else ``tiny``, with the
+    overrides of the fields every recipe shares, e.g. ``--steps``), which becomes a parent of the student.
+    Teachers and students are cached stages like any other."""
     catalog = open_catalog()
+    shared = {k: v for k, v in overrides.items() if k in Recipe.model_fields and k != "freeze"}
     for field, teacher_family in missing_teachers(family, get_family(family).recipe(recipe, overrides)).items():
         t_recipe = recipe if recipe in get_family(teacher_family).recipe_names() else "tiny"
-        teacher, t_cached, _ = _train_with_teachers(teacher_family, t_recipe, {}, dataset_id, tokenizer, ray_address, result)
+        teacher, t_cached, _ = _train_with_teachers(teacher_family, t_recipe, dict(shared), dataset_id, tokenizer,
+                                                    ray_address, result)
         result.setdefault("teachers", {})[field] = teacher
         result["cached"][f"teacher:{field}"] = t_cached
         overrides[field] = f"catalog:{teacher}"

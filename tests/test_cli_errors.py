@@ -67,3 +67,17 @@ def test_bad_config_values(home: Path, seeded: Catalog, tmp_path: Path) -> None:
 def test_unreachable_ray_address(home: Path, seeded: Catalog, tmp_path: Path) -> None:
     check_error(["run", "pipeline", "--ray-address", "127.0.0.9:1"], home, seeded, "Ray address '127.0.0.9:1' is unreachable")
     check_error(["run", "train", "--family", "clip", "--data", "x", "--ray-address", "nonsense"], home, seeded, "is not HOST:PORT")
+
+
+def test_teacher_of_the_wrong_kind_or_family_and_unknown_recipe(home: Path, seeded: Catalog, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text("{}")
+    seeded.register(kind="dataset", name="some-dataset", files=tmp_path / "data", config={})
+    check_error(["run", "train", "--family", "unified", "--data", "some-dataset", "--teacher", "some-tokenizer"], home,
+                seeded, "--teacher 'some-tokenizer' is a tokenizer; family 'unified' takes teachers")
+    check_error(["run", "train", "--family", "clip", "--data", "some-dataset", "--teacher", "some-tokenizer"], home, seeded,
+                "family 'clip' takes no teacher")
+    check_error(["run", "train", "--family", "vlkd", "--data", "some-dataset", "--recipe", "huge"], home, seeded,
+                "family 'vlkd' has no recipe 'huge'")
+    check_error(["run", "train", "--family", "unimo", "--data", "some-dataset", "--set", "bogus=1"], home, seeded,
+                "field 'bogus'")

@@ -26,6 +26,7 @@ from vlforge import cli_catalog, cli_orchestration  # noqa: F401  (register thei
 from vlforge import cli_eval  # noqa: F401  (registers the leaderboard command)
 from vlforge.cli_common import (
     JsonOpt,
+    RayAddressOpt,
     SetOpt,
     app,
     artifact_ids,
@@ -36,6 +37,7 @@ from vlforge.cli_common import (
     run_app,
     split_sections,
 )
+from vlforge.components.training.ray_runtime import check_ray_address
 from vlforge.errors import UserError
 
 
@@ -45,14 +47,13 @@ from vlforge.errors import UserError
 def run_pipeline(
     out: Console,
     config: Annotated[Optional[Path], typer.Option(help="Pipeline config (YAML); default: the embedded demo config.")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster for training (HOST:PORT or auto).")] = None,
+    ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole DAG: ingest -> tokenizer -> train -> eval, registering every artifact."""
     from vlforge.components.models.registry import get_family
     from vlforge.components.pipeline_config import load_pipeline_config
     from vlforge.components.stages import resolve_source
-    from vlforge.components.training.ray_runtime import check_ray_address
 
     cfg = load_pipeline_config(config)
     if ray_address:
@@ -84,7 +85,7 @@ def run_pipeline(
 @command
 def run_ingest(
     out: Console,
-    source: Annotated[str, typer.Option(help="builtin:shapes[?n=..], a URL list (.parquet/.csv/.tsv/.jsonl) or a local-paths table.")],
+    source: Annotated[str, typer.Option(help="builtin:shapes[?n=..], a URL list (.parquet/.csv/.tsv/.jsonl), a local-paths table, an image folder, or `mix` with --mix.")],
     name: Annotated[Optional[str], typer.Option(help="Dataset name in the catalog.")] = None,
     url_col: str = "url",
     caption_col: str = "caption",
@@ -96,6 +97,8 @@ def run_ingest(
     retries: Annotated[Optional[int], typer.Option(help="Retries per URL (crawl.retries).")] = None,
     max_bytes: Annotated[Optional[int], typer.Option(help="Largest download in bytes (crawl.max_bytes).")] = None,
     min_side: Annotated[Optional[int], typer.Option(help="Smallest original image side in pixels (crawl.min_image_size).")] = None,
+    mix: Annotated[Optional[list[str]], typer.Option(help="With --source mix: SOURCE=WEIGHT (repeatable), sources mixed by weight.")] = None,
+    ray_address: RayAddressOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -118,8 +121,20 @@ def run_ingest(
         if value is not None:
             sections["crawl"][field_name] = value
     defaults = PipelineConfig()
+    if bool(mix) != (source == "mix"):
+        raise UserError("--mix SOURCE=WEIGHT goes with --source mix (and --source mix needs at least one --mix)")
+    parts = []
+    for item in mix or []:
+        spec, sep, weight = item.rpartition("=")
+        try:
+            parts.append({"spec": spec, "weight": float(weight), "url_col": url_col, "caption_col": caption_col,
+                          "path_col": path_col, "label_col": label_col, "key_col": key_col})
+        except ValueError:
+            sep = ""
+        if not sep or not spec or parts[-1]["weight"] <= 0:
+            raise UserError(f"--mix '{item}' is not SOURCE=WEIGHT with a positive weight")
     src = SourceConfig(spec=source, name=name, url_col=url_col, caption_col=caption_col, path_col=path_col,
-                       label_col=label_col, key_col=key_col)
+                       label_col=label_col, key_col=key_col, mix=parts)
     validated = {}
     for section, model in (("crawl", defaults.crawl), ("shard", defaults.shard)):
         try:
@@ -128,9 +143,10 @@ def run_ingest(
             raise UserError(validation_message(f"--set {section}.*", exc).replace("field '", f"field '{section}.")) from None
     crawl, shard = validated["crawl"], validated["shard"]
     ingest_key(src, crawl, shard)  # validates the source before anything starts
+    check_ray_address(ray_address)
     from vlforge.flows.ingest import ingest_flow
 
-    result = ingest_flow(src, crawl, shard)
+    result = ingest_flow(src, crawl, shard, ray_address)
     manifest = json.loads((open_catalog().path(result["dataset"]) / "manifest.json").read_text())
     failures = manifest["failures_by_reason"]
     payload = artifact_ids(result) | {"samples": manifest["samples"], "failures": failures}
@@ -149,6 +165,7 @@ def run_filter(
     out: Console,
     data: Annotated[str, typer.Option(help="Dataset REF to filter.")],
     config: Annotated[Optional[Path], typer.Option(help="Filter rules (YAML over FilterConfig); default: the default rules.")] = None,
+    ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Filter a dataset (duplicates, caption/image rules, CLIP score) into a new catalogued dataset.
@@ -166,9 +183,10 @@ def run_filter(
     except ValidationError as exc:
         raise UserError(validation_message(f"config file '{config}'", exc)) from None
     filter_plan(data, cfg, open_catalog())  # validates the refs before anything starts
+    check_ray_address(ray_address)
     from vlforge.flows.filter import filter_flow
 
-    result = filter_flow(data, cfg)
+    result = filter_flow(data, cfg, ray_address)
     manifest = json.loads((open_catalog().path(result["dataset"]) / "manifest.json").read_text())
     funnel = {f["rule"]: f["removed"] for f in manifest["funnel"] if f["rule"] != "input"}
     payload = artifact_ids(result) | {"samples": manifest["samples"], "input_samples": manifest["attempted"], "funnel": funnel}
@@ -186,6 +204,7 @@ def run_filter(
 def run_tokenizer(
     out: Console,
     data: Annotated[str, typer.Option(help="Dataset REF.")],
+    ray_address: RayAddressOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -206,9 +225,10 @@ def run_tokenizer(
     art = open_catalog().get(data)
     if art.kind != "dataset":
         raise UserError(f"--data '{data}' is a {art.kind}, not a dataset")
+    check_ray_address(ray_address)
     from vlforge.flows.train import tokenizer_flow
 
-    result = tokenizer_flow(art.id, cfg)
+    result = tokenizer_flow(art.id, cfg, ray_address)
     emit(out, as_json, artifact_ids(result), lambda: out.print(artifacts_table(result, "vlforge tokenizer")))
 
 
@@ -221,7 +241,7 @@ def run_train(
     recipe: Annotated[str, typer.Option(help="Named recipe of the family.")] = "tiny",
     steps: Annotated[Optional[int], typer.Option(help="Override the recipe's number of steps.")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer REF; default: train one on the dataset.")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster to train on.")] = None,
+    ray_address: RayAddressOpt = None,
     teacher: Annotated[Optional[list[str]], typer.Option(help="Teacher model REF (repeatable); default: train the "
                                                          "family's teachers in the DAG.")] = None,
     set_: SetOpt = None,
@@ -235,7 +255,6 @@ def run_train(
     if steps is not None:
         overrides["steps"] = steps
     get_family(family).recipe(recipe, overrides)
-    from vlforge.components.training.ray_runtime import check_ray_address
 
     check_ray_address(ray_address)
     catalog = open_catalog()
@@ -259,9 +278,11 @@ def run_eval(
     out: Console,
     model: Annotated[str, typer.Option(help="Model REF.")],
     data: Annotated[str, typer.Option(help="Dataset REF.")],
-    task: Annotated[Optional[list[str]], typer.Option(help="Task (repeatable): retrieval, zero_shot_classification, linear_probe, itm, vqa, nlvr, grounding, captioning.")] = None,
-    suite: Annotated[Optional[str], typer.Option(help="Run every task of a suite that fits the model and data: default.")] = None,
+    task: Annotated[Optional[list[str]], typer.Option(help="Task (repeatable); `vlforge families` lists each family's.")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="Run every task of a suite that fits the model and data "
+                                                 "(default when no --task is given): default.")] = None,
     split: Annotated[str, typer.Option(help="validation, train or all.")] = "validation",
+    ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score a catalog model on a catalog dataset and register the eval report."""
@@ -270,14 +291,15 @@ def run_eval(
     if task and suite:
         raise UserError("give --task or --suite, not both")
     skipped: dict[str, str] = {}
-    if suite is not None:
-        tasks, skipped = eval_suite(model, data, suite, split, open_catalog())
+    if not task:
+        tasks, skipped = eval_suite(model, data, suite or "default", split, open_catalog())
     else:
-        tasks = task or ["retrieval"]
+        tasks = task
     eval_plan(model, data, tasks, split, open_catalog())
+    check_ray_address(ray_address)
     from vlforge.flows.evaluate import eval_flow
 
-    result = eval_flow(model, data, tasks, split)
+    result = eval_flow(model, data, tasks, split, ray_address)
     metrics = open_catalog().get(result["eval"]).metrics
 
     def human() -> None:

@@ -1,5 +1,5 @@
 """``vlforge catalog ...``: browse and look after the artifact catalog: list/show/lineage/diff, aliases and tags,
-verify/gc, export and the read-only web browser (``serve``)."""
+verify/gc, push/pull to the remote blob store, export and the read-only web browser (``serve``)."""
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -254,13 +254,14 @@ def catalog_tag(out: Console, ref: Annotated[str, typer.Argument(help="Artifact 
 @catalog_app.command("verify")
 @command
 def catalog_verify(out: Console, as_json: JsonOpt = False) -> None:
-    """Re-hash every stored file; exit code 1 if any is missing or corrupt."""
+    """Re-hash every stored file; exit code 1 if any is missing (locally and on the remote) or corrupt."""
     report = verify_catalog(open_catalog())
-    payload = {"ok": report.ok, "files": report.files, "bytes": report.bytes,
+    payload = {"ok": report.ok, "files": report.files, "bytes": report.bytes, "remote_only": report.remote_only,
                "problems": [vars(p) for p in report.problems]}
 
     def human() -> None:
-        out.print(f"checked {report.files} files, {report.bytes:,} bytes: "
+        remote = f" ({report.remote_only} more only on the remote)" if report.remote_only else ""
+        out.print(f"checked {report.files} files, {report.bytes:,} bytes{remote}: "
                   f"{'all intact' if report.ok else f'{len(report.problems)} problem(s)'}")
         for p in report.problems:
             out.print(f"{p.status}: {p.path} (held by {'; '.join(p.artifacts)})", markup=False)
@@ -280,6 +281,34 @@ def catalog_gc(out: Console, dry_run: Annotated[bool, typer.Option("--dry-run", 
     emit(out, as_json, vars(report),
          lambda: out.print(f"{verb} {len(report.blobs)} blobs and {len(report.scratch)} scratch files, "
                            f"{report.bytes:,} bytes"))
+
+
+# --------------------------------------------------------------------------------------------- remote
+@catalog_app.command("push")
+@command
+def catalog_push(out: Console, refs: Annotated[Optional[list[str]], typer.Argument(help="Artifact REFs (default: all).")] = None,
+                 as_json: JsonOpt = False) -> None:
+    """Upload artifacts' blobs to the catalog remote (VLFORGE_CATALOG_REMOTE) that it does not hold yet."""
+    report = open_catalog().push(refs or [])
+    emit(out, as_json, report,
+         lambda: out.print(f"{report['artifacts']} artifacts: uploaded {report['uploaded']} blobs "
+                           f"({report['bytes']:,} bytes), {report['present']} already on the remote"))
+
+
+@catalog_app.command("pull")
+@command
+def catalog_pull(out: Console, refs: Annotated[list[str], typer.Argument(help="Artifact REFs.")],
+                 as_json: JsonOpt = False) -> None:
+    """Fetch artifacts' blobs from the catalog remote into the local cache, checking each one's sha256."""
+    catalog = open_catalog()
+    pulled = [catalog.pull(ref) for ref in refs]
+
+    def human() -> None:
+        for p in pulled:
+            out.print(f"{p['name']}:{p['version']} {p['id'][:12]}: fetched {p['fetched']} blobs "
+                      f"({p['bytes']:,} bytes) -> {p['path']}", markup=False)
+
+    emit(out, as_json, pulled, human)
 
 
 @catalog_app.command("export")

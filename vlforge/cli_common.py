@@ -28,6 +28,9 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Browse the artifact catalo
 app.add_typer(run_app, name="run")
 app.add_typer(catalog_app, name="catalog")
 
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="Existing Ray cluster (HOST:PORT, auto or ray://...) to run the stage on; default: a "
+    "private Ray on loopback (training) or this process.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field: KEY=VALUE (repeatable).")]
 err_console = Console(stderr=True)
@@ -68,10 +71,9 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def open_catalog():
-    from vlforge.catalog import Catalog
-    from vlforge.settings import catalog_root
+    from vlforge.settings import open_catalog as open_configured
 
-    return Catalog(catalog_root())
+    return open_configured()
 
 
 def emit(out: Console, as_json: bool, payload: Any, human: Callable[[], None]) -> None:

@@ -150,11 +150,10 @@ def reproduce(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-run the DAG that made an artifact with caching off; report whether each content hash matches."""
-    from vlforge.catalog import Catalog
     from vlforge.components.reproduce import reproduce as rebuild
-    from vlforge.settings import catalog_root
+    from vlforge.settings import open_catalog
 
-    rows = rebuild(ref, Catalog(catalog_root()), ray_address)
+    rows = rebuild(ref, open_catalog(), ray_address)
 
     def human() -> None:
         table = Table(title="reproduce")

@@ -106,9 +106,13 @@ def fetch_policy(config: CrawlConfig, served_from: str | None) -> FetchPolicy:
     return FetchPolicy(allow_hosts=tuple(sorted(hosts)), max_bytes=config.max_bytes)
 
 
-def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path | None = None) -> CrawlResult:
+def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path | None = None,
+          ray_address: str | None = None) -> CrawlResult:
     """Crawl ``rows`` into ``out_dir`` (created fresh; a partial folder from a killed run is resumed by
-    img2dataset's incremental mode, which skips finished shards)."""
+    img2dataset's incremental mode, which skips finished shards). With ``ray_address`` img2dataset's ray
+    distributor downloads the crawl shards as tasks on that cluster; every Ray worker installs the same guarded
+    opener (a ``worker_process_setup_hook``). The output folder and a local source's loopback server must be
+    reachable from the cluster's nodes (one machine, or a shared filesystem and a routable source)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or out_dir.parent / f"{out_dir.name}.log"
     base: str | None = None
@@ -142,11 +146,13 @@ def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path |
             "max_aspect_ratio": config.max_aspect_ratio if config.max_aspect_ratio is not None else float("inf"),
             "number_sample_per_shard": config.samples_per_crawl_shard,
             "disallowed_header_directives": config.disallowed_header_directives,
-            "distributor": "multiprocessing",
+            "distributor": "ray" if ray_address else "multiprocessing",
             "enable_wandb": False,
             "incremental_mode": "incremental",
             "compute_hash": "sha256",
         }
+        if ray_address:
+            args["_vlforge_ray_address"] = ray_address
         env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true",
                POLICY_ENV: fetch_policy(config, base).to_env()}
         with log_path.open("w") as log:

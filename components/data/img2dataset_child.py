@@ -18,9 +18,26 @@ def main() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     if not os.environ.get("VLFORGE_FETCH_POLICY"):  # refuse to crawl unguarded
         raise SystemExit("img2dataset_child: VLFORGE_FETCH_POLICY is not set")
+    args = json.loads(sys.argv[1])
+    ray_address = args.pop("_vlforge_ray_address", None)
+    if ray_address:
+        connect_ray(ray_address)
     from img2dataset import download
 
-    download(**json.loads(sys.argv[1]))
+    download(**args)
+
+
+def connect_ray(address: str) -> None:
+    """Join the cluster so img2dataset's ray distributor runs the download tasks there; each Ray worker process
+    installs the guarded opener from the same policy before it fetches anything."""
+    import ray
+    from vlforge.components.data.guard import POLICY_ENV
+    from vlforge.components.training.ray_runtime import ray_env
+
+    env_vars = {**ray_env(), POLICY_ENV: os.environ[POLICY_ENV], "NO_ALBUMENTATIONS_UPDATE": "1",
+                "WANDB_MODE": "disabled", "WANDB_SILENT": "true"}
+    ray.init(address=address, logging_level="ERROR",
+             runtime_env={"env_vars": env_vars, "worker_process_setup_hook": "vlforge.components.data.guard.install_from_env"})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import io
 import json
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +126,7 @@ class DecodedBatch:
     captions: list[str]
     keys: list[str]
     skipped: int  # samples whose image did not decode, skipped on the way to this batch (a counted skip)
+    meta: list[dict] = field(default_factory=list)  # each sample's json (label, scene facts)
 
 
 class TrainingBatches(torch.utils.data.IterableDataset):
@@ -157,7 +158,7 @@ class TrainingBatches(torch.utils.data.IterableDataset):
         for _ in range(made_before * self.batch_size):
             next(stream)
         while True:
-            pixels, captions, keys, skipped = [], [], [], 0
+            pixels, captions, keys, metas, skipped = [], [], [], [], 0
             while len(pixels) < self.batch_size:
                 raw = next(stream)
                 try:
@@ -167,7 +168,8 @@ class TrainingBatches(torch.utils.data.IterableDataset):
                     continue
                 captions.append(raw.caption)
                 keys.append(raw.key)
-            yield DecodedBatch(torch.stack(pixels), captions, keys, skipped)
+                metas.append(raw.meta)
+            yield DecodedBatch(torch.stack(pixels), captions, keys, skipped, metas)
 
 
 def _as_is(batch: DecodedBatch) -> DecodedBatch:

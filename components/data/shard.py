@@ -42,21 +42,14 @@ def split_of(key: str, config: ShardConfig) -> str:
 
 
 def read_tar_groups(path: Path):
-    """Yield (sample key, {extension: bytes}) groups in tar order: the webdataset layout, read without decoding."""
-    group: dict[str, bytes] = {}
-    current: str | None = None
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            if current is not None and key != current:
-                yield current, group
-                group = {}
-            current = key
-            group[ext] = tar.extractfile(member).read()
-    if current is not None:
-        yield current, group
+    """Yield (sample key, {extension: bytes}) groups in tar order, read with webdataset's tar iterator and key
+    grouping (``tar_file_iterator`` + ``group_by_keys``), without decoding anything."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    with open(path, "rb") as stream:
+        files = ({**f, "__url__": str(path)} for f in tar_file_iterator(stream))
+        for sample in group_by_keys(files):
+            yield sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -10,6 +10,7 @@ between tasks."""
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +30,19 @@ from vlforge.errors import UserError
 CAPABILITIES: dict[str, str] = {
     "retrieval": "dual encoder: encode_images(model, pixels) and encode_texts(model, ids, mask), L2-normalised, one space",
     "zero_shot_classification": "classes scored as prompts (implied by retrieval or itm)",
-    "itm": "image-text matching: score_pairs(model, pixels, ids, mask) -> (B,) match log-odds of pair i (image i, text i)",
+    "itm": "image-text matching: score_pairs(model, pixels, ids, mask[, tokenizer]) -> (B,) match log-odds of pair i "
+           "(image i, text i); a family that declares a tokenizer parameter gets the model's tokenizer",
     "generate": "text generation from an image: generate_texts(model, pixels, tokenizer, prompts|None, max_new_tokens) -> list[str]",
     "image_features": "frozen image features for a linear probe: encode_images (implied by retrieval)",
     "pair_scoring": "a score for any (image, text) pair: from retrieval (cosine) or itm (logit)",
+    "text_features": "a trainable text representation for the NLU probe: text_features(model, ids, mask, pixels) -> "
+                     "(B, D), pixels a black image where the model needs one (implied by retrieval: encode_texts)",
+    "few_shot": "interleaved few-shot generation: few_shot_generate(model, shots, query_pixels, query_prompt, "
+                "tokenizer, max_new_tokens) -> str, shots a list of (pixels (3, H, W), text)",
 }
 # a capability a family lists brings these with it
 IMPLIES: dict[str, frozenset[str]] = {
-    "retrieval": frozenset({"zero_shot_classification", "image_features", "pair_scoring"}),
+    "retrieval": frozenset({"zero_shot_classification", "image_features", "pair_scoring", "text_features"}),
     "itm": frozenset({"zero_shot_classification", "pair_scoring"}),
 }
 # name -> what a dataset split must carry
@@ -106,6 +112,10 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
           "nlvr:run_nlvr"),
     _spec("grounding", "pick the object a phrase describes (boxes from scene facts)", {"facts"}, [{"pair_scoring"}],
           "grounding_accuracy", "grounding:run_grounding"),
+    _spec("nlu_probe", "fine-tune the text side on text-only classification (black image where needed)",
+          {"labels", "train_labels"}, [{"text_features"}], "nlu_accuracy", "nlu_probe:run_nlu_probe"),
+    _spec("vqa_few_shot", "VQA by interleaved few-shot generation (k solved examples in the prompt)", {"facts"},
+          [{"few_shot"}], "vqa_few_shot_accuracy", "vqa:run_vqa_few_shot"),
     _spec("captioning", "generated captions against the references: BLEU-4, CIDEr-D", {"captions"}, [{"generate"}],
           "cider", "captioning:run_captioning"),
 )}
@@ -232,12 +242,15 @@ class EvalContext:
             j = torch.tensor([where[p[1]] for p in pairs])
             return (img[i] * txt[j]).sum(dim=-1)
         if "itm" in self.offers:
+            # a family that writes its own prompt around the text (VL-T5's "image text match: ...") asks for the tokenizer
+            wants_tokenizer = "tokenizer" in inspect.signature(self.family.score_pairs).parameters  # type: ignore[attr-defined]
+            extra = {"tokenizer": self.tokenizer} if wants_tokenizer else {}
             out = []
             for k in range(0, len(pairs), self.batch_size):
                 chunk = pairs[k : k + self.batch_size]
                 ids, mask = self.tokens([texts[t] for _, t in chunk])
                 pixels = self.pixels([images[i] for i, _ in chunk])
-                out.append(self.family.score_pairs(self.model, pixels, ids, mask).float().view(-1))  # type: ignore[attr-defined]
+                out.append(self.family.score_pairs(self.model, pixels, ids, mask, **extra).float().view(-1))  # type: ignore[attr-defined]
             return torch.cat(out)
         raise UserError(f"family '{self.family.name}' cannot score image-text pairs")
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+import torch
+
 from vlforge.components.sources.scene_tasks import (
     OBJECT_PHRASES,
     PRESENT_TOP_K,
@@ -77,6 +79,10 @@ def run_vqa(ctx: EvalContext) -> TaskOutput:
             "question": [q.question for q in questions], "answer": [q.answer for q in questions],
             "prediction": predictions, "correct": [p == q.answer for p, q in zip(predictions, questions)],
             "mode": [mode] * len(questions)}
+    if mode == "scoring" and "generate" in ctx.offers:  # a generative family with a matching head: both ways
+        generated = answer_by_generation(ctx, items)
+        metrics["vqa_generation_accuracy"] = vqa_metrics(questions, generated)["vqa_accuracy"]
+        rows["generated"] = generated
     groups = {t: metrics[f"vqa_acc_{t.replace('/', '')}"] for t in QUESTION_TYPES if f"vqa_acc_{t.replace('/', '')}" in metrics}
     chance: dict[str, list[float]] = defaultdict(list)
     for q in questions:
@@ -84,3 +90,56 @@ def run_vqa(ctx: EvalContext) -> TaskOutput:
     chance_mean = {t: sum(v) / len(v) for t, v in chance.items()}
     return TaskOutput(metrics, rows, {"vqa_by_type.png": lambda path: plot_group_accuracy(
         groups, chance_mean, f"VQA ({mode})", path)})
+
+
+FEW_SHOT_K = 2
+FEW_SHOT_QUESTIONS = 200  # one generation per question: a fixed, evenly spread subset keeps the task quick
+
+
+def few_shot_prompt(q: VQAQuestion, with_answer: bool) -> str:
+    return f"question: {q.question} answer:" + (f" {q.answer}" if with_answer else "")
+
+
+def few_shot_items(ctx: EvalContext, k: int = FEW_SHOT_K) -> list[tuple[int, VQAQuestion, list[tuple[int, VQAQuestion]]]]:
+    """Each evaluated question with ``k`` solved examples of the same question type about *other* scenes of the
+    split (Frozen's protocol: the shots come from the task's data, never the query image), chosen in a fixed way."""
+    items = questions_for(ctx)
+    step = max(1, len(items) // FEW_SHOT_QUESTIONS)
+    chosen = items[::step][:FEW_SHOT_QUESTIONS]
+    by_type: dict[str, list[tuple[int, VQAQuestion]]] = defaultdict(list)
+    for i, q in items:
+        by_type[q.qtype].append((i, q))
+    out = []
+    for n, (i, q) in enumerate(chosen):
+        pool = [(j, s) for j, s in by_type[q.qtype] if j != i]
+        shots = [pool[(n * 7 + 3 * m) % len(pool)] for m in range(min(k, len(pool)))] if pool else []
+        out.append((i, q, shots))
+    return out
+
+
+def run_vqa_few_shot(ctx: EvalContext) -> TaskOutput:
+    """Open-ended VQA with ``FEW_SHOT_K`` interleaved (image, question, answer) shots before the query, and the same
+    questions with no shot (zero-shot), so the gain from in-context examples is measured on one model."""
+    from vlforge.components.evaluation.tasks import TaskOutput
+
+    images = ctx.images()
+    items = few_shot_items(ctx)
+    pixels = {i: ctx.pixels([images[i]])[0] for i in {i for i, _, shots in items for i in [i, *[j for j, _ in shots]]}}
+    predictions: dict[int, list[str]] = {0: [], FEW_SHOT_K: []}
+    with torch.no_grad():
+        for i, q, shots in items:
+            for k in predictions:
+                examples = [(pixels[j], few_shot_prompt(s, True)) for j, s in shots[:k]]
+                text = ctx.family.few_shot_generate(ctx.model, examples, pixels[i], few_shot_prompt(q, False),  # type: ignore[attr-defined]
+                                                    ctx.tokenizer, 4)
+                predictions[k].append((text.strip().lower().split() or [""])[0].strip(".,?!"))
+    questions = [q for _, q, _ in items]
+    few = vqa_metrics(questions, predictions[FEW_SHOT_K])
+    zero = vqa_metrics(questions, predictions[0])
+    metrics = {"vqa_few_shot_accuracy": few["vqa_accuracy"], "vqa_zero_shot_accuracy": zero["vqa_accuracy"],
+               "vqa_few_shot_k": float(FEW_SHOT_K), "vqa_few_shot_questions": float(len(questions)),
+               "vqa_few_shot_chance": few["vqa_chance"]}
+    rows = {"key": [q.key for q in questions], "qtype": [q.qtype for q in questions],
+            "question": [q.question for q in questions], "answer": [q.answer for q in questions],
+            "prediction_zero_shot": predictions[0], "prediction_few_shot": predictions[FEW_SHOT_K]}
+    return TaskOutput(metrics, rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -60,3 +61,23 @@ def sample_negatives(
     draw_on = generator.device if generator is not None else weights.device
     picked = torch.multinomial(weights.to(draw_on), 1, generator=generator).squeeze(1).to(sim.device)
     return torch.where(has_any, picked, torch.full_like(picked, -1))
+
+
+class TiedLMHead(nn.Module):
+    """BERT's prediction head (dense, GELU, LayerNorm, decoder with its own bias); the caller ties ``decoder.weight``
+    to the word embeddings. Used for MLM and for seq2seq LM by the families built on a BERT-style encoder."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, layer_norm_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.LayerNorm(F.gelu(self.dense(x))))
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``hidden`` (B, L, D) over the positions ``attention_mask`` keeps."""
+    mask = attention_mask.to(hidden.dtype)[..., None]
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)

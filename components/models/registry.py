@@ -44,6 +44,8 @@ class Recipe(BaseModel):
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
     shuffle_buffer: int = Field(512, ge=1)
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes decoding images per Ray worker (0: decode "
+                                "in the training process; the batch sequence depends on this number)")
     freeze: list[str] = Field(default_factory=list, description="parameter-name globs to freeze (the loop's general "
                               "freezing; a family adds its own through Family.frozen_patterns)")
 

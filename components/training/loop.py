@@ -1,7 +1,9 @@
 """The shared training loop: any registered family, any catalog dataset, trained with Ray Train.
 
 ``train(...)`` launches a ``TorchTrainer`` (gloo on CPU, NCCL with ``use_gpu``) whose workers each build the
-family's model with the same seed, stream their part of the training shards (``components/data/loader.py``),
+family's model with the same seed, stream their part of the training shards through the training loader
+(``components/data/loader.py``: ``recipe.loader_workers`` DataLoader processes decode and resize off the training
+process; a sample whose image does not decode is skipped and counted in the log's ``skipped_images``),
 run the family's objective under optional bf16 autocast, and every ``checkpoint_every`` steps report a
 checkpoint: the model's ``save_pretrained`` directory, the tokenizer, the optimiser/scheduler state and the
 training log. A run restarted with the same ``run_dir`` resumes from its last checkpoint and ends with the same
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +20,8 @@ from typing import Any
 import torch
 from vlforge.components.data.loader import (
     ImageTransform,
-    decode_image,
     split_shards,
-    training_stream,
+    training_loader,
 )
 from vlforge.components.models.registry import (
     ImageTextBatch,
@@ -61,6 +61,18 @@ def word_id_tensor(enc: Any, n: int) -> torch.Tensor:
     return torch.tensor([[-1 if w is None else w for w in enc.word_ids(i)] for i in range(n)], dtype=torch.long)
 
 
+def _worker_nodes(world: int) -> list[str]:
+    """The node IP of every rank (rank order), so a run records which machines took part."""
+    import ray.util
+
+    ip = ray.util.get_node_ip_address()
+    if world == 1:
+        return [ip]
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, ip)
+    return [str(x) for x in gathered]
+
+
 def train_worker(cfg: dict[str, Any]) -> None:
     """Runs inside each Ray Train worker."""
     import ray.train
@@ -75,6 +87,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(cfg["tokenizer_dir"])
     model = family.build_model(recipe, len(tokenizer), special_token_ids(tokenizer))
     param_counts = apply_freeze(family, model, recipe)
+    nodes = _worker_nodes(world)
     start_step, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     opt_state = None
@@ -94,26 +107,29 @@ def train_worker(cfg: dict[str, Any]) -> None:
         scheduler.load_state_dict(opt_state["scheduler"])
 
     per_worker = max(1, recipe.batch_size // world)
-    stream = training_stream([Path(p) for p in cfg["train_shards"]], rank, world, recipe.seed, recipe.shuffle_buffer)
-    for _ in range(start_step * per_worker):  # deterministic resume: skip what was consumed, undecoded
-        next(stream)
     transform = ImageTransform(recipe.image_size, family.image_mean, family.image_std)
+    # deterministic resume: the loader skips, undecoded, the samples of the steps already taken
+    batches = iter(training_loader([Path(p) for p in cfg["train_shards"]], rank=rank, world=world, seed=recipe.seed,
+                                   shuffle_buffer=recipe.shuffle_buffer, transform=transform, batch_size=per_worker,
+                                   num_workers=recipe.loader_workers, start_step=start_step))
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
 
+    skipped_images = history[-1].get("skipped_images", 0) if history else 0
     model.train()
     window_start, window_samples = time.perf_counter(), 0
     for step in range(start_step, recipe.steps):
-        raws = [next(stream) for _ in range(per_worker)]
-        captions = [r.caption for r in raws]
+        decoded = next(batches)
+        skipped_images += decoded.skipped
+        captions = decoded.captions
         enc = tokenizer(captions, padding="max_length", truncation=True, max_length=recipe.max_text_length, return_tensors="pt")
         batch = ImageTextBatch(
-            pixel_values=torch.stack([transform(decode_image(r.image)) for r in raws]).to(device),
+            pixel_values=decoded.pixel_values.to(device),
             input_ids=enc["input_ids"].to(device),
             attention_mask=enc["attention_mask"].to(device),
             captions=captions,
-            keys=[r.key for r in raws],
-            word_ids=word_id_tensor(enc, len(raws)).to(device),
-            meta=[r.meta for r in raws],
+            keys=decoded.keys,
+            word_ids=word_id_tensor(enc, len(captions)).to(device),
+            meta=decoded.meta,
             step=step,
             tokenizer=tokenizer,
             max_text_length=recipe.max_text_length,
@@ -132,7 +148,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
         if done % recipe.log_every == 0 or done == recipe.steps or done % recipe.checkpoint_every == 0:
             elapsed = time.perf_counter() - window_start
             row = {"step": done, "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
-                   **param_counts}
+                   **param_counts, "worker_nodes": nodes, "skipped_images": skipped_images}
             row.update({k: float(v.detach().float()) for k, v in losses.items()})
             history.append(row)
             window_start, window_samples = time.perf_counter(), 0
@@ -161,17 +177,21 @@ def train(
     run_dir: Path,
     out_dir: Path,
     ray_address: str | None = None,
+    storage: str | None = None,
 ) -> dict[str, Any]:
-    """Train and copy the final checkpoint (without optimiser state) to ``out_dir``. Re-running with the same
-    ``run_dir`` resumes from its last checkpoint. Returns a summary: steps, final losses, samples/s, wall time."""
+    """Train and copy the final checkpoint (without optimiser state) to ``out_dir``. Checkpoints go to ``run_dir``,
+    or with ``storage`` (else ``$VLFORGE_RAY_STORAGE``; e.g. ``s3://bucket/prefix``) to ``<storage>/<run_dir.name>``.
+    Re-running with the same run resumes from its last checkpoint. Returns a summary: steps, final losses,
+    samples/s, wall time."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from vlforge.components.training.checkpoint_storage import copy_checkpoint, resolve_run_storage
     from vlforge.components.training.ray_runtime import ensure_ray
 
+    run_storage = resolve_run_storage(storage, run_dir)
     ensure_ray(ray_address)
     shards = [str(p) for p in split_shards(dataset_dir, "train")]
     start = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -186,20 +206,16 @@ def train(
         ),
         run_config=RunConfig(
             name=run_dir.name,
-            storage_path=str(run_dir.parent),
+            storage_path=run_storage.storage_path,
+            storage_filesystem=run_storage.filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=2),
         ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training run '{run_dir}' finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(TRAIN_STATE))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
+        raise RuntimeError(f"training run '{run_storage.run_url}' finished without a checkpoint")
+    copy_checkpoint(result.checkpoint, out_dir, exclude=[TRAIN_STATE])
     history = [json.loads(line) for line in (out_dir / TRAIN_LOG).read_text().splitlines() if line]
     last = history[-1]
     speeds = [h["samples_per_s"] for h in history[1:]] or [last["samples_per_s"]]
@@ -211,4 +227,5 @@ def train(
         "wall_time_s": time.perf_counter() - start,
         "trainable_params": last.get("trainable_params", 0),
         "total_params": last.get("total_params", 0),
+        "worker_nodes": sorted(set(last.get("worker_nodes", []))),
     }

@@ -33,3 +33,20 @@ def test_adopt_local_pretrained_and_errors(tmp_path: Path) -> None:
         train_tokenizer([], tmp_path / "x", TokenizerConfig(kind="pretrained", pretrained_dir=str(tmp_path / "nope")))
     with pytest.raises(UserError, match="no captions"):
         train_tokenizer(["", "  "], tmp_path / "y", TokenizerConfig())
+
+
+def test_task_prompts_and_scene_questions_are_in_the_vocabulary(tmp_path: Path) -> None:
+    import json
+
+    from vlforge.components.sources.shapes import make_scene
+    from vlforge.components.stages import task_texts
+
+    scenes = [make_scene(0, i) for i in range(80)]
+    rows = [{"caption": s.caption, "key": f"k{i}", "facts": json.dumps(s.facts())} for i, s in enumerate(scenes)]
+    captions_only = load_tokenizer(train_tokenizer([r["caption"] for r in rows], tmp_path / "a", TokenizerConfig(vocab_size=200)))
+    with_tasks = load_tokenizer(train_tokenizer([r["caption"] for r in rows] + task_texts(rows), tmp_path / "b",
+                                                TokenizerConfig(vocab_size=200)))
+    prompt = "question: how many objects are there? answer: image text match: true"
+    unk = captions_only.unk_token_id
+    assert unk in captions_only(prompt)["input_ids"]  # a caption-only vocabulary cannot write the prompts
+    assert unk not in with_tasks(prompt)["input_ids"]

@@ -10,11 +10,9 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,6 +23,7 @@ import yaml
 from vlforge.components.pipeline_config import load_pipeline_config
 
 from vlforge.cli import app
+from ray_cluster import cluster_env, two_node_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -37,7 +36,8 @@ VLFORGE = VENV_BIN / "vlforge"
 
 # --------------------------------------------------------------------------------------------------- helpers
 def _yaml_files() -> list[Path]:
-    return sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    """The Kubernetes manifests (the compose file has its own tests: tests/infra/test_compose.py)."""
+    return sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file() and "compose" not in p.parts)
 
 
 def _docs() -> list[tuple[Path, dict]]:
@@ -394,10 +394,6 @@ def test_dockerfile_installs_like_the_makefile_and_runs_vlforge():
 
 
 # ------------------------------------------------------------------------------------- local-cluster.sh
-def _cluster_env(tmp_dir: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLFORGE_RAY_")}
-    env.update({"VLFORGE_RAY_TMP": tmp_dir, "VENV": str(VENV_BIN.parent)}, **extra)
-    return env
 
 
 def test_local_cluster_script_parses_and_handles_no_cluster():
@@ -412,7 +408,7 @@ def test_local_cluster_script_parses_and_handles_no_cluster():
 
     tmp_dir = tempfile.mkdtemp(prefix="vlft", dir="/tmp")
     try:
-        env = _cluster_env(tmp_dir)
+        env = cluster_env(tmp_dir)
 
         def run(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run([bash, str(CLUSTER_SH), *args], capture_output=True, text=True, timeout=30, env=env)
@@ -428,60 +424,21 @@ def test_local_cluster_script_parses_and_handles_no_cluster():
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _free_port(preferred: int | None = None) -> int:
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-                return True
-            except OSError:
-                return False
-
-    if preferred and free(preferred):
-        return preferred
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def _processes_naming(tmp_dir: str) -> list[str]:
-    out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if f"={tmp_dir}" in line and "<defunct>" not in line]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_local_cluster_starts_two_nodes_and_stops():
-    tmp_dir = tempfile.mkdtemp(prefix="vlft", dir="/tmp")
-    port = _free_port(6391)
-    env = _cluster_env(tmp_dir, VLFORGE_RAY_PORT=str(port), VLFORGE_RAY_DASHBOARD_PORT=str(_free_port()),
-                       VLFORGE_RAY_HEAD_CPUS="1", VLFORGE_RAY_WORKER_CPUS="1")
-
-    def script(*args: str, timeout: int = 150) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(CLUSTER_SH), *args], capture_output=True, text=True, timeout=timeout,
-                              env=env)
-
-    try:
-        start = script("start")
-        assert start.returncode == 0, f"start failed:\n{start.stdout[-3000:]}\n{start.stderr[-3000:]}"
-        status = script("status", timeout=60)
+    with two_node_cluster() as cluster:
+        status = cluster.script("status", timeout=60)
         assert status.returncode == 0, status.stderr[-3000:]
         active = status.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
         assert len(re.findall(r"^\s*1 node_", active, flags=re.M)) == 2, status.stdout
 
         # what `vlforge run train --ray-address 127.0.0.2:PORT` does: a driver on this machine joins both nodes
-        probe = (f"import ray; ray.init(address='127.0.0.2:{port}', logging_level='ERROR'); "
+        probe = (f"import ray; ray.init(address='{cluster.address}', logging_level='ERROR'); "
                  "print(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']))")
         joined = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=90,
-                                env={**env, "RAY_AUTH_MODE": "disabled"})
+                                env={**cluster.env, "RAY_AUTH_MODE": "disabled"})
         assert joined.returncode == 0, joined.stderr[-3000:]
         assert joined.stdout.strip().splitlines()[-1] == "['127.0.0.2', '127.0.0.3']", joined.stdout
-    finally:
-        stop = script("stop", timeout=90)
-        deadline = time.monotonic() + 10
-        while _processes_naming(tmp_dir) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = _processes_naming(tmp_dir)
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    assert stop.returncode == 0, stop.stderr
-    assert not left, f"processes left after stop: {left}"
+    assert cluster.stop_result.returncode == 0, cluster.stop_result.stderr
+    assert not cluster.left, f"processes left after stop: {cluster.left}"

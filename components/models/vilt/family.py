@@ -136,7 +136,7 @@ class ViltFamily(Family):
     name = "vilt"
     paper = "Kim et al., ViLT: Vision-and-Language Transformer Without Convolution or Region Supervision, ICML 2021 (arXiv 2102.03334)"
     recipe_cls = ViltRecipe
-    capabilities = frozenset({"itm"})
+    capabilities = frozenset({"itm", "text_features"})
     objectives = ("itm", "mlm")
     image_mean = (0.5, 0.5, 0.5)  # ViLT normalises pixels to [-1, 1] (its ``inception_normalize``)
     image_std = (0.5, 0.5, 0.5)
@@ -202,3 +202,11 @@ class ViltFamily(Family):
         _, pooled = core(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
         logits = core.itm_score(pooled)
         return logits[:, 1] - logits[:, 0]
+
+    # ---- capability "text_features" (the NLU probe: text through the fusion encoder with a black image) ------
+    def text_features(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        """The pooled [CLS] of the caption fused with ``pixel_values`` (the probe passes black images)."""
+        _, pooled = _unwrap(model)(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        return pooled

@@ -32,7 +32,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from vlforge.components.losses import gather_with_grad, info_nce, itm_loss, mlm_loss
-from vlforge.components.models.heads import ITMHead, sample_negatives
+from vlforge.components.models.heads import ITMHead, TiedLMHead, sample_negatives
 from vlforge.components.models.masking import masked_patch_loss, patchify
 
 MODEL_TYPE = "vlforge_vlmo"
@@ -147,19 +147,6 @@ class MultiwayBlock(nn.Module):
         return x + self.gamma_2 * ffn
 
 
-class MLMHead(nn.Module):
-    """BERT's prediction head; the decoder weight is tied to the word embeddings."""
-
-    def __init__(self, config: VlmoConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.LayerNorm(F.gelu(self.dense(x))))
-
-
 class Pooler(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
@@ -189,7 +176,7 @@ class VlmoModel(PreTrainedModel):
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.pooler = Pooler(dim)
         self.itm_head = ITMHead(dim)
-        self.mlm_head = MLMHead(config)
+        self.mlm_head = TiedLMHead(config.hidden_size, config.vocab_size, config.layer_norm_eps)
         self.mim_head = nn.Linear(dim, config.patch_size**2 * 3)
         self.itc_text_proj = nn.Linear(dim, dim, bias=False)
         self.itc_image_proj = nn.Linear(dim, dim, bias=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_harness import cli_json, run_cli
 from fault_server import fault_servers  # noqa: F401 (a fixture)
 from vlforge.catalog import Catalog
 
@@ -63,3 +64,18 @@ def test_bad_crawl_options_are_one_line_errors(extra: list[str], message: str, t
     proc = vlforge(["run", "ingest", "--source", "builtin:shapes?n=10", *extra, "--json"], tmp_path / "home")
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "home" / "catalog").exists() or not Catalog(tmp_path / "home" / "catalog").list()
+
+
+def test_ingest_mixes_sources_by_weight(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for folder, colour, n in (("reds", (200, 0, 0), 12), ("blues", (0, 0, 200), 12)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            Image.new("RGB", (40, 40), colour).save(tmp_path / folder / f"{folder}-{i}.png")
+            (tmp_path / folder / f"{folder}-{i}.txt").write_text(f"a {folder[:-1]} square number {i}")
+    got = cli_json(["run", "ingest", "--source", "mix", "--mix", f"{tmp_path / 'reds'}=3", "--mix",
+                    f"{tmp_path / 'blues'}=1", "--name", "mixed", "--set", "crawl.image_size=32"], tmp_path / "home")
+    assert got["samples"] == 16  # all 12 of the weight-3 part, and 4 of the other
+    bad = run_cli(["run", "ingest", "--source", "mix", "--mix", f"{tmp_path / 'reds'}=-1"], tmp_path / "home")
+    assert bad.returncode == 2 and "is not SOURCE=WEIGHT with a positive weight" in bad.stderr

@@ -34,8 +34,9 @@ def test_clip_offers_and_suite(shapes_dataset: Path) -> None:
     assert dataset_offers(shapes_dataset, "train") == {"captions", "labels", "facts"}
     assert "linear_probe" in suite_tasks("default", clip, dataset_offers(shapes_dataset, "all"))[1]
     tasks, skipped = suite_tasks("default", clip, data)
-    assert tasks == ["retrieval", "zero_shot_classification", "linear_probe", "vqa", "nlvr", "grounding"]
-    assert set(skipped) == {"itm", "captioning"} and "lacks capability itm" in skipped["itm"]
+    assert tasks == [
+        "retrieval", "zero_shot_classification", "linear_probe", "vqa", "nlvr", "grounding", "nlu_probe"]
+    assert set(skipped) == {"itm", "captioning", "vqa_few_shot"} and "lacks capability itm" in skipped["itm"]
 
 
 def test_tasks_that_do_not_fit_give_one_line(make_dataset) -> None:

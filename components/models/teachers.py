@@ -1,0 +1,47 @@
+"""Shared helpers for families that learn from a frozen teacher or use dropout as a training signal.
+
+- ``seeded_rng``: run a block (its dropout) under the global RNG seeded from a batch generator
+  (``masking.batch_generator``), so a training step that uses dropout as a signal (SimCSE's two views) or just has
+  dropout is a function of (seed, step, batch): resumes and re-runs repeat it exactly, and the caller's RNG stream is
+  left untouched.
+- ``load_frozen_teacher``: a teacher checkpoint loaded through its family once per process, in eval mode, frozen,
+  and cached outside the student (never in its ``state_dict``, so never saved, optimised or DDP-synchronised)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def seeded_rng(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Seed the global (CPU, and ``device``'s CUDA) RNG from one draw of ``generator`` for the block; restore after."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
+_TEACHERS: dict[tuple[str, str, float, str], nn.Module] = {}
+
+
+def load_frozen_teacher(family_name: str, teacher_dir: str | Path, device: torch.device) -> nn.Module:
+    """``get_family(family_name).load(teacher_dir)`` on ``device``, eval mode, every parameter frozen; cached per
+    (family, directory, its weights' mtime, device). One teacher is kept at a time: a new key replaces the old."""
+    from vlforge.components.models.registry import get_family
+
+    path = Path(teacher_dir).resolve()
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    stamp = max((w.stat().st_mtime for w in weights), default=0.0)
+    key = (family_name, str(path), stamp, str(device))
+    if key not in _TEACHERS:
+        teacher = get_family(family_name).load(path).to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        _TEACHERS.clear()
+        _TEACHERS[key] = teacher
+    return _TEACHERS[key]

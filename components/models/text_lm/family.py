@@ -1,0 +1,124 @@
+"""text-lm — a GPT-2-style causal language model on captions: "Language Models are Unsupervised Multitask Learners"
+(Radford et al., 2019).
+
+What it is for: the language model that the multimodal-prompt families freeze. Frozen (Tsimpoukelli et al., 2021)
+trains a vision encoder to prompt it; PromptFuse (Liang et al., 2022) trains only a few prompt vectors in front of
+it. Their train flows train one in the DAG when their recipe leaves ``language_model`` empty, on the same dataset
+and tokenizer. Frozen's paper LM is a 7B transformer pretrained on C4; GPT-2 is this project's stand-in.
+
+Architecture: ``transformers``' ``GPT2LMHeadModel`` built from a ``GPT2Config`` (pre-LN decoder, learned absolute
+positions, the LM head tied to the word embeddings). ``n_positions`` is larger than the caption length so the
+families that prepend images, prompts or few-shot examples have room. A checkpoint is its ``save_pretrained``
+directory, loadable with ``GPT2LMHeadModel.from_pretrained``.
+
+Objective: causal language modelling on the captions only (the batch's images are ignored): the tokenizer's
+``<bos> caption <eos>``, every real token after ``<bos>`` predicted from the ones before it (``losses.lm_loss``,
+padding ignored). Deterministic given the batch (no sampling; dropout only in train mode).
+
+Capabilities: none. Text-only generation would ignore the image, so "generate" is not declared (an evaluation of
+it would measure the caption prior, not vision); ``models/prefix_lm.py`` holds the prefix-conditioning and
+decoding the multimodal families build on.
+
+Run:  vlforge run train --family text-lm --data shapes-300 --recipe tiny
+Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (GPT-2 small, 124M)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+from vlforge.components.losses import lm_loss
+from vlforge.components.models.heads import mean_pool
+from vlforge.components.models.prefix_lm import IGNORE_INDEX
+from vlforge.components.models.registry import (
+    Family,
+    ImageTextBatch,
+    Recipe,
+    register_family,
+)
+
+from vlforge.errors import UserError
+
+
+class TextLMRecipe(Recipe):
+    hidden_size: int = Field(128, ge=8, description="GPT-2 n_embd")
+    num_layers: int = Field(3, ge=1, description="GPT-2 n_layer")
+    num_heads: int = Field(4, ge=1, description="GPT-2 n_head")
+    n_positions: int = Field(128, ge=4, description="learned positions; room for image prefixes, prompts and "
+                             "few-shot examples in front of the text, not only max_text_length")
+    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
+    dropout: float = Field(0.1, ge=0, lt=1, description="GPT-2's resid/embd/attn dropout")
+
+
+def gpt2_config(recipe: TextLMRecipe, vocab_size: int, special_ids: dict[str, int]) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=recipe.vocab_size or vocab_size,
+        n_positions=recipe.n_positions,
+        n_embd=recipe.hidden_size,
+        n_layer=recipe.num_layers,
+        n_head=recipe.num_heads,
+        resid_pdrop=recipe.dropout,
+        embd_pdrop=recipe.dropout,
+        attn_pdrop=recipe.dropout,
+        bos_token_id=special_ids.get("bos", 3),
+        eos_token_id=special_ids.get("eos", 4),
+        pad_token_id=special_ids.get("pad", 0),
+        tie_word_embeddings=True,
+    )
+
+
+def _unwrap(model: nn.Module) -> GPT2LMHeadModel:
+    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
+
+
+def load_gpt2(model_dir: Path | str) -> GPT2LMHeadModel:
+    """A text-lm checkpoint (or any local GPT-2 ``save_pretrained`` directory); one-line errors otherwise."""
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"'{model_dir}' holds no GPT-2 checkpoint (no config.json)")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != "gpt2":
+        raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a GPT-2 one (a text-lm checkpoint)")
+    return GPT2LMHeadModel.from_pretrained(model_dir, local_files_only=True, attn_implementation="sdpa")
+
+
+@register_family
+class TextLMFamily(Family):
+    name = "text-lm"
+    paper = "Radford et al., Language Models are Unsupervised Multitask Learners, OpenAI 2019 (GPT-2)"
+    recipe_cls = TextLMRecipe
+    capabilities = frozenset({"text_features"})
+    objectives = ("causal_lm",)
+
+    def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
+        assert isinstance(recipe, TextLMRecipe)
+        if recipe.hidden_size % recipe.num_heads:
+            raise UserError(f"text-lm recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
+        if recipe.max_text_length > recipe.n_positions:
+            raise UserError(f"text-lm recipe: max_text_length {recipe.max_text_length} exceeds n_positions {recipe.n_positions}")
+        return GPT2LMHeadModel(gpt2_config(recipe, vocab_size, special_ids))
+
+    def preflight(self, recipe: Recipe, tokenizer: object) -> None:
+        assert isinstance(recipe, TextLMRecipe)
+        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
+            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
+
+    def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
+        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, IGNORE_INDEX)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        loss = lm_loss(logits, labels)
+        return {"loss": loss, "lm": loss.detach(), "perplexity": loss.detach().exp()}
+
+    def load(self, model_dir: Path) -> nn.Module:
+        return load_gpt2(model_dir)
+
+    # ---- capability "text_features" (the NLU probe's text-only reference) ------------------------------------
+    def text_features(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of the GPT-2's last hidden states over the attention mask (B, D); a text-only model ignores the image."""
+        core = _unwrap(model)
+        hidden = core.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden, attention_mask)

@@ -1,0 +1,388 @@
+"""UNIMO — "UNIMO: Towards Unified-Modal Understanding and Generation via Cross-Modal Contrastive Learning"
+(Li et al., ACL 2021, arXiv 2012.15409).
+
+Architecture (``modeling.UnimoModel``, model type ``vlforge_unimo``): ONE transformer (``transformers``'
+``BertEmbeddings`` + ``BertEncoder``; UNIMO-base is RoBERTa-base sized) reads image-only, text-only and image+text
+sequences ``[IMG, patches ; text]``. A UniLM-style 3-D attention mask switches it between a bidirectional encoder and
+a seq2seq model (source bidirectional, target causal). Images enter as ViT patches instead of the paper's
+Faster R-CNN region features (no detector here). Nothing is frozen.
+
+One step trains on the three kinds of data UNIMO mixes, built from each paired batch deterministically by position:
+sample ``i`` is paired, image-only or text-only by ``stream_pattern[i % len(stream_pattern)]`` (default ``PPIT``:
+half paired, a quarter images whose caption is dropped, a quarter captions whose image is dropped).
+
+Objectives (``UnimoModel.forward``), summed with weight 1 each (the recipe's ``*_weight``):
+- CMCL, cross-modal contrastive learning (``losses.info_nce`` with a multi-positive ``pos_mask``): images (paired +
+  image-only, each alone through the transformer, [IMG] state) against texts (captions of paired and text-only
+  samples, plus rewrites, each alone, [CLS] state). Text rewriting from the scene facts (``rewrites.py``):
+  positives are captions regenerated from the same facts (UNIMO: back-translation paraphrases); hard negatives
+  change one colour, one shape or one relation (UNIMO: scene-graph rewriting), each verified to be false of the
+  image. Retrieval of related samples: every text of the batch is a positive of every image it is *true of* (the
+  facts decide), so text-only captions and image-only images join as UNIMO's retrieved related texts and images.
+  The relatedness is judged from the ground-truth facts (an oracle), where UNIMO retrieves by similarity.
+- MLM (``masking.mask_tokens``, whole-word, 15%): text-only captions alone and paired captions with their image.
+- Seq2seq LM (``losses.lm_loss``): the caption generated from the image (source: the image and <bos>; target:
+  the caption, causal); and, where the batch has facts, VQA as generation: source the image and
+  ``"question: <q> answer:"``, target the answer (``scene_tasks.vqa_questions``, one question per paired sample).
+- Masked patch regression on image-only samples (``masking.masked_patch_loss``, 15% of patches masked; stands in for
+  UNIMO's masked region feature regression; its region classification needs detector labels and is not done).
+
+Data without facts (e.g. emoji captions): no rewrites and no VQA; a text is a positive only of its own image (or
+of an image whose caption is the identical string); the other in-batch texts are the negatives. Rewriting
+"honestly" without facts would need a paraphraser we do not have, so none is attempted.
+
+Not implemented: initialisation from RoBERTa (the hub is offline: every model starts from scratch), the detector
+features, back-translation, UNIMO's text-only corpora (text-only data is the dropped-image captions), gathering
+the contrastive features across data-parallel workers (each worker contrasts its own part: the positives come from
+its facts), and the paper's downstream fine-tuning.
+
+Capabilities: "retrieval" (``encode_images`` / ``encode_texts``: the [IMG] / [CLS] state of each modality alone,
+L2-normalised, the CMCL space) and "generate" (``generate_texts``: greedy seq2seq decoding, a caption without a
+prompt, or an answer after ``question: ... answer:``). Randomness (masks, rewrites, question choice) draws from
+``masking.batch_generator`` / ``random.Random`` seeded by (recipe seed, step, keys).
+
+Run:  vlforge run train --family unimo --data REF --recipe tiny
+Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (UNIMO-base)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from vlforge.components.models.masking import (
+    IGNORE_INDEX,
+    batch_generator,
+    mask_tokens,
+    random_patch_mask,
+)
+from vlforge.components.models.registry import (
+    Family,
+    ImageTextBatch,
+    Recipe,
+    register_family,
+)
+from vlforge.components.models.unimo.modeling import MODEL_TYPE, UnimoConfig, UnimoModel
+from vlforge.components.models.unimo.rewrites import (
+    holds,
+    negative_rewrite,
+    positive_rewrites,
+)
+from vlforge.components.sources.scene_tasks import vqa_questions
+
+from vlforge.errors import UserError
+
+STREAMS = {"P": "paired", "I": "image", "T": "text"}
+TASK_MLM, TASK_CAPTION, TASK_VQA = 0, 1, 2
+
+
+class UnimoRecipe(Recipe):
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(3, ge=1)
+    num_heads: int = Field(4, ge=1)
+    mlp_ratio: int = Field(4, ge=1)
+    patch_size: int = Field(8, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    initializer_range: float = Field(0.02, gt=0, description="std of the Linear/Embedding initialisation")
+    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
+    max_position_embeddings: int | None = Field(
+        None, ge=4, description="text positions (prompt + generated); None: 2 x max_text_length")
+    stream_pattern: str = Field("PPIT", pattern="^[PIT]*P[PIT]*$", description="sample i is paired (P), image-only (I) "
+                                "or text-only (T) by pattern[i % len]; needs at least one P")
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    whole_word_masking: bool = True
+    mim_mask_ratio: float = Field(0.15, gt=0, lt=1, description="share of an image-only sample's patches masked")
+    positive_rewrites: int = Field(1, ge=0, description="captions regenerated from the facts per paired sample")
+    negative_rewrites: list[Literal["color", "shape", "relation"]] = Field(
+        default_factory=lambda: ["color", "shape", "relation"], description="hard-negative rewrites per paired sample")
+    vqa_task: bool = Field(True, description="train VQA as generation from the facts' questions")
+    cmcl_weight: float = Field(1.0, ge=0)
+    mlm_weight: float = Field(1.0, ge=0)
+    seq2seq_weight: float = Field(1.0, ge=0)
+    vqa_weight: float = Field(1.0, ge=0)
+    mim_weight: float = Field(1.0, ge=0)
+    logit_scale_init: float = math.log(1 / 0.07)
+    max_logit_scale: float = Field(100.0, gt=0)
+
+
+def unimo_config(recipe: UnimoRecipe, vocab_size: int, special_ids: dict[str, int]) -> UnimoConfig:
+    return UnimoConfig(
+        vocab_size=recipe.vocab_size or vocab_size,
+        hidden_size=recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        intermediate_size=recipe.hidden_size * recipe.mlp_ratio,
+        hidden_dropout_prob=recipe.dropout,
+        attention_probs_dropout_prob=recipe.dropout,
+        max_position_embeddings=recipe.max_position_embeddings or 2 * recipe.max_text_length,
+        type_vocab_size=2,  # 0 text, 1 image
+        initializer_range=recipe.initializer_range,
+        pad_token_id=special_ids.get("pad", 0),
+        image_size=recipe.image_size,
+        patch_size=recipe.patch_size,
+        logit_scale_init=recipe.logit_scale_init,
+        tie_word_embeddings=True,
+    )
+
+
+def split_streams(batch_size: int, pattern: str) -> dict[str, list[int]]:
+    """Row indices of the paired, image-only and text-only streams: row i goes to ``pattern[i % len(pattern)]``."""
+    out: dict[str, list[int]] = {name: [] for name in STREAMS.values()}
+    for i in range(batch_size):
+        out[STREAMS[pattern[i % len(pattern)]]].append(i)
+    return out
+
+
+def _rng(recipe: UnimoRecipe, batch: ImageTextBatch, key: str, purpose: str) -> random.Random:
+    return random.Random(f"{recipe.seed}-{batch.step}-{key}-{purpose}")
+
+
+def cmcl_texts(batch: ImageTextBatch, recipe: UnimoRecipe, streams: dict[str, list[int]]) -> tuple[list[str], list[str | None], list[str]]:
+    """The contrastive texts: captions of the paired and text-only samples, then each paired sample's rewrites
+    (where it has facts). Returns the texts, the key of the sample each is the caption of (None for a rewrite), and
+    each text's kind ("caption", "positive", or the changed fact)."""
+    facts = batch.facts()
+    rows = streams["paired"] + streams["text"]
+    entries: list[tuple[str, str | None, str]] = [(batch.captions[i], batch.keys[i], "caption") for i in rows]
+    for i in streams["paired"] if batch.tokenizer is not None else []:  # rewrites must be tokenised
+        if facts[i] is None:
+            continue
+        key = batch.keys[i]
+        for text in positive_rewrites(facts[i], batch.captions[i], _rng(recipe, batch, key, "positive"), recipe.positive_rewrites):
+            entries.append((text, None, "positive"))
+        for kind in recipe.negative_rewrites:
+            rewrite = negative_rewrite(facts[i], kind, _rng(recipe, batch, key, kind))
+            if rewrite is not None:
+                entries.append((rewrite.text, None, kind))
+    texts, owners, kinds = (list(x) for x in zip(*entries)) if entries else ([], [], [])
+    return texts, owners, kinds  # type: ignore[return-value]
+
+
+def cmcl_positives(batch: ImageTextBatch, image_rows: list[int], texts: list[str], owners: list[str | None]) -> torch.Tensor:
+    """(images, texts) bool: a text is a positive of an image when it is true of the image's scene
+    (``rewrites.holds``); where that cannot be judged (no facts, a text outside the shapes grammar), when it is
+    the image's own caption or the identical string."""
+    facts = batch.facts()
+    pos = torch.zeros(len(image_rows), len(texts), dtype=torch.bool)
+    for a, i in enumerate(image_rows):
+        for b, (text, owner) in enumerate(zip(texts, owners)):
+            truth = holds(text, facts[i]) if facts[i] is not None else None
+            pos[a, b] = truth if truth is not None else (owner == batch.keys[i] or text == batch.captions[i])
+    return pos
+
+
+def _prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # truncated by the caller
+
+
+def vqa_rows(batch: ImageTextBatch, recipe: UnimoRecipe, rows: list[int], special: dict[str, int],
+             max_positions: int) -> tuple[list[int], list[list[int]], list[int]]:
+    """One facts-derived question per paired sample as a seq2seq text ``<bos> question: q answer: a <eos>``.
+    Returns the sample rows, the token ids and each one's source length (<bos> + prompt)."""
+    facts = batch.facts()
+    out_rows, out_ids, out_src = [], [], []
+    if batch.tokenizer is None or not recipe.vqa_task:
+        return out_rows, out_ids, out_src
+    for i in rows:
+        if facts[i] is None:
+            continue
+        questions = vqa_questions(batch.keys[i], facts[i])
+        q = questions[int(_rng(recipe, batch, batch.keys[i], "vqa").random() * len(questions))]
+        prompt = _prompt_ids(batch.tokenizer, f"question: {q.question} answer:")
+        answer = _prompt_ids(batch.tokenizer, q.answer) + [special["eos"]]
+        prompt = prompt[max(0, len(prompt) + len(answer) + 1 - max_positions):]  # keep the end of a long prompt
+        out_rows.append(i)
+        out_ids.append([special["bos"], *prompt, *answer])
+        out_src.append(1 + len(prompt))
+    return out_rows, out_ids, out_src
+
+
+def prepare_inputs(core: UnimoModel, batch: ImageTextBatch, recipe: UnimoRecipe) -> dict[str, torch.Tensor]:
+    """The tensors ``UnimoModel.forward`` takes, built from one paired batch (see the module docstring)."""
+    special: dict[str, int] = core.config.vlforge_special_ids
+    device = batch.input_ids.device
+    gen = batch_generator(batch.keys, recipe.seed + batch.step)
+    streams = split_streams(len(batch.keys), recipe.stream_pattern)
+    paired, image_only, text_only = streams["paired"], streams["image"], streams["text"]
+    ids, mask, pixels = batch.input_ids, batch.attention_mask, batch.pixel_values
+    mlm_ids, mlm_labels = mask_tokens(
+        ids, mask, mask_id=special["mask"], vocab_size=core.config.vocab_size, special_ids=special.values(),
+        word_ids=batch.word_ids, p=recipe.mlm_probability, whole_word=recipe.whole_word_masking, generator=gen,
+    )
+    # image pass: contrastive images (paired, image-only) clean, then the image-only ones with masked patches
+    cmcl_images = paired + image_only
+    n_patches = core.image_embeddings.num_patches
+    patch_mask = torch.zeros(len(cmcl_images) + len(image_only), n_patches, dtype=torch.bool, device=device)
+    if image_only:
+        patch_mask[len(cmcl_images):] = random_patch_mask(len(image_only), n_patches, recipe.mim_mask_ratio, device, gen)
+    # text pass: contrastive texts (captions, rewrites), then the text-only captions masked for MLM
+    texts, owners, _ = cmcl_texts(batch, recipe, streams)
+    n_captions = len(paired) + len(text_only)
+    cap_rows = paired + text_only
+    text_ids, text_mask = ids[cap_rows], mask[cap_rows]
+    if len(texts) > n_captions:
+        r_ids, r_mask = batch.tokenize(texts[n_captions:], max_length=ids.shape[1])
+        text_ids, text_mask = torch.cat([text_ids, r_ids]), torch.cat([text_mask, r_mask])
+    n_cmcl_texts = text_ids.shape[0]
+    text_ids, text_mask = torch.cat([text_ids, mlm_ids[text_only]]), torch.cat([text_mask, mask[text_only]])
+    text_mlm = torch.full_like(text_ids, IGNORE_INDEX)
+    text_mlm[n_cmcl_texts:] = mlm_labels[text_only]
+    # joint pass: paired MLM (bidirectional), caption generation, VQA generation (seq2seq)
+    max_positions = core.config.max_position_embeddings
+    v_rows, v_ids, v_src = vqa_rows(batch, recipe, paired, special, max_positions)
+    width = max([ids.shape[1], *(len(v) for v in v_ids)])
+    n_p = len(paired)
+    joint_ids = torch.full((2 * n_p + len(v_rows), width), special.get("pad", 0), dtype=ids.dtype, device=device)
+    joint_mask = torch.zeros_like(joint_ids, dtype=torch.bool)
+    joint_ids[:n_p, : ids.shape[1]], joint_ids[n_p : 2 * n_p, : ids.shape[1]] = mlm_ids[paired], ids[paired]
+    joint_mask[: 2 * n_p, : ids.shape[1]] = mask[paired].bool().repeat(2, 1)
+    for r, v in enumerate(v_ids):
+        joint_ids[2 * n_p + r, : len(v)] = torch.tensor(v, dtype=ids.dtype)
+        joint_mask[2 * n_p + r, : len(v)] = True
+    source_len = torch.tensor([width] * n_p + [1] * n_p + v_src, dtype=torch.long, device=device)
+    positions = torch.arange(width, device=device)[None]
+    lm_labels = joint_ids.masked_fill(~joint_mask | (positions < source_len[:, None]), IGNORE_INDEX)
+    lm_labels[:n_p] = IGNORE_INDEX
+    joint_mlm = torch.full_like(joint_ids, IGNORE_INDEX)
+    joint_mlm[:n_p, : ids.shape[1]] = mlm_labels[paired]
+    task = torch.tensor([TASK_MLM] * n_p + [TASK_CAPTION] * n_p + [TASK_VQA] * len(v_rows), device=device)
+    return {
+        "image_pixels": torch.cat([pixels[cmcl_images], pixels[image_only]]),
+        "image_patch_mask": patch_mask,
+        "image_is_cmcl": torch.arange(patch_mask.shape[0], device=device) < len(cmcl_images),
+        "text_ids": text_ids,
+        "text_mask": text_mask,
+        "text_is_cmcl": torch.arange(text_ids.shape[0], device=device) < n_cmcl_texts,
+        "text_mlm_labels": text_mlm,
+        "cmcl_pos": cmcl_positives(batch, cmcl_images, texts, owners).to(device),
+        "joint_pixels": pixels[paired + paired + v_rows],
+        "joint_ids": joint_ids,
+        "joint_mask": joint_mask,
+        "joint_source_len": source_len,
+        "joint_mlm_labels": joint_mlm,
+        "joint_lm_labels": lm_labels,
+        "joint_task": task,
+    }
+
+
+def _unwrap(model: nn.Module) -> UnimoModel:
+    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
+
+
+@register_family
+class UnimoFamily(Family):
+    name = "unimo"
+    paper = ("Li et al., UNIMO: Towards Unified-Modal Understanding and Generation via Cross-Modal Contrastive "
+             "Learning, ACL 2021 (arXiv 2012.15409)")
+    recipe_cls = UnimoRecipe
+    capabilities = frozenset({"retrieval", "generate"})
+    objectives = ("cmcl (rewrites + retrieved related samples)", "mlm", "seq2seq lm (caption, vqa)", "masked patch regression")
+    image_mean = (0.5, 0.5, 0.5)
+    image_std = (0.5, 0.5, 0.5)
+
+    def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
+        assert isinstance(recipe, UnimoRecipe)
+        if recipe.hidden_size % recipe.num_heads:
+            raise UserError(f"unimo recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
+        if recipe.image_size % recipe.patch_size:
+            raise UserError(f"unimo recipe: image_size {recipe.image_size} is not a multiple of patch_size {recipe.patch_size}")
+        missing = [t for t in ("mask", "bos", "eos") if t not in special_ids]
+        if missing:
+            raise UserError(f"unimo needs a tokenizer with {', '.join(missing)} token(s) (MLM and generation)")
+        config = unimo_config(recipe, vocab_size, special_ids)
+        config.vlforge_special_ids = dict(special_ids)  # saved with the checkpoint: masking and generation need them
+        return UnimoModel(config)
+
+    def preflight(self, recipe: Recipe, tokenizer: Any) -> None:
+        assert isinstance(recipe, UnimoRecipe)
+        for role in ("mask", "bos", "eos"):
+            if getattr(tokenizer, f"{role}_token_id", None) is None:
+                raise UserError(f"unimo: the tokenizer has no {role} token (MLM and generation need mask, bos and eos)")
+        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:
+            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")
+        per_worker = recipe.batch_size // recipe.num_workers
+        if per_worker < len(recipe.stream_pattern):
+            raise UserError(f"unimo: batch_size {recipe.batch_size} over {recipe.num_workers} workers gives {per_worker} "
+                            f"samples per worker, fewer than stream_pattern '{recipe.stream_pattern}' needs for every stream")
+
+    def frozen_patterns(self, recipe: Recipe) -> list[str]:
+        """Without image-only samples nothing trains the masked-patch head and mask embedding: freeze them, so a
+        data-parallel run has no parameter without a gradient."""
+        assert isinstance(recipe, UnimoRecipe)
+        return [] if "I" in recipe.stream_pattern else ["mim_head.*", "image_embeddings.mask_token"]
+
+    def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
+        assert isinstance(recipe, UnimoRecipe)
+        core = _unwrap(model)
+        out = model(**prepare_inputs(core, batch, recipe))
+        weights = {"cmcl": recipe.cmcl_weight, "mlm": recipe.mlm_weight, "seq2seq": recipe.seq2seq_weight,
+                   "vqa": recipe.vqa_weight, "mim": recipe.mim_weight}
+        loss = sum(weights[k] * v for k, v in out.items() if k in weights)
+        return {"loss": loss, **{k: v.detach() for k, v in out.items()}, "logit_scale": core.logit_scale.exp().detach()}
+
+    def after_optimizer_step(self, model: nn.Module, recipe: Recipe) -> None:
+        assert isinstance(recipe, UnimoRecipe)
+        with torch.no_grad():
+            _unwrap(model).logit_scale.clamp_(0, math.log(recipe.max_logit_scale))
+
+    def load(self, model_dir: Path) -> nn.Module:
+        config_file = Path(model_dir) / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"'{model_dir}' holds no UNIMO checkpoint (no config.json)")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type != MODEL_TYPE:
+            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a UNIMO one")
+        return UnimoModel.from_pretrained(model_dir, local_files_only=True)
+
+    # ---- capabilities: "retrieval" and "generate" ---------------------------------------------------------
+    def encode_images(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _unwrap(model).image_features(pixel_values)
+
+    def encode_texts(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return _unwrap(model).text_features(input_ids, attention_mask)
+
+    @torch.no_grad()
+    def generate_texts(self, model: nn.Module, pixel_values: torch.Tensor, tokenizer: Any,
+                       prompts: list[str] | None, max_new_tokens: int) -> list[str]:
+        """Greedy seq2seq decoding: the source is the image, <bos> and the prompt (bidirectional); each generated
+        token joins the causal target. Without prompts the output is a caption; with ``question: ... answer:``
+        an answer. Stops at <eos> or ``max_new_tokens``."""
+        core = _unwrap(model)
+        special: dict[str, int] = core.config.vlforge_special_ids
+        bsz, device = pixel_values.shape[0], pixel_values.device
+        max_positions = core.config.max_position_embeddings
+        budget = max(1, min(max_new_tokens, max_positions - 1))
+        sources = [[special["bos"]] + (_prompt_ids(tokenizer, p) if prompts else []) for p in (prompts or [""] * bsz)]
+        sources = [s[:1] + s[1:][max(0, len(s) + budget - max_positions):] for s in sources]  # keep a long prompt's end
+        width = max(len(s) for s in sources) + budget
+        ids = torch.full((bsz, width), special.get("pad", 0), dtype=torch.long, device=device)
+        for r, s in enumerate(sources):
+            ids[r, : len(s)] = torch.tensor(s)
+        length = torch.tensor([len(s) for s in sources], device=device)
+        source_len = length.clone()
+        banned = [special[t] for t in ("pad", "mask", "bos", "unk") if t in special]
+        done = torch.zeros(bsz, dtype=torch.bool, device=device)
+        rows = torch.arange(bsz, device=device)
+        for _ in range(budget):
+            valid = torch.arange(width, device=device)[None] < length[:, None]
+            hidden = core.encode(pixel_values=pixel_values, input_ids=ids, text_valid=valid, source_len=source_len)
+            last = hidden[rows, hidden.shape[1] - width + length - 1]
+            logits = core.lm_head(last).float()
+            logits[:, banned] = float("-inf")
+            nxt = logits.argmax(dim=-1)
+            ids[rows[~done], length[~done]] = nxt[~done]
+            length = length + (~done).long()
+            done |= nxt == special["eos"]
+            if bool(done.all()):
+                break
+        out = []
+        for r in range(bsz):
+            new = ids[r, len(sources[r]) : int(length[r])].tolist()
+            if special["eos"] in new:
+                new = new[: new.index(special["eos"])]
+            out.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+        return out

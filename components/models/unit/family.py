@@ -1,0 +1,199 @@
+"""UniT — "UniT: Multimodal Multitask Learning with a Unified Transformer" (Hu & Singh, ICCV 2021, arXiv 2102.10772).
+
+Architecture (``modeling.UnitModel``, a ``save_pretrained`` checkpoint of model type ``vlforge_unit``): per-modality
+encoders (a ResNet + DETR transformer encoder for images, BERT for text), one transformer decoder shared by every
+task, task-specific learned query embeddings and task embeddings in both encoders, and a classification head per
+task on the first query's output; a task decodes over the concatenated encodings of the modalities it uses (MMF's
+``shared_dec`` configuration, ``projects/unit/configs/all_8_datasets/shared_dec.yaml``). Nothing is frozen.
+
+Training is multitask as in the paper: every step draws ONE task with ``training.multitask.sample_task`` from
+``recipe.task_weights`` (a pure function of the recipe's seed and ``batch.step``, so all data-parallel ranks draw
+the same task and a resumed run repeats the draws), among the tasks the batch has data for (``tasks.py``):
+- ``vqa``: the builtin scenes' questions (``scene_tasks.vqa_questions``) as classification over the fixed answer
+  vocabulary ``tasks.VQA_ANSWERS`` (23 answers) with softmax CE: each question has one answer. MMF's VQAv2 loss
+  (logit BCE x number of answers, made for soft multi-annotator scores) is ``vqa_loss: bce`` (the base recipe's); it
+  starts near 16 against 0.7-1.8 for the other tasks. Skipped for batches without scene facts;
+- ``itm``: caption with its image vs with another sample's image (``heads.sample_negatives``), CE (``losses.itm_loss``);
+- ``text_cls``: the caption's ``meta["label"]`` among ``recipe.text_classes`` from the text alone (a GLUE-like
+  text-only task), CE. MMF decodes GLUE over BERT's [CLS] state only, which suits its pretrained BERT; from scratch
+  the [CLS] state hardly differs between captions at first and the task did not learn in 25 steps, so the decoder
+  reads every text token unless ``text_task_cls_only: true``.
+The returned ``loss`` is the drawn task's loss; ``task_index`` (position in ``tasks.TASKS``), ``loss_<task>`` and
+``accuracy`` are logged. ITM negatives draw from ``masking.batch_generator(keys, seed + step)``.
+
+Not implemented: detection (DETR's Hungarian set loss on COCO/VG boxes; the paper's detection tasks; it would need
+box targets and scipy), the paper's datasets (VQAv2, SNLI-VE, GLUE), DETR's dilated C5 (``dilation: true``; the
+``transformers`` ResNet has no dilation, so the base model's image tokens have stride 32, not 16), its frozen
+BatchNorm and frozen stem/layer1 (they freeze ImageNet-pretrained weights; here everything trains from scratch),
+variable-size images with padding masks (images are square, so no image token is masked), and the 256-row task
+embedding tables (one row per task here). The text task token is inserted after BERT's embeddings, as in MMF.
+
+Capability "itm": ``score_pairs`` gives the ITM head's match log-odds, which also serves eval's pair scoring.
+
+Run:  vlforge run train --family unit --data shapes --recipe tiny
+Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (the paper's shared-decoder model)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+from vlforge.components.models.masking import batch_generator
+from vlforge.components.models.registry import (
+    Family,
+    ImageTextBatch,
+    Recipe,
+    register_family,
+)
+from vlforge.components.models.unit.modeling import MODEL_TYPE, UnitConfig, UnitModel
+from vlforge.components.models.unit.tasks import (
+    TASKS,
+    VQA_ANSWERS,
+    draw_task,
+    supported_tasks,
+    task_inputs,
+)
+from vlforge.components.sources.shapes import SHAPES
+
+from vlforge.errors import UserError
+
+
+class UnitRecipe(Recipe):
+    task_weights: dict[str, float] = Field(
+        default_factory=lambda: {"vqa": 1.0, "itm": 1.0, "text_cls": 1.0},
+        description="sampling weight of each task (vqa, itm, text_cls); one task is drawn per step")
+    text_classes: list[str] = Field(default_factory=lambda: list(SHAPES),
+                                    description="classes of the text-only task (meta['label']); default: the scenes' shapes")
+    vqa_loss: Literal["bce", "ce"] = Field("ce", description="ce: softmax cross-entropy (one answer per scene question); "
+                                           "bce: MMF's logit BCE x number of answers (for VQAv2's soft scores)")
+    # image encoder: ResNet backbone (transformers ResNetConfig) + DETR transformer encoder
+    backbone_embedding_size: int = Field(32, ge=8, description="ResNet stem width")
+    backbone_hidden_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128], description="ResNet stage widths")
+    backbone_depths: list[int] = Field(default_factory=lambda: [1, 1, 1], description="ResNet blocks per stage")
+    backbone_layer_type: Literal["basic", "bottleneck"] = "basic"
+    encoder_hidden_size: int = Field(128, ge=8)
+    encoder_layers: int = Field(2, ge=1)
+    encoder_heads: int = Field(4, ge=1)
+    encoder_ffn_dim: int = Field(512, ge=8)
+    # text encoder: BERT
+    text_hidden_size: int = Field(128, ge=8)
+    text_layers: int = Field(2, ge=1)
+    text_heads: int = Field(4, ge=1)
+    text_intermediate_size: int = Field(512, ge=8)
+    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
+    max_text_positions: int | None = Field(None, ge=4, description="BERT positions; None: max_text_length")
+    # shared decoder
+    decoder_hidden_size: int = Field(128, ge=8)
+    decoder_layers: int = Field(2, ge=1)
+    decoder_heads: int = Field(4, ge=1)
+    decoder_ffn_dim: int = Field(512, ge=8)
+    num_queries: int = Field(4, ge=1, description="learned queries per task (MMF: 25 for non-detection tasks)")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    task_embeddings: bool = Field(True, description="a learned task token in each encoder (MMF use_task_embedding_in_*)")
+    text_task_cls_only: bool = Field(False, description="text_cls decodes over BERT's [CLS] state only (MMF's GLUE "
+                                     "setting, made for a pretrained BERT) instead of every text token")
+
+    @field_validator("task_weights")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task '{unknown[0]}' (tasks: {', '.join(TASKS)})")
+        if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
+            raise ValueError("weights must be >= 0 and at least one positive")
+        return v
+
+    @field_validator("text_classes")
+    @classmethod
+    def _classes(cls, v: list[str]) -> list[str]:
+        if len(v) < 2 or len(set(v)) != len(v):
+            raise ValueError("needs at least two distinct classes")
+        return v
+
+    @model_validator(mode="after")
+    def _backbone(self) -> UnitRecipe:
+        if len(self.backbone_hidden_sizes) != len(self.backbone_depths) or not self.backbone_depths:
+            raise ValueError("backbone_hidden_sizes and backbone_depths need one entry per ResNet stage")
+        return self
+
+
+def unit_config(recipe: UnitRecipe, vocab_size: int, special_ids: dict[str, int]) -> UnitConfig:
+    return UnitConfig(
+        task_names=list(TASKS), task_num_labels=[len(VQA_ANSWERS), 2, len(recipe.text_classes)], cls_only_tasks=["text_cls"] if recipe.text_task_cls_only else [],
+        vqa_loss=recipe.vqa_loss,
+        backbone_embedding_size=recipe.backbone_embedding_size, backbone_hidden_sizes=list(recipe.backbone_hidden_sizes),
+        backbone_depths=list(recipe.backbone_depths), backbone_layer_type=recipe.backbone_layer_type,
+        encoder_hidden_size=recipe.encoder_hidden_size, encoder_layers=recipe.encoder_layers,
+        encoder_heads=recipe.encoder_heads, encoder_ffn_dim=recipe.encoder_ffn_dim,
+        vocab_size=recipe.vocab_size or vocab_size, text_hidden_size=recipe.text_hidden_size, text_layers=recipe.text_layers,
+        text_heads=recipe.text_heads, text_intermediate_size=recipe.text_intermediate_size,
+        max_text_positions=recipe.max_text_positions or recipe.max_text_length, pad_token_id=special_ids.get("pad", 0),
+        decoder_hidden_size=recipe.decoder_hidden_size, decoder_layers=recipe.decoder_layers,
+        decoder_heads=recipe.decoder_heads, decoder_ffn_dim=recipe.decoder_ffn_dim, num_queries=recipe.num_queries,
+        dropout=recipe.dropout, task_embeddings=recipe.task_embeddings,
+    )
+
+
+def _unwrap(model: nn.Module) -> UnitModel:
+    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
+
+
+@register_family
+class UnitFamily(Family):
+    name = "unit"
+    paper = "Hu & Singh, UniT: Multimodal Multitask Learning with a Unified Transformer, ICCV 2021 (arXiv 2102.10772)"
+    recipe_cls = UnitRecipe
+    capabilities = frozenset({"itm"})
+    objectives = ("one task per step, sampled by task_weights: vqa (answer classification) | itm | text_cls (text only)",)
+    image_mean = (0.485, 0.456, 0.406)  # DETR / MMF UniT normalise with the ImageNet statistics
+    image_std = (0.229, 0.224, 0.225)
+
+    def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
+        assert isinstance(recipe, UnitRecipe)
+        for part in ("encoder", "text", "decoder"):
+            width, heads = getattr(recipe, f"{part}_hidden_size"), getattr(recipe, f"{part}_heads")
+            if width % heads:
+                raise UserError(f"unit recipe: {part}_hidden_size {width} is not a multiple of {part}_heads {heads}")
+        if recipe.encoder_hidden_size % 4:
+            raise UserError(f"unit recipe: encoder_hidden_size {recipe.encoder_hidden_size} must be a multiple of 4 (2-D sine positions)")
+        return UnitModel(unit_config(recipe, vocab_size, special_ids))
+
+    def preflight(self, recipe: Recipe, tokenizer: object) -> None:
+        assert isinstance(recipe, UnitRecipe)
+        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
+            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
+        if recipe.task_weights.get("itm", 0) > 0 and recipe.batch_size // recipe.num_workers < 2:
+            raise UserError(f"unit: batch_size {recipe.batch_size} over {recipe.num_workers} workers leaves fewer than 2 pairs per worker; ITM needs another image")
+
+    def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
+        assert isinstance(recipe, UnitRecipe)
+        task = draw_task(recipe.task_weights, batch, recipe.text_classes, recipe.seed)
+        if task is None:
+            raise UserError(f"unit: this batch supports none of the weighted tasks {sorted(t for t, w in recipe.task_weights.items() if w > 0)} "
+                            f"(it supports {supported_tasks(batch, recipe.text_classes) or 'none'})")
+        gen = batch_generator(batch.keys, recipe.seed + batch.step)
+        inputs = task_inputs(task, batch, recipe.text_classes, gen)
+        out = model(**inputs.as_kwargs())
+        device = out["loss"].device
+        return {"loss": out["loss"], f"loss_{task}": out["loss"].detach(), "accuracy": out["accuracy"],
+                "task_index": torch.tensor(float(TASKS.index(task)), device=device)}
+
+    def load(self, model_dir: Path) -> nn.Module:
+        config_file = Path(model_dir) / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"'{model_dir}' holds no UniT checkpoint (no config.json)")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type != MODEL_TYPE:
+            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a UniT one")
+        return UnitModel.from_pretrained(model_dir, local_files_only=True)
+
+    # ---- capability "itm" -------------------------------------------------------------------------------
+    def score_pairs(
+        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Match log-odds (B,) of each (image i, text i) pair from the ITM task's queries and head."""
+        logits = _unwrap(model).task_logits("itm", pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        return logits[:, 1] - logits[:, 0]

@@ -1,0 +1,281 @@
+"""VL-T5 / VL-BART specifics: paper-size parameter counts, span corruption, the visual embedding's boxes, ITM
+negatives, the VQA prompt the evaluation uses, grounding targets, generation and ITM scoring."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from vlforge.components.models.masking import batch_generator
+from vlforge.components.models.registry import ImageTextBatch, get_family
+from vlforge.components.models.vlt5.family import decode_generated, task_context
+from vlforge.components.models.vlt5.modeling import patch_boxes, region_of_point
+from vlforge.components.models.vlt5.tasks import (
+    CAPTION_PROMPT,
+    ITM_PREFIX,
+    box_region,
+    build_task,
+    corrupt,
+    encode_prompts,
+    fill_spans,
+    groundable_objects,
+    itm_partners,
+    prefixed,
+    random_spans_noise_mask,
+    supported_tasks,
+    vqa_prompt,
+)
+from vlforge.components.sources.scene_tasks import vqa_questions
+from vlforge.components.sources.shapes import make_scene, sample_key
+
+SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
+SMALL = {"image_size": 32, "max_text_length": 16}
+FAMILIES = ("vl-t5", "vl-bart")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    from vlforge.components.tokenizer import (
+        TokenizerConfig,
+        load_tokenizer,
+        train_tokenizer,
+    )
+
+    texts = []
+    for i in range(100):
+        scene = make_scene(0, i)
+        texts.append(scene.caption)
+        texts += [f"{q.question} {q.answer}" for q in vqa_questions(sample_key(0, i), scene.facts())]
+    texts += ["caption: image text match: true false span prediction: denoise text: visual grounding: caption region:"]
+    return load_tokenizer(train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok",
+                                          TokenizerConfig(kind="wordpiece", vocab_size=200)))
+
+
+def scene_batch(recipe, tokenizer, n: int = 8, with_facts: bool = True) -> ImageTextBatch:
+    scenes = [make_scene(0, i) for i in range(n)]
+    captions = [s.caption for s in scenes]
+    enc = tokenizer(captions, padding="max_length", truncation=True, max_length=recipe.max_text_length, return_tensors="pt")
+    pixels = torch.randn(n, 3, recipe.image_size, recipe.image_size, generator=torch.Generator().manual_seed(0))
+    meta = [{"facts": s.facts()} if with_facts else {} for s in scenes]
+    return ImageTextBatch(pixels, enc["input_ids"], enc["attention_mask"], captions, [sample_key(0, i) for i in range(n)],
+                          meta=meta, tokenizer=tokenizer, max_text_length=recipe.max_text_length)
+
+
+def tiny(name: str, tokenizer):
+    family = get_family(name)
+    recipe = family.recipe("tiny", SMALL)
+    torch.manual_seed(0)
+    return family, recipe, family.build_model(recipe, len(tokenizer), SPECIALS)
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+def test_paper_size_parameter_counts() -> None:
+    """Counted without the patch encoder (the ViT standing in for the paper's frozen, offline Faster R-CNN, which
+    the paper's counts leave out); region tokens: 36 (the paper's 36 boxes = our 6x6 grid)."""
+    def counts(name: str, vocab: int) -> tuple[int, int, int]:
+        family = get_family(name)
+        with torch.device("meta"):
+            model = family.build_model(family.recipe("base"), vocab, SPECIALS)
+        total = sum(p.numel() for p in model.parameters())
+        encoder = sum(p.numel() for p in model.visual_embedding.image_encoder.parameters())
+        visual = sum(p.numel() for p in model.visual_embedding.parameters())
+        assert model.num_regions == 36
+        return total - encoder, visual - encoder, total - visual
+
+    # VL-T5: 224M in Cho et al. 2021 (the parameter count the project quotes for the paper's VL-T5, T5-base plus
+    # the visual embedding). The backbone alone is t5-base: 222,903,552 with HF's padded 32,128-row vocabulary
+    # (tied head), so with 32,100 text tokens + 36 region tokens it is 222,903,552 + 8 x 768.
+    vl_t5, visual_t5, backbone_t5 = counts("vl-t5", 32_100)
+    assert backbone_t5 == 222_903_552 + (32_100 + 36 - 32_128) * 768
+    # visual embedding: feature Linear(768 -> 768) + RMSNorm, box Linear(5 -> 768) + RMSNorm, 2 image-order rows
+    assert visual_t5 == (768 * 768 + 768) + 768 + (5 * 768 + 768) + 768 + 2 * 768
+    assert abs(vl_t5 - 224_000_000) / 224_000_000 < 0.02, vl_t5
+    # VL-BART: BART-base (Lewis et al. 2020; facebook/bart-base: 139,420,416 with 50,265 tokens) + 36 region rows
+    # + the visual embedding (LayerNorms with bias) ~ 140.0M. The paper's own VL-BART count was not checked here.
+    vl_bart, visual_bart, backbone_bart = counts("vl-bart", 50_265)
+    assert backbone_bart == 139_420_416 + 36 * 768
+    assert visual_bart == (768 * 768 + 768) + 2 * 768 + (5 * 768 + 768) + 2 * 768 + 2 * 768
+    assert abs(vl_bart - (139_420_416 + 36 * 768 + visual_bart)) / vl_bart < 0.02
+
+
+# ----------------------------------------------------------------------------------------- span corruption
+@pytest.mark.parametrize("seed", range(6))
+def test_span_corruption_targets_reconstruct_exactly_the_masked_spans(seed: int) -> None:
+    captions = [make_scene(0, i).caption for i in range(12)] + ["a red circle", "circle"]
+    for k, caption in enumerate(captions):
+        gen = torch.Generator().manual_seed(seed * 100 + k)
+        noise = random_spans_noise_mask(len(caption.split()), 0.3, 2.0, torch.Generator().manual_seed(seed * 100 + k))
+        source, target = corrupt(caption, "<mask>", 0.3, 2.0, gen, "t5")
+        words = caption.split()
+        masked = [w for w, m in zip(words, noise) if m]
+        assert 1 <= len(masked) <= max(1, len(words) - 1)
+        assert target.replace("<mask>", " ").split() == masked  # the target holds the masked words, nothing else
+        assert [w for w in source.split() if w != "<mask>"] == [w for w, m in zip(words, noise) if not m]
+        spans = sum(1 for i, m in enumerate(noise) if m and (i == 0 or not noise[i - 1]))
+        assert source.split().count("<mask>") == target.split().count("<mask>") == spans
+        assert fill_spans(source, target, "<mask>") == caption
+        # BART text infilling: the same corrupted source, the whole caption as target
+        bart_source, bart_target = corrupt(caption, "<mask>", 0.3, 2.0, torch.Generator().manual_seed(seed * 100 + k), "bart")
+        assert (bart_source, bart_target) == (source, caption)
+
+
+def test_lm_task_labels_are_the_tokenised_span_targets(tokenizer) -> None:
+    _family, recipe, model = tiny("vl-t5", tokenizer)
+    batch = scene_batch(recipe, tokenizer)
+    ctx = task_context(model, tokenizer, recipe)
+    ids, _mask, labels = build_task("lm", ctx, batch.captions, batch.keys, batch.facts(), batch.input_ids,
+                                   batch.attention_mask, batch_generator(batch.keys, 0))
+    gen = batch_generator(batch.keys, 0)
+    for i, caption in enumerate(batch.captions):
+        _source, target = corrupt(caption, tokenizer.mask_token, ctx.span_density, ctx.mean_span_length, gen, "t5")
+        want = tokenizer(target, add_special_tokens=False)["input_ids"][: ctx.max_target_length - 1] + [SPECIALS["eos"]]
+        assert labels[i][labels[i] != -100].tolist() == want
+        assert labels[i][0].item() == SPECIALS["mask"]  # each span starts with the sentinel
+        assert ids[i, 0].item() == SPECIALS["bos"] and ids[i].tolist().count(SPECIALS["mask"]) >= 1
+
+
+# -------------------------------------------------------------------------------------------- visual boxes
+def test_visual_embedding_boxes_match_the_patch_grid(tokenizer) -> None:
+    _family, recipe, model = tiny("vl-t5", tokenizer)
+    grid = recipe.image_size // recipe.patch_size
+    vis = model.visual_embedding
+    boxes = vis.boxes()
+    assert boxes.shape == (grid * grid, 5)
+    for k in range(grid * grid):
+        row, col = divmod(k, grid)
+        assert boxes[k, :4].tolist() == pytest.approx([col / grid, row / grid, (col + 1) / grid, (row + 1) / grid])
+        assert boxes[k, 4].item() == pytest.approx(1 / grid**2)
+        cx, cy = (boxes[k, 0] + boxes[k, 2]) / 2, (boxes[k, 1] + boxes[k, 3]) / 2
+        assert region_of_point(float(cx), float(cy), grid) == k
+    assert boxes[:, 0].min() == 0 and boxes[:, 2].max() == 1  # the grid tiles the whole image
+    # the boxes follow the ViT's patch order: light one patch, only that region's feature projection moves
+    proj = vis.image_encoder.embeddings.patch_embeddings
+    with torch.no_grad():
+        for k in (0, grid - 1, grid, grid * grid - 1):
+            row, col = divmod(k, grid)
+            img = torch.zeros(1, 3, recipe.image_size, recipe.image_size)
+            img[..., row * recipe.patch_size:(row + 1) * recipe.patch_size, col * recipe.patch_size:(col + 1) * recipe.patch_size] = 1
+            out = proj(img) - proj(torch.zeros_like(img))
+            assert out.abs().sum(-1)[0].nonzero().flatten().tolist() == [k]
+    assert patch_boxes(2).tolist() == [[0, 0, 0.5, 0.5], [0.5, 0, 1, 0.5], [0, 0.5, 0.5, 1], [0.5, 0.5, 1, 1]]
+
+
+def test_grounding_targets_the_region_of_the_object_centre(tokenizer) -> None:
+    _family, recipe, model = tiny("vl-bart", tokenizer)
+    batch = scene_batch(recipe, tokenizer)
+    ctx = task_context(model, tokenizer, recipe)
+    ids, _mask, labels = build_task("grounding", ctx, batch.captions, batch.keys, batch.facts(), batch.input_ids,
+                                   batch.attention_mask, batch_generator(batch.keys, 3))
+    gen = batch_generator(batch.keys, 3)
+    for i, (key, facts) in enumerate(zip(batch.keys, batch.facts())):
+        items = groundable_objects(key, facts)
+        if not items:
+            assert (labels[i] == -100).all()
+            continue
+        phrase, box = items[int(torch.randint(len(items), (1,), generator=gen))]
+        region = box_region(box, ctx.grid)
+        assert labels[i][labels[i] != -100].tolist() == [ctx.text_vocab + region, SPECIALS["eos"]]
+        assert torch.equal(ids[i], encode_prompts(ctx, [f"visual grounding: {phrase}"])[0][0])
+        # the object's centre lies inside that region's box
+        x1, y1, x2, y2 = patch_boxes(ctx.grid)[region].tolist()
+        assert x1 <= (box[0] + box[2]) / 2 <= x2 and y1 <= (box[1] + box[3]) / 2 <= y2
+    assert decode_generated([ctx.text_vocab + 5, SPECIALS["eos"], 7], tokenizer, ctx.text_vocab, SPECIALS) == "<vis_extra_id_5>"
+
+
+# --------------------------------------------------------------------------------------------------- ITM
+def test_itm_negatives_are_real_mismatches(tokenizer) -> None:
+    captions = ["a red circle", "a red circle", "a blue square", "two green stars", "a red circle", "a blue square"]
+    keys = [f"k{i}" for i in range(len(captions))]
+    seen_negative = False
+    for seed in range(20):
+        partner, matched = itm_partners(captions, keys, 0.5, torch.Generator().manual_seed(seed))
+        for i, (j, m) in enumerate(zip(partner, matched)):
+            if m:
+                assert j == i
+            else:
+                seen_negative = True
+                assert j != i and captions[j] != captions[i]  # another sample's caption, and a different one
+    assert seen_negative
+    # in the task: "true" exactly for the pairs that kept their caption, the prompt carries the partner's caption
+    _family, recipe, model = tiny("vl-t5", tokenizer)
+    batch = scene_batch(recipe, tokenizer)
+    ctx = task_context(model, tokenizer, recipe)
+    ids, _mask, labels = build_task("itm", ctx, batch.captions, batch.keys, batch.facts(), batch.input_ids,
+                                   batch.attention_mask, batch_generator(batch.keys, 1))
+    partner, matched = itm_partners(batch.captions, batch.keys, ctx.itm_negative_prob, batch_generator(batch.keys, 1))
+    true_ids = tokenizer("true", add_special_tokens=False)["input_ids"] + [SPECIALS["eos"]]
+    false_ids = tokenizer("false", add_special_tokens=False)["input_ids"] + [SPECIALS["eos"]]
+    assert not all(matched) and any(matched)
+    for i, (j, m) in enumerate(zip(partner, matched)):
+        assert labels[i][labels[i] != -100].tolist() == (true_ids if m else false_ids)
+        want = encode_prompts(ctx, [f"{ITM_PREFIX} {batch.captions[j]}"])[0][0]
+        assert torch.equal(ids[i], want)
+
+
+# --------------------------------------------------------------------------------------------------- VQA
+def test_vqa_training_input_is_exactly_the_evaluation_prompt(tokenizer) -> None:
+    from vlforge.components.evaluation.vqa import answer_by_generation, questions_for
+
+    _family, recipe, model = tiny("vl-t5", tokenizer)
+    batch = scene_batch(recipe, tokenizer)
+    samples = [SimpleNamespace(key=k, meta={"facts": f}) for k, f in zip(batch.keys, batch.facts())]
+    asked: list[str] = []
+
+    def fake_generate(images, prompts, max_new_tokens):
+        asked.extend(prompts)
+        return [""] * len(prompts)
+
+    ctx_eval = SimpleNamespace(samples=samples, images=lambda: [None] * len(samples), generate=fake_generate)
+    items = questions_for(ctx_eval)
+    answer_by_generation(ctx_eval, items)
+    eval_prompts: dict[str, dict[str, str]] = {}
+    for (i, q), prompt in zip(items, asked):
+        eval_prompts.setdefault(samples[i].key, {})[prompt] = q.answer
+    assert all(p == vqa_prompt(q.question) for (_, q), p in zip(items, asked))
+
+    ctx = task_context(model, tokenizer, recipe)
+    ids, _mask, labels = build_task("vqa", ctx, batch.captions, batch.keys, batch.facts(), batch.input_ids,
+                                   batch.attention_mask, batch_generator(batch.keys, 2))
+    for i, key in enumerate(batch.keys):
+        matches = [p for p in eval_prompts[key] if torch.equal(encode_prompts(ctx, [p])[0][0], ids[i])]
+        assert matches, f"sample {i}: the training prompt is none of the evaluation's prompts"
+        answer = tokenizer(eval_prompts[key][matches[0]], add_special_tokens=False)["input_ids"] + [SPECIALS["eos"]]
+        assert labels[i][labels[i] != -100].tolist() == answer
+
+
+def test_facts_tasks_are_skipped_without_facts(tokenizer) -> None:
+    family, recipe, model = tiny("vl-bart", tokenizer)
+    batch = scene_batch(recipe, tokenizer, with_facts=False)
+    assert supported_tasks(batch.captions, batch.keys, batch.facts()) == {"lm", "caption", "itm"}
+    assert supported_tasks(batch.captions, batch.keys, scene_batch(recipe, tokenizer).facts()) == {
+        "lm", "caption", "itm", "vqa", "grounding", "grounded_caption"}
+    for step in range(6):
+        batch.step = step
+        out = family.training_step(model, batch, recipe)
+        assert torch.isfinite(out["loss"])
+        assert any(k in out for k in ("loss_lm", "loss_caption", "loss_itm"))
+
+
+# ------------------------------------------------------------------------------------ generate and score
+@pytest.mark.parametrize("name", FAMILIES)
+def test_generate_texts_and_itm_scores(name: str, tokenizer, tmp_path: Path) -> None:
+    family, recipe, model = tiny(name, tokenizer)
+    batch = scene_batch(recipe, tokenizer, n=4)
+    model.train()
+    family.training_step(model, batch, recipe)
+    family.save(model, tmp_path / "ckpt", recipe)
+    model = family.load(tmp_path / "ckpt").eval()
+    for prompts in (None, [CAPTION_PROMPT, vqa_prompt("how many objects are there?"), "visual grounding: a red circle", ""]):
+        texts = family.generate_texts(model, batch.pixel_values, tokenizer, prompts, 5)
+        assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+    scores = family.score_pairs(model, batch.pixel_values, batch.input_ids, batch.attention_mask, tokenizer)
+    assert scores.shape == (4,) and torch.isfinite(scores).all()
+    # the log-odds are log P(true) - log P(false) of the decoder after "image text match: <caption>"
+    ctx = task_context(model, tokenizer)
+    ids, mask = prefixed(ctx, ITM_PREFIX, batch.input_ids, batch.attention_mask)
+    logp = []
+    with torch.no_grad():
+        for word in ("true", "false"):
+            labels = torch.tensor(tokenizer(word, add_special_tokens=False)["input_ids"] + [SPECIALS["eos"]]).repeat(4, 1)
+            logits = model(pixel_values=batch.pixel_values, input_ids=ids, attention_mask=mask, labels=labels).logits
+            logp.append(torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1).sum(-1))
+    assert torch.allclose(scores, logp[0] - logp[1], atol=1e-4)

@@ -1,0 +1,61 @@
+"""Every registered family through the real DAG in one process: the train flow (Prefect, Ray Train with one worker,
+teachers trained first where a family takes them) for a few steps on builtin scenes, then the default evaluation
+task that fits it (the cheapest first; the evaluation tests cover the tasks themselves). Each family's model is
+registered with its family and lineage (teachers as parents)."""
+
+import pytest
+from vlforge.catalog import Catalog
+from vlforge.components.models.registry import family_names, get_family
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+CHEAPEST_FIRST = ("retrieval", "itm", "linear_probe", "nlu_probe", "captioning", "vqa")
+STEPS = {"steps": 2, "batch_size": 8, "num_workers": 1, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1,
+         "image_size": 32, "max_text_length": 16}
+
+
+@pytest.fixture(scope="module")
+def dag(tmp_path_factory: pytest.TempPathFactory):
+    import os
+
+    root = tmp_path_factory.mktemp("families")
+    old = os.environ.get("VLFORGE_HOME")
+    os.environ["VLFORGE_HOME"] = str(root / "home")
+    from vlforge.components.data.crawl import CrawlConfig
+    from vlforge.components.data.shard import ShardConfig
+    from vlforge.components.pipeline_config import SourceConfig
+    from vlforge.components.stages import run_ingest, run_tokenizer
+    from vlforge.components.tokenizer import TokenizerConfig
+
+    catalog = Catalog(root / "home" / "catalog")
+    data = run_ingest(SourceConfig(spec="builtin:shapes?n=96&image_size=32"), CrawlConfig(image_size=32, processes=1),
+                      ShardConfig(samples_per_shard=48, validation_fraction=0.25), catalog).artifact
+    tok = run_tokenizer(data.id, TokenizerConfig(vocab_size=160), catalog).artifact
+    yield {"catalog": catalog, "data": data.id, "tok": tok.id}
+    from vlforge.components.training.ray_runtime import shutdown_ray
+
+    shutdown_ray()
+    os.environ.pop("VLFORGE_HOME") if old is None else os.environ.__setitem__("VLFORGE_HOME", old)
+
+
+@pytest.mark.parametrize("name", family_names())
+def test_family_trains_through_the_dag_and_evaluates(name: str, dag: dict) -> None:
+    from vlforge.components.stages import eval_suite
+    from vlforge.flows.evaluate import eval_flow
+    from vlforge.flows.train import train_flow
+
+    catalog: Catalog = dag["catalog"]
+    family = get_family(name)
+    overrides = {k: v for k, v in STEPS.items() if k in family.recipe_cls.model_fields}
+    result = train_flow(name, dag["data"], "tiny", overrides, dag["tok"])
+    model = catalog.get(result["model"])
+    assert model.family == name and model.metrics["steps"] == 2
+    assert model.parents[:2] == [dag["data"], dag["tok"]]
+    teachers = result.get("teachers", {})
+    assert sorted(model.parents[2:]) == sorted(teachers.values())  # the teachers trained in the DAG are parents
+    for field, teacher in teachers.items():
+        assert catalog.get(teacher).family in family.teachers[field]
+    tasks, _ = eval_suite(model.id, dag["data"], "default", "validation", catalog)
+    task = next(t for t in CHEAPEST_FIRST if t in tasks)
+    report = catalog.get(eval_flow(model.id, dag["data"], [task], "validation")["eval"])
+    assert report.parents == [model.id, dag["data"]] and report.metrics
