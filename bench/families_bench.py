@@ -1,0 +1,78 @@
+"""Families benchmark: does each family learn something real? Trains each family's tiny recipe (teachers first, as
+the DAG does) on one dataset and scores it on the default suite's tasks that fit, beside the untrained model of the
+same family and recipe scored the same way (the eval stage's baseline).
+
+    python bench/families_bench.py [--families clip,vilt,...] [--steps 300] [--source 'builtin:shapes?n=1000']
+                                   [--emoji]   # ../shared/data/emoji-noto instead of builtin scenes
+
+Prints a markdown table (family, task, headline metric, trained, untrained, ratio) and writes
+bench/results/families.json."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EMOJI = REPO.parent / "shared" / "data" / "emoji-noto" / "pairs.parquet"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", default="", help="comma-separated; default: every registered family")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--source", default="builtin:shapes?n=1000&image_size=64")
+    parser.add_argument("--emoji", action="store_true", help="train and score on the emoji-noto data")
+    parser.add_argument("--home", default=None, help="VLFORGE_HOME to use (default: a fresh temporary one)")
+    args = parser.parse_args()
+    os.environ["VLFORGE_HOME"] = args.home or tempfile.mkdtemp(prefix="vlforge-families-")
+    from vlforge.components.data.crawl import CrawlConfig
+    from vlforge.components.data.shard import ShardConfig
+    from vlforge.components.evaluation.tasks import TASKS
+    from vlforge.components.models.registry import family_names, get_family
+    from vlforge.components.pipeline_config import SourceConfig
+    from vlforge.components.stages import eval_suite, run_ingest, run_tokenizer
+    from vlforge.components.tokenizer import TokenizerConfig
+    from vlforge.flows.common import open_catalog
+    from vlforge.flows.evaluate import eval_flow
+    from vlforge.flows.train import train_flow
+
+    catalog = open_catalog()
+    source = (SourceConfig(spec=str(EMOJI), label_col="category", key_col="key") if args.emoji
+              else SourceConfig(spec=args.source))
+    data = run_ingest(source, CrawlConfig(image_size=64), ShardConfig(validation_fraction=0.15), catalog).artifact
+    tok = run_tokenizer(data.id, TokenizerConfig(vocab_size=512), catalog).artifact
+    names = [n for n in args.families.split(",") if n] or family_names()
+    rows = []
+    for name in names:
+        start = time.perf_counter()
+        overrides = {"steps": args.steps} if "steps" in get_family(name).recipe_cls.model_fields else {}
+        model = train_flow(name, data.id, "tiny", overrides, tok.id)["model"]
+        tasks, _ = eval_suite(model, data.id, "default", "validation", catalog)
+        report = catalog.get(eval_flow(model, data.id, tasks, "validation")["eval"])
+        for task in tasks:
+            metric = TASKS[task].headline
+            trained, untrained = report.metrics.get(metric), report.metrics.get(f"baseline_{metric}")
+            if trained is None:
+                continue
+            ratio = trained / untrained if untrained else None
+            rows.append({"family": name, "task": task, "metric": metric, "trained": trained, "untrained": untrained,
+                         "ratio": ratio, "model": model, "seconds": round(time.perf_counter() - start, 1)})
+        print(f"{name}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print(f"\nData: {data.name} ({data.metrics.get('samples')} samples), tiny recipes, {args.steps} steps\n")
+    print("| family | task | metric | trained | untrained | ratio |\n|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        print(f"| {r['family']} | {r['task']} | {r['metric']} | {r['trained']:.3f} | "
+              f"{r['untrained'] if r['untrained'] is None else round(r['untrained'], 3)} | {ratio} |")
+    out = REPO / "bench" / "results" / ("families-emoji.json" if args.emoji else "families.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"data": data.id, "steps": args.steps, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
