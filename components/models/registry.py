@@ -158,6 +158,23 @@ class Family(ABC):
         raise NotImplementedError(f"family '{self.name}' cannot embed texts")
 
 
+def checkpoint_model_type(model_dir: Path | str, what: str) -> str | None:
+    """The ``model_type`` in a ``save_pretrained`` directory's config.json; UserError when there is none."""
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"'{model_dir}' holds no {what} checkpoint (no config.json)")
+    return json.loads(config_file.read_text()).get("model_type")
+
+
+def load_pretrained(model_dir: Path | str, model_cls: Any, model_type: str, what: str) -> nn.Module:
+    """``model_cls.from_pretrained(model_dir)`` (local files, safetensors) after checking the directory holds a
+    ``model_type`` checkpoint; one-line UserErrors name the directory and what it holds instead."""
+    found = checkpoint_model_type(model_dir, what)
+    if found != model_type:
+        raise UserError(f"'{model_dir}' holds a '{found}' model, not a {what} one")
+    return model_cls.from_pretrained(model_dir, local_files_only=True)
+
+
 def apply_freeze(family: Family, model: nn.Module, recipe: Recipe) -> dict[str, int]:
     """Freeze every parameter whose name matches ``recipe.freeze`` or ``family.frozen_patterns(recipe)`` (globs);
     return the trainable and total parameter counts. A glob that matches nothing is an error (a typo would

@@ -23,7 +23,6 @@ Recipes: ``recipes/tiny.yaml`` (width 128, 2+2 layers; 2 CPU cores, minutes) and
 139.4M parameters with the 50,265-token vocabulary)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from vlforge.components.models.registry import (
     Family,
     ImageTextBatch,
     Recipe,
+    load_pretrained,
     register_family,
 )
 
@@ -148,13 +148,7 @@ class TextBartFamily(Family):
         return {"loss": loss, "infilling": loss.detach()}
 
     def load(self, model_dir: Path) -> nn.Module:
-        config_file = Path(model_dir) / "config.json"
-        if not config_file.is_file():
-            raise UserError(f"'{model_dir}' holds no text-bart checkpoint (no config.json)")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != "bart":
-            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a BART one")
-        return BartForConditionalGeneration.from_pretrained(model_dir, local_files_only=True)
+        return load_pretrained(model_dir, BartForConditionalGeneration, "bart", "BART")
 
     # ---- capability "text_features" (the NLU probe's text-only reference) ------------------------------------
     def text_features(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -24,7 +24,6 @@ Run:  vlforge run train --family text-mlm --data shapes-300 --recipe tiny
 Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (BERT-base, 110M)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ from vlforge.components.models.registry import (
     Family,
     ImageTextBatch,
     Recipe,
+    load_pretrained,
     register_family,
 )
 
@@ -123,13 +123,7 @@ class TextMlmFamily(Family):
         return {"loss": mlm, "mlm": mlm.detach(), "mlm_accuracy": acc.detach()}
 
     def load(self, model_dir: Path) -> nn.Module:
-        config_file = Path(model_dir) / "config.json"
-        if not config_file.is_file():
-            raise UserError(f"'{model_dir}' holds no text-mlm checkpoint (no config.json)")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != "bert":
-            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a BERT one")
-        return BertForMaskedLM.from_pretrained(model_dir, local_files_only=True)
+        return load_pretrained(model_dir, BertForMaskedLM, "bert", "BERT")
 
     # ---- capability "text_features"; encode_texts for reuse ------------------------------------------------------
     def text_features(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

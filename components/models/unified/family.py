@@ -76,6 +76,7 @@ from vlforge.components.models.registry import (
     ImageTextBatch,
     Recipe,
     get_family,
+    load_pretrained,
     register_family,
 )
 from vlforge.components.models.unified.modeling import (
@@ -363,13 +364,7 @@ class UnifiedFamily(Family):
         super().save(_unwrap(model), out_dir, recipe)
 
     def load(self, model_dir: Path) -> nn.Module:
-        config_file = Path(model_dir) / "config.json"
-        if not config_file.is_file():
-            raise UserError(f"'{model_dir}' holds no unified checkpoint (no config.json)")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != MODEL_TYPE:
-            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a unified one")
-        return UnifiedModel.from_pretrained(model_dir, local_files_only=True)
+        return load_pretrained(model_dir, UnifiedModel, MODEL_TYPE, "unified")
 
     # ---- capabilities "image_features" and "text_features" (no shared space: "retrieval" is not declared) --------
     def encode_images(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:

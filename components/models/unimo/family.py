@@ -45,7 +45,6 @@ Run:  vlforge run train --family unimo --data REF --recipe tiny
 Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (UNIMO-base)."""
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -64,6 +63,7 @@ from vlforge.components.models.registry import (
     Family,
     ImageTextBatch,
     Recipe,
+    load_pretrained,
     register_family,
 )
 from vlforge.components.models.unimo.modeling import MODEL_TYPE, UnimoConfig, UnimoModel
@@ -330,13 +330,7 @@ class UnimoFamily(Family):
             _unwrap(model).logit_scale.clamp_(0, math.log(recipe.max_logit_scale))
 
     def load(self, model_dir: Path) -> nn.Module:
-        config_file = Path(model_dir) / "config.json"
-        if not config_file.is_file():
-            raise UserError(f"'{model_dir}' holds no UNIMO checkpoint (no config.json)")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != MODEL_TYPE:
-            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a UNIMO one")
-        return UnimoModel.from_pretrained(model_dir, local_files_only=True)
+        return load_pretrained(model_dir, UnimoModel, MODEL_TYPE, "UNIMO")
 
     # ---- capabilities: "retrieval" and "generate" ---------------------------------------------------------
     def encode_images(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:

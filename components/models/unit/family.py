@@ -34,7 +34,6 @@ Run:  vlforge run train --family unit --data shapes --recipe tiny
 Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (the paper's shared-decoder model)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +45,7 @@ from vlforge.components.models.registry import (
     Family,
     ImageTextBatch,
     Recipe,
+    load_pretrained,
     register_family,
 )
 from vlforge.components.models.unit.modeling import MODEL_TYPE, UnitConfig, UnitModel
@@ -182,13 +182,7 @@ class UnitFamily(Family):
                 "task_index": torch.tensor(float(TASKS.index(task)), device=device)}
 
     def load(self, model_dir: Path) -> nn.Module:
-        config_file = Path(model_dir) / "config.json"
-        if not config_file.is_file():
-            raise UserError(f"'{model_dir}' holds no UniT checkpoint (no config.json)")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != MODEL_TYPE:
-            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a UniT one")
-        return UnitModel.from_pretrained(model_dir, local_files_only=True)
+        return load_pretrained(model_dir, UnitModel, MODEL_TYPE, "UniT")
 
     # ---- capability "itm" -------------------------------------------------------------------------------
     def score_pairs(

@@ -23,7 +23,6 @@ Run:  vlforge run train --family vilt --data shapes --recipe tiny
 Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (ViLT-B/32, 384 px)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -42,6 +41,7 @@ from vlforge.components.models.registry import (
     Family,
     ImageTextBatch,
     Recipe,
+    load_pretrained,
     register_family,
 )
 
@@ -185,13 +185,7 @@ class ViltFamily(Family):
         return {"loss": loss, "mlm": mlm.detach(), "itm": itm.detach(), "itm_accuracy": acc.detach()}
 
     def load(self, model_dir: Path) -> nn.Module:
-        config_file = Path(model_dir) / "config.json"
-        if not config_file.is_file():
-            raise UserError(f"'{model_dir}' holds no ViLT checkpoint (no config.json)")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != "vilt":
-            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a ViLT one")
-        return ViltPretrainingModel.from_pretrained(model_dir, local_files_only=True)
+        return load_pretrained(model_dir, ViltPretrainingModel, "vilt", "ViLT")
 
     # ---- capability "itm" -------------------------------------------------------------------------------
     def score_pairs(

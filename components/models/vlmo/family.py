@@ -42,6 +42,7 @@ from vlforge.components.models.registry import (
     Family,
     ImageTextBatch,
     Recipe,
+    load_pretrained,
     register_family,
 )
 from vlforge.components.models.vlmo.modeling import MODEL_TYPE, VlmoConfig, VlmoModel
@@ -215,13 +216,7 @@ class VlmoFamily(Family):
         meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     def load(self, model_dir: Path) -> nn.Module:
-        config_file = Path(model_dir) / "config.json"
-        if not config_file.is_file():
-            raise UserError(f"'{model_dir}' holds no VLMo checkpoint (no config.json)")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != MODEL_TYPE:
-            raise UserError(f"'{model_dir}' holds a '{model_type}' model, not a VLMo one")
-        return VlmoModel.from_pretrained(model_dir, local_files_only=True)
+        return load_pretrained(model_dir, VlmoModel, MODEL_TYPE, "VLMo")
 
     # ---- capabilities: "retrieval" (dual encoder) and "itm" (fusion encoder) ------------------------------
     def encode_images(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
