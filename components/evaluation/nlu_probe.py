@@ -37,9 +37,10 @@ def text_features_fn(ctx: EvalContext):
     return lambda model, ids, mask, pixels: family.encode_texts(model, ids, mask)
 
 
-def black_pixels(ctx: EvalContext, n: int) -> torch.Tensor:
+def black_image(ctx: EvalContext) -> torch.Tensor:
+    """The constant black image (1, 3, S, S), normalised as the model's inputs are."""
     size = ctx.recipe.image_size
-    return ctx.transform(Image.new("RGB", (size, size))).unsqueeze(0).expand(n, -1, -1, -1)
+    return ctx.transform(Image.new("RGB", (size, size))).unsqueeze(0)
 
 
 def run_nlu_probe(ctx: EvalContext) -> TaskOutput:
@@ -49,10 +50,11 @@ def run_nlu_probe(ctx: EvalContext) -> TaskOutput:
     train = [s for s in ctx.train_samples() if s.meta.get("label") and s.caption.strip()][:MAX_TRAIN]
     classes = sorted({s.meta["label"] for s in train})
     features = text_features_fn(ctx)
+    black = black_image(ctx)
     model = copy.deepcopy(ctx.model).train()
     with torch.no_grad():
         ids, mask = ctx.tokens([train[0].caption])
-        dim = features(model, ids, mask, black_pixels(ctx, 1)).shape[-1]
+        dim = features(model, ids, mask, black).shape[-1]
     gen = torch.Generator().manual_seed(ctx.recipe.seed)
     head = torch.nn.Linear(dim, len(classes))
     with torch.random.fork_rng():
@@ -69,7 +71,7 @@ def run_nlu_probe(ctx: EvalContext) -> TaskOutput:
             for k in range(0, len(order), BATCH):
                 idx = order[k : k + BATCH]
                 ids, mask = ctx.tokens([train[i].caption for i in idx])
-                logits = head(features(model, ids, mask, black_pixels(ctx, len(idx))).float())
+                logits = head(features(model, ids, mask, black.expand(len(idx), -1, -1, -1)).float())
                 loss = F.cross_entropy(logits, labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -81,7 +83,7 @@ def run_nlu_probe(ctx: EvalContext) -> TaskOutput:
         for k in range(0, len(keep), 2 * BATCH):
             idx = keep[k : k + 2 * BATCH]
             ids, mask = ctx.tokens([ctx.samples[i].caption for i in idx])
-            preds += head(features(model, ids, mask, black_pixels(ctx, len(idx))).float()).argmax(dim=1).tolist()
+            preds += head(features(model, ids, mask, black.expand(len(idx), -1, -1, -1)).float()).argmax(dim=1).tolist()
     truth = [ctx.samples[i].meta["label"] for i in keep]
     correct = [classes[p] == t for p, t in zip(preds, truth)]
     metrics = {"nlu_accuracy": sum(correct) / max(1, len(correct)), "nlu_chance": 1.0 / max(1, len(classes)),

@@ -158,6 +158,11 @@ class Family(ABC):
         raise NotImplementedError(f"family '{self.name}' cannot embed texts")
 
 
+def unwrap(model: nn.Module) -> Any:
+    """The family's own model inside a data-parallel wrapper (``DistributedDataParallel.module``), or the model."""
+    return getattr(model, "module", model)
+
+
 def checkpoint_model_type(model_dir: Path | str, what: str) -> str | None:
     """The ``model_type`` in a ``save_pretrained`` directory's config.json; UserError when there is none."""
     config_file = Path(model_dir) / "config.json"

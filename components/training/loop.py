@@ -27,6 +27,7 @@ from vlforge.components.models.registry import (
     ImageTextBatch,
     Recipe,
     apply_freeze,
+    unwrap,
     get_family,
     special_token_ids,
 )
@@ -156,7 +157,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     ckpt_dir = Path(tmp)
                     if rank == 0:
-                        core = getattr(model, "module", model)
+                        core = unwrap(model)
                         family.save(core, ckpt_dir, recipe)
                         copy_tokenizer(Path(cfg["tokenizer_dir"]), ckpt_dir)
                         torch.save({"step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, ckpt_dir / TRAIN_STATE)

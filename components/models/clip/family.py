@@ -44,6 +44,9 @@ from vlforge.components.models.registry import (
     register_family,
     special_token_ids,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 
 from vlforge.errors import UserError
 
@@ -175,5 +178,3 @@ def _features(out: torch.Tensor | object) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output  # type: ignore[attr-defined]
 
 
-def _unwrap(model: nn.Module) -> CLIPModel | HFTextCLIPModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model

@@ -67,6 +67,9 @@ from vlforge.components.models.registry import (
     get_family,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 from vlforge.components.models.text_lm.family import gpt2_config, load_gpt2
 
 from vlforge.errors import UserError
@@ -112,10 +115,6 @@ def language_model(field: str | None, lm_recipe: str, vocab_size: int, special_i
 
     text_lm = get_family("text-lm")
     return GPT2LMHeadModel(gpt2_config(text_lm.recipe(lm_recipe), vocab_size, special_ids))  # type: ignore[arg-type]
-
-
-def _unwrap(model: nn.Module) -> FrozenModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 def _ids(core: FrozenModel, name: str) -> int:

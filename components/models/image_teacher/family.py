@@ -58,6 +58,9 @@ from vlforge.components.models.registry import (
     Recipe,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 
 from vlforge.errors import UserError
 
@@ -142,10 +145,6 @@ def vit_config(recipe: ImageTeacherRecipe) -> ViTConfig:
     config.vlforge_class_names = list(recipe.class_names) or None
     config.vlforge_label_rule = "class_names" if recipe.class_names else LABEL_RULE
     return config
-
-
-def _unwrap(model: nn.Module) -> ImageTeacherModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 @register_family

@@ -71,6 +71,9 @@ from vlforge.components.models.registry import (
     get_family,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 
 from vlforge.errors import UserError
 
@@ -106,10 +109,6 @@ def image_encoder(field: str | None, clip_recipe: str) -> CLIPVisionModelWithPro
     from vlforge.components.models.clip.family import vision_config
 
     return CLIPVisionModelWithProjection(vision_config(clip.recipe(clip_recipe)))  # type: ignore[arg-type]
-
-
-def _unwrap(model: nn.Module) -> PromptFuseModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 def blocked(core: PromptFuseModel) -> dict[int, tuple[int, ...]] | None:

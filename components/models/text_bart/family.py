@@ -40,6 +40,9 @@ from vlforge.components.models.registry import (
     load_pretrained,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 
 from vlforge.errors import UserError
 
@@ -103,10 +106,6 @@ def seq2seq_loss(bart: BartForConditionalGeneration, labels: torch.Tensor, *, in
     out = bart(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
                use_cache=False)
     return lm_loss(out.logits, labels, shift=False)
-
-
-def _unwrap(model: nn.Module) -> BartForConditionalGeneration:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 @register_family

@@ -39,6 +39,9 @@ from vlforge.components.models.registry import (
     Recipe,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 
 from vlforge.errors import UserError
 
@@ -68,10 +71,6 @@ def gpt2_config(recipe: TextLMRecipe, vocab_size: int, special_ids: dict[str, in
         pad_token_id=special_ids.get("pad", 0),
         tie_word_embeddings=True,
     )
-
-
-def _unwrap(model: nn.Module) -> GPT2LMHeadModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 def load_gpt2(model_dir: Path | str) -> GPT2LMHeadModel:

@@ -41,6 +41,9 @@ from vlforge.components.models.registry import (
     load_pretrained,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 
 from vlforge.errors import UserError
 
@@ -72,10 +75,6 @@ def bert_config(recipe: TextMlmRecipe, vocab_size: int, special_ids: dict[str, i
         pad_token_id=special_ids.get("pad", 0),
         tie_word_embeddings=True,
     )
-
-
-def _unwrap(model: nn.Module) -> BertForMaskedLM:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 @register_family

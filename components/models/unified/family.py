@@ -79,6 +79,9 @@ from vlforge.components.models.registry import (
     load_pretrained,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 from vlforge.components.models.unified.modeling import (
     MODEL_TYPE,
     UnifiedConfig,
@@ -195,10 +198,6 @@ def unified_config(recipe: UnifiedRecipe, vocab_size: int, special_ids: dict[str
     config.vlforge_class_names = image_t.get("vlforge_class_names") if classes else None
     config.vlforge_label_rule = image_t.get("vlforge_label_rule") if classes else None
     return config
-
-
-def _unwrap(model: nn.Module) -> UnifiedModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 def load_teachers(core: UnifiedModel, recipe: UnifiedRecipe, device: torch.device) -> dict[str, nn.Module | None]:

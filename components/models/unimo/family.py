@@ -66,6 +66,9 @@ from vlforge.components.models.registry import (
     load_pretrained,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 from vlforge.components.models.unimo.modeling import MODEL_TYPE, UnimoConfig, UnimoModel
 from vlforge.components.models.unimo.rewrites import (
     holds,
@@ -267,10 +270,6 @@ def prepare_inputs(core: UnimoModel, batch: ImageTextBatch, recipe: UnimoRecipe)
         "joint_lm_labels": lm_labels,
         "joint_task": task,
     }
-
-
-def _unwrap(model: nn.Module) -> UnimoModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 @register_family

@@ -48,6 +48,9 @@ from vlforge.components.models.registry import (
     load_pretrained,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 from vlforge.components.models.unit.modeling import MODEL_TYPE, UnitConfig, UnitModel
 from vlforge.components.models.unit.tasks import (
     TASKS,
@@ -135,10 +138,6 @@ def unit_config(recipe: UnitRecipe, vocab_size: int, special_ids: dict[str, int]
         decoder_heads=recipe.decoder_heads, decoder_ffn_dim=recipe.decoder_ffn_dim, num_queries=recipe.num_queries,
         dropout=recipe.dropout, task_embeddings=recipe.task_embeddings,
     )
-
-
-def _unwrap(model: nn.Module) -> UnitModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 @register_family

@@ -44,6 +44,9 @@ from vlforge.components.models.registry import (
     load_pretrained,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 
 from vlforge.errors import UserError
 
@@ -112,10 +115,6 @@ class ViltPretrainingModel(ViltPreTrainedModel):
         image_mask = torch.ones(image_embeds.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
         out = self.vilt(input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds, pixel_mask=image_mask)
         return out.last_hidden_state, out.pooler_output
-
-
-def _unwrap(model: nn.Module) -> ViltPretrainingModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 def swap_images(

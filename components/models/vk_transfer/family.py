@@ -78,6 +78,9 @@ from vlforge.components.models.registry import (
     Recipe,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 from vlforge.components.models.teachers import seeded_rng
 from vlforge.components.models.vk_transfer.modeling import (
     TEACHER_DIM_ATTR,
@@ -142,10 +145,6 @@ class VkTransferRecipe(Recipe):
     def weights(self) -> dict[str, float]:
         """The objectives that run, in the family's order, with their weights."""
         return {name: float(self.objectives[name]) for name in OBJECTIVES if self.objectives.get(name, 0) > 0}
-
-
-def _unwrap(model: nn.Module) -> VkTransferModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 def voken_targets(teacher_tokens: torch.Tensor | None, teacher_images: torch.Tensor, caption_tokens: torch.Tensor,

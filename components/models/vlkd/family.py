@@ -72,6 +72,9 @@ from vlforge.components.models.registry import (
     register_family,
     special_token_ids,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 from vlforge.components.models.text_bart.family import check_specials, decoder_labels
 from vlforge.components.models.vlkd.modeling import (
     CONFIG_FILE,
@@ -139,10 +142,6 @@ def check_teachers_fit(clip_cfg: dict, bart_cfg: dict, vocab_size: int, max_text
 
 def _config_dict(model: nn.Module) -> dict:
     return model.config.to_dict()
-
-
-def _unwrap(model: nn.Module) -> VlkdModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 def with_answer_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_id: int, pad_id: int

@@ -45,6 +45,9 @@ from vlforge.components.models.registry import (
     load_pretrained,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 from vlforge.components.models.vlmo.modeling import MODEL_TYPE, VlmoConfig, VlmoModel
 
 from vlforge.errors import UserError
@@ -122,10 +125,6 @@ def read_vlmo_dir(path: str) -> Path:
     if family != "vlmo":
         raise UserError(f"init_from '{path}' is a '{family}' model; VLMo stages continue from a 'vlmo' model")
     return model_dir
-
-
-def _unwrap(model: nn.Module) -> VlmoModel:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 @register_family

@@ -54,6 +54,9 @@ from vlforge.components.models.registry import (
     Recipe,
     register_family,
 )
+from vlforge.components.models.registry import (
+    unwrap as _unwrap,
+)
 from vlforge.components.models.vlt5.modeling import (
     VLBartForConditionalGeneration,
     VLT5ForConditionalGeneration,
@@ -126,10 +129,6 @@ class VLBartRecipe(VLSeq2SeqRecipe):
     max_position_embeddings: int | None = Field(None, ge=8, description="learned positions; None: prompt + regions")
     activation_function: str = Field("gelu", pattern="^(gelu|relu|silu|gelu_new)$")
     init_std: float = Field(0.02, gt=0, description="BART's init std")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DistributedDataParallel wraps the model
 
 
 def _vl_fields(config: Any, recipe: VLSeq2SeqRecipe, text_vocab: int, special_ids: dict[str, int], style: str) -> None:
