@@ -35,8 +35,18 @@ test: install browser
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# Every benchmark of BENCHMARKS.md, each against its peer in the same run (results in bench/results/*.json).
+# open_clip gets its own virtual environment (.bench-venvs/openclip), created on first use; the GPU benchmark runs
+# on an NVIDIA GPU when torch sees one and in its CPU --dry-run mode otherwise.
 bench: install
 	$(PY) bench/pipeline_bench.py
+	$(PY) bench/loader_bench.py
+	$(PY) bench/crawl_bench.py
+	$(PY) bench/orchestration_bench.py
+	$(PY) bench/openclip_bench.py --profile $$([ -x .bench-venvs/openclip/bin/python ] || echo --setup-peer)
+	$(PY) bench/catalog_bench.py
+	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then $(PY) bench/gpu_bench.py; \
+	else $(PY) bench/gpu_bench.py --dry-run; fi
 
 clean:
-	rm -rf $(VENV) .vlforge
+	rm -rf $(VENV) .vlforge .bench-venvs

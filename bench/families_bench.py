@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--source", default="builtin:shapes?n=1000&image_size=64")
     parser.add_argument("--emoji", action="store_true", help="train and score on the emoji-noto data")
     parser.add_argument("--home", default=None, help="VLFORGE_HOME to use (default: a fresh temporary one)")
+    parser.add_argument("--out", default=None, help="result JSON (default bench/results/families[-emoji].json)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: tabulate the newest eval of each family already in --home's catalog")
     args = parser.parse_args()
     os.environ["VLFORGE_HOME"] = args.home or tempfile.mkdtemp(prefix="vlforge-families-")
     from vlforge.components.data.crawl import CrawlConfig
@@ -44,24 +47,46 @@ def main() -> None:
     catalog = open_catalog()
     source = (SourceConfig(spec=str(EMOJI), label_col="category", key_col="key") if args.emoji
               else SourceConfig(spec=args.source))
-    data = run_ingest(source, CrawlConfig(image_size=64), ShardConfig(validation_fraction=0.15), catalog).artifact
-    tok = run_tokenizer(data.id, TokenizerConfig(vocab_size=512), catalog).artifact
+    if args.report_only:  # the home's newest dataset: nothing is ingested (code changes would re-ingest)
+        data = max(catalog.list(kind="dataset"), key=lambda a: a.created_at)
+    else:
+        data = run_ingest(source, CrawlConfig(image_size=64), ShardConfig(validation_fraction=0.15), catalog).artifact
+        tok = run_tokenizer(data.id, TokenizerConfig(vocab_size=512), catalog).artifact
     names = [n for n in args.families.split(",") if n] or family_names()
-    rows = []
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / ("families-emoji.json" if args.emoji else "families.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def add_rows(name: str, model: str, report, tasks: list[str], seconds: float | None) -> None:
+        for task in tasks:
+            metric = TASKS[task].headline
+            trained, untrained = report.metrics.get(metric), report.metrics.get(f"baseline_{metric}")
+            if trained is None:
+                continue
+            ratio = trained / untrained if untrained and untrained >= 1e-3 else None  # no ratio against ~0
+            rows.append({"family": name, "task": task, "metric": metric, "trained": trained, "untrained": untrained,
+                         "ratio": ratio, "model": model, "seconds": seconds})
+
+    def write() -> None:  # after every family, atomically, so a stopped run keeps what it measured
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"data": data.id, "steps": args.steps, "rows": rows}, indent=2))
+        os.replace(tmp, out)
+
+    if args.report_only:
+        for name in names:
+            evals = [a for a in catalog.list(kind="eval") if a.family == name and data.id in a.parents]
+            if evals:
+                report = max(evals, key=lambda a: a.created_at)
+                add_rows(name, report.parents[0], report, list(report.config.get("tasks", [])), None)
+        names = []
     for name in names:
         start = time.perf_counter()
         overrides = {"steps": args.steps} if "steps" in get_family(name).recipe_cls.model_fields else {}
         model = train_flow(name, data.id, "tiny", overrides, tok.id)["model"]
         tasks, _ = eval_suite(model, data.id, "default", "validation", catalog)
         report = catalog.get(eval_flow(model, data.id, tasks, "validation")["eval"])
-        for task in tasks:
-            metric = TASKS[task].headline
-            trained, untrained = report.metrics.get(metric), report.metrics.get(f"baseline_{metric}")
-            if trained is None:
-                continue
-            ratio = trained / untrained if untrained else None
-            rows.append({"family": name, "task": task, "metric": metric, "trained": trained, "untrained": untrained,
-                         "ratio": ratio, "model": model, "seconds": round(time.perf_counter() - start, 1)})
+        add_rows(name, model, report, tasks, round(time.perf_counter() - start, 1))
+        write()
         print(f"{name}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     print(f"\nData: {data.name} ({data.metrics.get('samples')} samples), tiny recipes, {args.steps} steps\n")
     print("| family | task | metric | trained | untrained | ratio |\n|---|---|---|---|---|---|")
@@ -69,9 +94,7 @@ def main() -> None:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
         print(f"| {r['family']} | {r['task']} | {r['metric']} | {r['trained']:.3f} | "
               f"{r['untrained'] if r['untrained'] is None else round(r['untrained'], 3)} | {ratio} |")
-    out = REPO / "bench" / "results" / ("families-emoji.json" if args.emoji else "families.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"data": data.id, "steps": args.steps, "rows": rows}, indent=2))
+    write()
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
 """Pipeline benchmark: `make demo`'s wall time split by stage, training samples/s against a peer, and the
 all-cached second run.
 
-    python bench/pipeline_bench.py [--config FILE] [--peer-steps 40]
+    python bench/pipeline_bench.py [--config FILE] [--peer-steps 40] [--tiny] [--out DIR]
 
-Runs the real CLI twice in a fresh VLFORGE_HOME (first run, then the all-cached run), then, in the same session on
-the same shards, a peer: the same model and objective trained by a plain single-process loop (torch with all
-cores, no Ray, no Prefect). Prints a markdown table and writes bench/results/pipeline.json."""
+Runs the real CLI twice in a fresh VLFORGE_HOME (first run, then the all-cached run; Prefect settings of the
+caller's environment left out, so Prefect's home is the fresh one's), then, in the same session on the same shards,
+a peer: the same model and objective trained by a plain single-process loop (torch with all cores, no Ray, no
+Prefect). ``--tiny`` runs a 200-scene, 10-step config (unless ``--config``) with 5 peer steps. Prints a markdown
+table and writes ``<out>/pipeline.json`` (default bench/results) with the load average at start and end and the
+tool versions."""
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -18,17 +23,37 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = """\
+source: {spec: "builtin:shapes?n=200&image_size=64"}
+crawl: {image_size: 64, processes: 1, threads: 4}
+shard: {samples_per_shard: 128, validation_fraction: 0.2}
+tokenizer: {vocab_size: 256}
+train: {family: clip, recipe: tiny, overrides: {steps: 10, batch_size: 32, warmup_steps: 2, checkpoint_every: 10,
+                                                log_every: 5, num_workers: 1}}
+eval: {tasks: [retrieval, zero_shot_classification], split: validation}
+"""
 
 
 def run_pipeline(home: Path, config: str | None) -> tuple[dict, float]:
     args = [sys.executable, "-m", "vlforge.cli", "run", "pipeline", "--json"] + (["--config", config] if config else [])
-    env = {**os.environ, "VLFORGE_HOME": str(home)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"VLFORGE_HOME": str(home)}
     start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"pipeline failed:\n{proc.stderr[-3000:]}")
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        sys.exit(f"error: the pipeline failed with exit code {proc.returncode}: {lines[-1][:300] if lines else '(no output)'}")
     return json.loads(proc.stdout), wall
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("vlforge", "prefect", "ray", "torch", "transformers", "img2dataset"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def peer_samples_per_s(home: Path, model_id: str, dataset_id: str, tokenizer_id: str, steps: int) -> float:
@@ -82,13 +107,26 @@ def peer_samples_per_s(home: Path, model_id: str, dataset_id: str, tokenizer_id:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None)
-    parser.add_argument("--peer-steps", type=int, default=40)
+    parser.add_argument("--peer-steps", type=int, default=None, help="timed peer steps (default 40; 5 with --tiny)")
+    parser.add_argument("--tiny", action="store_true", help="200 scenes, 10 training steps (unless --config)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder for pipeline.json")
     args = parser.parse_args()
+    peer_steps = args.peer_steps if args.peer_steps is not None else (5 if args.tiny else 40)
+    if peer_steps < 1:
+        sys.exit(f"error: --peer-steps must be at least 1, got {peer_steps}")
+    if args.config is not None and not Path(args.config).is_file():
+        sys.exit(f"error: config file '{args.config}' does not exist")
+    loadavg_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="vlforge-bench-") as tmp:
         home = Path(tmp)
-        first, first_wall = run_pipeline(home, args.config)
-        second, second_wall = run_pipeline(home, args.config)
-        assert all(second["cached"].values()), second["cached"]
+        config = args.config
+        if config is None and args.tiny:
+            config = str(home / "tiny.yaml")
+            Path(config).write_text(TINY_CONFIG)
+        first, first_wall = run_pipeline(home, config)
+        second, second_wall = run_pipeline(home, config)
+        if not all(second["cached"].values()):
+            sys.exit(f"error: the second run was not all cache hits: {second['cached']}")
         os.environ["VLFORGE_HOME"] = str(home)
         from vlforge.catalog import Catalog
 
@@ -96,7 +134,8 @@ def main() -> None:
 
         model = Catalog(catalog_root()).get(first["model"])
         ray_sps = float(model.metrics["samples_per_s"])
-        peer_sps = peer_samples_per_s(home, first["model"], first["dataset"], first["tokenizer"], args.peer_steps)
+        peer_sps = peer_samples_per_s(home, first["model"], first["dataset"], first["tokenizer"], peer_steps)
+    loadavg_end = os.getloadavg()
     result = {
         "first_run_wall_s": first_wall,
         "stage_seconds": first["seconds"],
@@ -107,10 +146,18 @@ def main() -> None:
         "train_samples_per_s_peer_single_process": peer_sps,
         "ray_over_peer": ray_sps / peer_sps,
         "metrics": {k: first["metrics"][k] for k in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "zs_top1") if k in first["metrics"]},
+        "config": "tiny" if args.tiny and args.config is None else (args.config or "embedded default"),
+        "peer_steps": peer_steps,
+        "loadavg_start": list(loadavg_start),
+        "loadavg_end": list(loadavg_end),
+        "cpu_count": os.cpu_count(),
+        "versions": versions(),
     }
-    out = REPO / "bench" / "results"
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline.json").write_text(json.dumps(result, indent=2))
+    tmp_out = out / "pipeline.json.tmp"
+    tmp_out.write_text(json.dumps(result, indent=2))
+    os.replace(tmp_out, out / "pipeline.json")
     print("| measure | value |\n|---|---|")
     print(f"| first run, wall | {first_wall:.1f} s |")
     for stage, s in first["seconds"].items():
@@ -121,6 +168,7 @@ def main() -> None:
     print(f"| training, peer: one process, same model, all cores | {peer_sps:.0f} samples/s |")
     print(f"| ratio Ray / peer | {result['ray_over_peer']:.2f} |")
     print(f"| retrieval (validation) | {json.dumps(result['metrics'])} |")
+    print(f"| load average start / end | {loadavg_start[0]:.2f} / {loadavg_end[0]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -349,7 +349,7 @@ def teacher_overrides(family_name: str, refs: list[str], catalog: Catalog) -> di
 def missing_teachers(family_name: str, recipe: BaseModel) -> dict[str, str]:
     """Teacher fields the recipe leaves empty -> the family of the teacher the train flow trains for them."""
     family = get_family(family_name)
-    return {f: fams[0] for f, fams in family.teachers.items() if not getattr(recipe, f, None)}
+    return {f: fams[0] for f, fams in family.needed_teachers(recipe).items() if not getattr(recipe, f, None)}
 
 
 def train_plan(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: str, tokenizer_ref: str,

@@ -37,6 +37,8 @@ CAPABILITIES: dict[str, str] = {
     "pair_scoring": "a score for any (image, text) pair: from retrieval (cosine) or itm (logit)",
     "text_features": "a trainable text representation for the NLU probe: text_features(model, ids, mask, pixels) -> "
                      "(B, D), pixels a black image where the model needs one (implied by retrieval: encode_texts)",
+    "vqa_answer": "a trained VQA answer head: answer_questions(model, pixels, questions, tokenizer) -> list[str], the "
+                  "answer to question i about image i",
     "few_shot": "interleaved few-shot generation: few_shot_generate(model, shots, query_pixels, query_prompt, "
                 "tokenizer, max_new_tokens) -> str, shots a list of (pixels (3, H, W), text)",
 }
@@ -107,7 +109,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     _spec("itm", "image-text matching accuracy on true and swapped captions", {"captions"}, [{"itm"}], "itm_accuracy",
           "itm:run_itm"),
     _spec("vqa", "questions from scene facts (colour, shape, count, position, yes/no)", {"facts"},
-          [{"pair_scoring"}, {"generate"}], "vqa_accuracy", "vqa:run_vqa"),
+          [{"vqa_answer"}, {"pair_scoring"}, {"generate"}], "vqa_accuracy", "vqa:run_vqa"),
     _spec("nlvr", "true/false statements about a pair of scenes", {"facts"}, [{"pair_scoring"}], "nlvr_accuracy",
           "nlvr:run_nlvr"),
     _spec("grounding", "pick the object a phrase describes (boxes from scene facts)", {"facts"}, [{"pair_scoring"}],

@@ -1,7 +1,10 @@
 """VQA on questions derived from the scenes' facts (``components/sources/scene_tasks.py``): colour, shape, count,
 position and yes/no, scored as accuracy per question type and overall.
 
-Two ways to answer, chosen by what the family offers:
+Three ways to answer, chosen by what the family offers, in this order:
+- its own answer head (``vqa_answer``: a family trained with a VQA classifier, e.g. UniT): each question about its
+  image goes through the head; where the family can also score pairs, the scoring answer is reported beside it as
+  ``vqa_scoring_accuracy``.
 - classification by scoring (``pair_scoring``: a dual encoder or a matching head): each candidate answer is written
   as a caption-like statement ("a red circle left of a blue square") and the best-scoring one is the answer, the
   CLIP-style zero-shot baseline. A yes/no question ("is there a red circle?") is answered yes when its phrase
@@ -52,6 +55,16 @@ def answer_by_generation(ctx: EvalContext, items: list[tuple[int, VQAQuestion]])
     return [(o.strip().lower().split() or [""])[0].strip(".,?!") for o in outputs]
 
 
+@torch.no_grad()
+def answer_by_head(ctx: EvalContext, items: list[tuple[int, VQAQuestion]]) -> list[str]:
+    images, answers = ctx.images(), []
+    for k in range(0, len(items), ctx.batch_size):
+        chunk = items[k : k + ctx.batch_size]
+        answers += ctx.family.answer_questions(ctx.model, ctx.pixels([images[i] for i, _ in chunk]),  # type: ignore[attr-defined]
+                                               [q.question for _, q in chunk], ctx.tokenizer)
+    return [a.strip().lower() for a in answers]
+
+
 def vqa_metrics(items: list[VQAQuestion], predictions: list[str]) -> dict[str, float]:
     """Overall accuracy, accuracy and chance (1 / candidates) per question type."""
     by_type: dict[str, list[bool]] = defaultdict(list)
@@ -71,14 +84,21 @@ def run_vqa(ctx: EvalContext) -> TaskOutput:
     from vlforge.components.evaluation.tasks import TaskOutput
 
     items = questions_for(ctx)
-    mode = "scoring" if "pair_scoring" in ctx.offers else "generation"
-    predictions = answer_by_scoring(ctx, items) if mode == "scoring" else answer_by_generation(ctx, items)
+    mode = "head" if "vqa_answer" in ctx.offers else "scoring" if "pair_scoring" in ctx.offers else "generation"
+    answer = {"head": answer_by_head, "scoring": answer_by_scoring, "generation": answer_by_generation}[mode]
+    predictions = answer(ctx, items)
     questions = [q for _, q in items]
     metrics = vqa_metrics(questions, predictions)
+    scored: list[str] | None = None
+    if mode == "head" and "pair_scoring" in ctx.offers:
+        scored = answer_by_scoring(ctx, items)
+        metrics["vqa_scoring_accuracy"] = vqa_metrics(questions, scored)["vqa_accuracy"]
     rows = {"key": [q.key for q in questions], "qtype": [q.qtype for q in questions],
             "question": [q.question for q in questions], "answer": [q.answer for q in questions],
             "prediction": predictions, "correct": [p == q.answer for p, q in zip(predictions, questions)],
             "mode": [mode] * len(questions)}
+    if scored is not None:
+        rows["scored"] = scored
     if mode == "scoring" and "generate" in ctx.offers:  # a generative family with a matching head: both ways
         generated = answer_by_generation(ctx, items)
         metrics["vqa_generation_accuracy"] = vqa_metrics(questions, generated)["vqa_accuracy"]

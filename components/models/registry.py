@@ -137,6 +137,11 @@ class Family(ABC):
         optimiser state and are skipped by the data-parallel wrapper."""
         return []
 
+    def needed_teachers(self, recipe: Recipe) -> dict[str, tuple[str, ...]]:
+        """The teacher fields ``recipe`` uses (default: every field of ``teachers``); the train flow trains a
+        default teacher first for each one the recipe leaves empty."""
+        return dict(self.teachers)
+
     def after_optimizer_step(self, model: nn.Module, recipe: Recipe) -> None:
         """Hook for constraints applied after each update (e.g. CLIP's logit-scale clamp)."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from vlforge.errors import UserError
 
 
 @contextmanager
@@ -45,3 +46,16 @@ def load_frozen_teacher(family_name: str, teacher_dir: str | Path, device: torch
         _TEACHERS.clear()
         _TEACHERS[key] = teacher
     return _TEACHERS[key]
+
+
+def image_teacher_vit(teacher_dir: str | Path, who: str, image_size: int) -> nn.Module:
+    """The ``ViTModel`` of an image-teacher checkpoint (its ``vit``), for a family that starts its image side from
+    pretrained weights (ViLT's ImageNet ViT, VL-T5's frozen detector in the papers); one-line error when it was trained
+    on another image size than ``image_size``."""
+    from vlforge.components.models.registry import get_family
+
+    vit = get_family("image-teacher").load(Path(teacher_dir)).vit
+    if vit.config.image_size != image_size:
+        raise UserError(f"{who}: the image teacher '{teacher_dir}' was trained on {vit.config.image_size} px images, "
+                        f"the recipe's image_size is {image_size}")
+    return vit

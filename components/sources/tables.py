@@ -205,9 +205,16 @@ def load_image_folder(folder: Path) -> SourceRows:
 
 
 def sniff_table_kind(path: Path, url_col: str = "url", path_col: str = "path") -> str:
-    """'local' when the table has the path column and no URL column, else 'url-list'."""
-    table = read_table(path)
-    if path_col in table.column_names and url_col not in table.column_names:
+    """'local' when the table has the path column and no URL column, else 'url-list'. A local parquet file is
+    judged by its schema alone (no read of the rows)."""
+    if not is_remote(path) and Path(path).suffix.lower() == ".parquet" and Path(path).is_file():
+        try:
+            columns = pq.read_schema(path).names
+        except Exception:  # noqa: BLE001 - an unreadable file gets read_table's one-line error below
+            columns = read_table(path).column_names
+    else:
+        columns = read_table(path).column_names
+    if path_col in columns and url_col not in columns:
         return "local"
     return "url-list"
 

@@ -13,7 +13,13 @@ directory, loadable with ``GPT2LMHeadModel.from_pretrained``.
 
 Objective: causal language modelling on the captions only (the batch's images are ignored): the tokenizer's
 ``<bos> caption <eos>``, every real token after ``<bos>`` predicted from the ones before it (``losses.lm_loss``,
-padding ignored). Deterministic given the batch (no sampling; dropout only in train mode).
+padding ignored). With ``context_qa_prob`` > 0 (the tiny and base recipes: 0.5), a sample with scene facts is, with
+that chance, written as reading comprehension instead: ``caption <bos> question: <q> answer: <a> <eos>``, one of its
+scene's questions (``scene_tasks.vqa_questions``) asked about the text in front of ``<bos>``. That is where Frozen
+puts its visual prefix (``[prefix] <bos> question: <q> answer:``): the paper's LM brings in-context reading from C4;
+a small LM trained on captions alone never attends to anything before ``<bos>``, so a visual prefix cannot steer it
+(measured: Frozen on a captions-only tiny LM kept a flat loss and answered no question). Which samples, and which
+question, come from ``masking.batch_generator(keys, seed + step)``, so a step stays a pure function of the batch.
 
 Capabilities: none. Text-only generation would ignore the image, so "generate" is not declared (an evaluation of
 it would measure the caption prior, not vision); ``models/prefix_lm.py`` holds the prefix-conditioning and
@@ -32,7 +38,8 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from vlforge.components.losses import lm_loss
 from vlforge.components.models.heads import mean_pool
-from vlforge.components.models.prefix_lm import IGNORE_INDEX
+from vlforge.components.models.masking import batch_generator
+from vlforge.components.models.prefix_lm import IGNORE_INDEX, token_ids, vqa_prompt
 from vlforge.components.models.registry import (
     Family,
     ImageTextBatch,
@@ -43,6 +50,7 @@ from vlforge.components.models.registry import (
     unwrap as _unwrap,
 )
 
+from vlforge.components.sources.scene_tasks import vqa_questions
 from vlforge.errors import UserError
 
 
@@ -54,6 +62,8 @@ class TextLMRecipe(Recipe):
                              "few-shot examples in front of the text, not only max_text_length")
     vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
     dropout: float = Field(0.1, ge=0, lt=1, description="GPT-2's resid/embd/attn dropout")
+    context_qa_prob: float = Field(0.0, ge=0, le=1, description="chance a sample with scene facts becomes 'caption "
+                                   "<bos> question: q answer: a <eos>' (reading the text in front of <bos>)")
 
 
 def gpt2_config(recipe: TextLMRecipe, vocab_size: int, special_ids: dict[str, int]) -> GPT2Config:
@@ -84,6 +94,35 @@ def load_gpt2(model_dir: Path | str) -> GPT2LMHeadModel:
     return GPT2LMHeadModel.from_pretrained(model_dir, local_files_only=True, attn_implementation="sdpa")
 
 
+def context_qa_rows(batch: ImageTextBatch, bos_id: int, eos_id: int, prob: float, generator: torch.Generator,
+                    max_length: int) -> tuple[list[list[int]], int]:
+    """Every sample's token ids: its ``<bos> caption <eos>`` as tokenised by the loop, or (chance ``prob``, facts
+    needed) ``caption <bos> question: <q> answer: <a> <eos>``; truncated to ``max_length``. Also how many are QA."""
+    coins = torch.rand(len(batch.keys), generator=generator).tolist()
+    picks = torch.randint(0, 1 << 30, (len(batch.keys),), generator=generator).tolist()
+    rows, n_qa = [], 0
+    for i, (key, facts) in enumerate(zip(batch.keys, batch.facts())):
+        ids = batch.input_ids[i][batch.attention_mask[i].bool()].tolist()
+        questions = vqa_questions(key, facts) if facts else []
+        if questions and coins[i] < prob:
+            q = questions[picks[i] % len(questions)]
+            caption = [t for t in ids if t not in (bos_id, eos_id)]
+            ids = [*caption, bos_id, *token_ids(batch.tokenizer, vqa_prompt(q.question)),
+                   *token_ids(batch.tokenizer, " " + q.answer), eos_id]
+            n_qa += 1
+        rows.append(ids[:max_length])
+    return rows, n_qa
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r, dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
+
+
 @register_family
 class TextLMFamily(Family):
     name = "text-lm"
@@ -106,10 +145,19 @@ class TextLMFamily(Family):
             raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
-        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, IGNORE_INDEX)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        assert isinstance(recipe, TextLMRecipe)
+        input_ids, attention_mask, share = batch.input_ids, batch.attention_mask, 0.0
+        if recipe.context_qa_prob > 0 and batch.tokenizer is not None and any(f for f in batch.facts()):
+            config = _unwrap(model).config
+            rows, n_qa = context_qa_rows(batch, config.bos_token_id, config.eos_token_id, recipe.context_qa_prob,
+                                         batch_generator(batch.keys, recipe.seed + batch.step), recipe.n_positions)
+            input_ids, attention_mask = pad_rows(rows, config.pad_token_id, input_ids.device)
+            share = n_qa / len(rows)
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         loss = lm_loss(logits, labels)
-        return {"loss": loss, "lm": loss.detach(), "perplexity": loss.detach().exp()}
+        return {"loss": loss, "lm": loss.detach(), "perplexity": loss.detach().exp(),
+                "context_qa_share": torch.tensor(share, device=loss.device)}
 
     def load(self, model_dir: Path) -> nn.Module:
         return load_gpt2(model_dir)

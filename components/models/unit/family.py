@@ -35,7 +35,7 @@ Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -145,7 +145,7 @@ class UnitFamily(Family):
     name = "unit"
     paper = "Hu & Singh, UniT: Multimodal Multitask Learning with a Unified Transformer, ICCV 2021 (arXiv 2102.10772)"
     recipe_cls = UnitRecipe
-    capabilities = frozenset({"itm"})
+    capabilities = frozenset({"itm", "vqa_answer"})
     objectives = ("one task per step, sampled by task_weights: vqa (answer classification) | itm | text_cls (text only)",)
     image_mean = (0.485, 0.456, 0.406)  # DETR / MMF UniT normalise with the ImageNet statistics
     image_std = (0.229, 0.224, 0.225)
@@ -190,3 +190,16 @@ class UnitFamily(Family):
         """Match log-odds (B,) of each (image i, text i) pair from the ITM task's queries and head."""
         logits = _unwrap(model).task_logits("itm", pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
         return logits[:, 1] - logits[:, 0]
+
+    # ---- capability "vqa_answer" --------------------------------------------------------------------------
+    @torch.no_grad()
+    def answer_questions(self, model: nn.Module, pixel_values: torch.Tensor, questions: list[str], tokenizer: Any) -> list[str]:
+        """The VQA task's queries and head: the answer (of ``tasks.VQA_ANSWERS``) to question i about image i.
+        Padding is masked, so padding to the longest question gives what training's fixed length gives."""
+        core = _unwrap(model)
+        enc = tokenizer(list(questions), padding="longest", truncation=True, max_length=core.config.max_text_positions,
+                        return_tensors="pt")
+        device = pixel_values.device
+        logits = core.task_logits("vqa", pixel_values=pixel_values, input_ids=enc["input_ids"].to(device),
+                                  attention_mask=enc["attention_mask"].to(device))
+        return [VQA_ANSWERS[i] for i in logits.argmax(dim=-1).tolist()]

@@ -8,9 +8,18 @@ Two families, one code path; they differ only in the backbone:
 Architecture (``modeling.py``): the encoder reads the text token embeddings followed by a *visual embedding* per
 image region, the paper's ``feature projection + box projection + image-order embedding + region-id embedding``
 (the region id is the word embedding of the region token ``<vis_extra_id_k>``). The paper's regions are 36 Faster
-R-CNN RoIs; here a small ViT over a patch grid supplies one feature per patch, and each patch's normalised box
-``(x1, y1, x2, y2)`` and area go through the box projection. The decoder writes every answer as text. Nothing is
-frozen; the image encoder trains with the rest (the paper's detector is frozen and offline).
+R-CNN RoIs, whose features come from a detector pretrained on Visual Genome and kept frozen; here a ViT over a patch
+grid supplies one feature per patch, and each patch's normalised box ``(x1, y1, x2, y2)`` and area go through the box
+projection. The decoder writes every answer as text.
+
+Region features (``region_features``): ``teacher`` (the default, as the paper) takes the ViT of an ``image-teacher``
+model (``region_encoder``: a catalog REF or directory; left empty, the train flow trains one first on the same data,
+and it becomes a parent in the lineage), copies its weights into the region encoder and freezes them
+(``frozen_patterns``); the checkpoint stays self-contained. ``scratch`` trains a small ViT with the rest instead, unless a ``region_encoder`` is given (``--teacher REF``):
+``region_features`` only decides whether the flow trains a default teacher when none is given.
+Measured on 600 builtin scenes: with a ViT trained from scratch, 600 steps learned fluent but image-independent
+captions (the visual embedding's variation across images fell from 0.35 to 0.02: the model learned to ignore the
+image while the language prior was easier), so grounding needs features that already carry the image.
 
 Objective: one token cross-entropy (``labels`` of the seq2seq model) on a text-to-text task drawn per step with
 ``training.multitask.sample_task(recipe.task_weights, recipe.seed, step)`` among the tasks the batch supports
@@ -47,6 +56,7 @@ from pydantic import Field, field_validator
 from torch import nn
 from transformers import BartConfig, T5Config
 from vlforge.components.models.masking import batch_generator
+from vlforge.components.models.teachers import image_teacher_vit
 from vlforge.components.models.registry import (
     FAMILY_FILE,
     Family,
@@ -60,6 +70,7 @@ from vlforge.components.models.registry import (
 from vlforge.components.models.vlt5.modeling import (
     VLBartForConditionalGeneration,
     VLT5ForConditionalGeneration,
+    region_encoder_state,
 )
 from vlforge.components.models.vlt5.tasks import (
     CAPTION_PROMPT,
@@ -100,6 +111,11 @@ class VLSeq2SeqRecipe(Recipe):
     span_mask_ratio: float = Field(0.15, gt=0, lt=1, description="share of caption words masked (multimodal LM)")
     mean_span_length: float = Field(3.0, ge=1)
     itm_negative_prob: float = Field(0.5, ge=0, le=1, description="chance an ITM caption is another sample's")
+    region_features: Literal["teacher", "scratch"] = Field(
+        "teacher", description="teacher: the frozen ViT of an image-teacher (region_encoder; the flow trains one "
+        "when empty), as the paper's frozen detector; scratch: a small ViT trained with the model")
+    region_encoder: str | None = Field(None, description="an image-teacher model directory (or catalog:REF) whose "
+                                       "frozen ViT gives the region features (used whenever given)")
 
     @field_validator("task_weights")
     @classmethod
@@ -237,6 +253,9 @@ class VLSeq2SeqFamily(Family):
     style: ClassVar[Literal["t5", "bart"]]
     model_cls: ClassVar[type[nn.Module]]
     capabilities = frozenset({"generate", "itm"})
+    teachers = {"region_encoder": ("image-teacher",)}  # noqa: RUF012
+    image_mean = (0.5, 0.5, 0.5)  # ViT's normalisation, which the image-teacher region encoder is trained with
+    image_std = (0.5, 0.5, 0.5)
     objectives = ("multimodal LM (span corruption / text infilling)", "captioning", "vqa", "itm (true/false)",
                   "visual grounding", "grounded captioning")
 
@@ -255,10 +274,35 @@ class VLSeq2SeqFamily(Family):
             if role not in special_ids:
                 raise UserError(f"{self.name} needs a tokenizer with a{'n' if role == 'eos' else ''} {role} token")
         text_vocab = recipe.vocab_size or vocab_size
+        teacher = None
+        if recipe.region_encoder:
+            teacher = self.region_teacher(recipe)
+            tc = teacher.config
+            recipe = recipe.model_copy(update={"vision_width": tc.hidden_size, "vision_layers": tc.num_hidden_layers,
+                                               "vision_heads": tc.num_attention_heads, "patch_size": tc.patch_size})
         regions = (recipe.image_size // recipe.patch_size) ** 2
         config = self.make_config(recipe, text_vocab, regions, special_ids)
         _vl_fields(config, recipe, text_vocab, special_ids, self.style)
-        return self.model_cls(config)
+        if teacher is None:
+            return self.model_cls(config)
+        config.vl_vision_intermediate = teacher.config.intermediate_size
+        config.vl_vision_layer_norm_eps = teacher.config.layer_norm_eps
+        config.vl_region_encoder = "image-teacher"
+        model = self.model_cls(config)
+        model.visual_embedding.image_encoder.load_state_dict(region_encoder_state(teacher.state_dict()))
+        return model
+
+    def region_teacher(self, recipe: VLSeq2SeqRecipe) -> nn.Module:
+        """The image-teacher's ``ViTModel`` named by ``region_encoder``."""
+        return image_teacher_vit(str(recipe.region_encoder), self.name, recipe.image_size)
+
+    def needed_teachers(self, recipe: Recipe) -> dict[str, tuple[str, ...]]:
+        assert isinstance(recipe, VLSeq2SeqRecipe)
+        return {} if recipe.region_features == "scratch" else dict(self.teachers)
+
+    def frozen_patterns(self, recipe: Recipe) -> list[str]:
+        assert isinstance(recipe, VLSeq2SeqRecipe)
+        return ["visual_embedding.image_encoder.*"] if recipe.region_encoder else []
 
     def make_config(self, recipe: Recipe, text_vocab: int, regions: int, special_ids: dict[str, int]) -> Any:
         raise NotImplementedError

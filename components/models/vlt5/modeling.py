@@ -86,6 +86,12 @@ class PatchRegionEncoder(nn.Module):
         return self.layernorm(hidden)[:, 1:]
 
 
+def region_encoder_state(vit_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ``ViTModel``'s weights (an image-teacher's ``vit``) for ``PatchRegionEncoder``, which has the same names
+    (``embeddings``, ``layers.i``, ``layernorm``); the MIM mask token, which region features never use, is left out."""
+    return {k: v for k, v in vit_state.items() if k != "embeddings.mask_token"}
+
+
 class VisualEmbedding(nn.Module):
     """The paper's visual embedding over the patch regions:
     ``norm(W_f feat) + norm(W_b [x1, y1, x2, y2, area]) + E_img[0] + E_tok[<vis_extra_id_k>]``."""
@@ -119,7 +125,8 @@ def vision_config(config) -> ViTConfig:
         hidden_size=config.vl_vision_width,
         num_hidden_layers=config.vl_vision_layers,
         num_attention_heads=config.vl_vision_heads,
-        intermediate_size=config.vl_vision_width * 4,
+        intermediate_size=getattr(config, "vl_vision_intermediate", None) or config.vl_vision_width * 4,
+        layer_norm_eps=getattr(config, "vl_vision_layer_norm_eps", None) or 1e-12,
         image_size=config.vl_image_size,
         patch_size=config.vl_patch_size,
         hidden_dropout_prob=0.0,

@@ -79,3 +79,40 @@ def test_recipe_and_checkpoint_guards(tmp_path: Path) -> None:
         load_gpt2(tmp_path)
     with pytest.raises(UserError, match="no GPT-2 checkpoint"):
         load_gpt2(tmp_path / "missing")
+
+
+def test_context_qa_rows_read_the_caption_in_front_of_bos(tmp_path: Path) -> None:
+    """With context_qa_prob, a scene sample becomes 'caption <bos> question: q answer: a <eos>' (where Frozen puts its
+    visual prefix), drawn deterministically from the batch; prob 0 leaves the loop's tokenisation untouched."""
+    from vlforge.components.models.masking import batch_generator
+    from vlforge.components.models.text_lm.family import context_qa_rows
+    from vlforge.components.sources.scene_tasks import vqa_questions
+    from vlforge.components.sources.shapes import make_scene, sample_key
+
+    scenes = [make_scene(0, i) for i in range(6)]
+    keys = [sample_key(0, i) for i in range(6)]
+    texts = [s.caption for s in scenes] + [f"question: {q.question} answer: {q.answer}"
+                                           for s, k in zip(scenes, keys) for q in vqa_questions(k, s.facts())]
+    tok = load_tokenizer(train_tokenizer(texts * 3, tmp_path / "tok", TokenizerConfig(kind="wordpiece", vocab_size=120)))
+    captions = [s.caption for s in scenes]
+    enc = tok(captions, padding="max_length", truncation=True, max_length=24, return_tensors="pt")
+    batch = ImageTextBatch(torch.zeros(6, 3, 32, 32), enc["input_ids"], enc["attention_mask"], captions, keys,
+                           meta=[{"facts": s.facts()} for s in scenes], tokenizer=tok, max_text_length=24)
+    bos, eos = tok.convert_tokens_to_ids("<bos>"), tok.convert_tokens_to_ids("<eos>")
+    rows, n_qa = context_qa_rows(batch, bos, eos, 1.0, batch_generator(keys, 7), 128)
+    assert n_qa == 6
+    for row, scene, key, caption in zip(rows, scenes, keys, captions):
+        cut = row.index(bos)
+        assert tok.decode(row[:cut]) == tok.decode(tok(caption, add_special_tokens=False)["input_ids"])
+        assert row[-1] == eos and row.count(bos) == 1
+        asked = tok.decode(row[cut + 1 : -1])
+        assert any(asked == tok.decode(tok(f"question: {q.question} answer: {q.answer}", add_special_tokens=False)["input_ids"])
+                   for q in vqa_questions(key, scene.facts())), asked
+    assert context_qa_rows(batch, bos, eos, 1.0, batch_generator(keys, 7), 128) == (rows, n_qa)
+    plain, none = context_qa_rows(batch, bos, eos, 0.0, batch_generator(keys, 7), 128)
+    assert none == 0 and plain == [enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist() for i in range(6)]
+    family = get_family("text-lm")
+    recipe = family.recipe("tiny", {**SMALL, "context_qa_prob": 1.0})
+    model = family.build_model(recipe, len(tok), {"pad": 0, "unk": 1, "mask": 2, "bos": bos, "eos": eos})
+    out = family.training_step(model, batch, recipe)
+    assert float(out["context_qa_share"]) == 1.0 and torch.isfinite(out["loss"])

@@ -212,3 +212,28 @@ def test_score_pairs_and_eval_losses_are_pure(tokenizer, tmp_path: Path) -> None
         pixels = batch.pixel_values[inputs.image_index]
         ids, mask = batch.input_ids[inputs.text_index], batch.attention_mask[inputs.text_index]
         assert torch.allclose(via_index, model.task_logits("itm", pixels, None, ids, mask), atol=1e-5)
+
+
+def test_answer_questions_gives_the_trained_vqa_heads_answers(tokenizer) -> None:
+    """The eval's ``vqa_answer`` capability reads the VQA head the family trains: after the head fits a fixed
+    batch, asking the same questions (tokenised to the longest, not the training length) gives the training answers."""
+    torch.manual_seed(0)
+    family = get_family("unit")
+    assert "vqa_answer" in family.capabilities
+    recipe = family.recipe("tiny", {**SMALL, "task_weights": {"vqa": 1.0}})
+    model = family.build_model(recipe, len(tokenizer), SPECIALS)
+    batch = scene_batch(tokenizer)
+    inputs = vqa_inputs(batch)
+    questions = [q for key, m in zip(batch.keys, batch.meta) for q in vqa_questions(key, m["facts"])]
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(60):
+        loss = family.training_step(model, batch, recipe)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    answers = family.answer_questions(model, batch.pixel_values[inputs.image_index], [q.question for q in questions], tokenizer)
+    assert len(answers) == len(questions) and set(answers) <= set(VQA_ANSWERS)
+    right = sum(a == q.answer for a, q in zip(answers, questions)) / len(questions)
+    majority = max(sum(q.answer == a for q in questions) for a in VQA_ANSWERS) / len(questions)
+    assert right > max(0.8, majority), (right, majority)

@@ -2,6 +2,7 @@
 whole-word masking masks whole words, ITM negatives are really mismatched pairs, and ITM scoring works."""
 from pathlib import Path
 
+import pytest
 import torch
 from vlforge.components.models.heads import same_sample_mask, sample_negatives
 from vlforge.components.models.masking import IGNORE_INDEX, batch_generator, mask_tokens
@@ -90,3 +91,39 @@ def test_score_pairs_and_reproducible_losses() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
     g1, g2 = batch_generator(["x", "y"], 0), batch_generator(["y", "x"], 0)
     assert not torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+
+
+def test_vit_init_copies_an_image_teacher_into_the_transformer(tmp_path: Path) -> None:
+    """vit_init: teacher (the paper starts from an ImageNet ViT): the image-teacher's patch projection, [CLS], patch
+    positions, layers and final LayerNorm land in ViltModel; text embeddings stay fresh; a teacher of another shape
+    is a one-line error; a given teacher is used whatever vit_init says; the flow trains one only for vit_init: teacher."""
+    from vlforge.components.stages import missing_teachers
+    from vlforge.errors import UserError
+
+    size = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 2, "num_heads": 2}
+    teacher_family = get_family("image-teacher")
+    t_recipe = teacher_family.recipe("tiny", size)
+    torch.manual_seed(3)
+    teacher = teacher_family.build_model(t_recipe, 50, SPECIALS)
+    teacher_family.save(teacher, tmp_path / "teacher", t_recipe)
+
+    family = get_family("vilt")
+    assert missing_teachers("vilt", family.recipe("tiny", {**size, "vit_init": "teacher"})) == {"vit_teacher": "image-teacher"}
+    assert missing_teachers("vilt", family.recipe("tiny", {**size, "vit_init": "scratch"})) == {}
+    assert family.recipe("base").vit_init == "scratch" and family.recipe("tiny").vit_init == "scratch"
+    assert missing_teachers("vilt", family.recipe("tiny", size)) == {}
+    recipe = family.recipe("tiny", {**size, "vit_teacher": str(tmp_path / "teacher")})
+    model = family.build_model(recipe, 50, SPECIALS)
+    vit, vilt = teacher.vit.state_dict(), model.vilt.state_dict()
+    assert torch.equal(vilt["embeddings.patch_embeddings.projection.weight"], vit["embeddings.patch_embeddings.projection.weight"])
+    assert torch.equal(vilt["embeddings.position_embeddings"], vit["embeddings.position_embeddings"])
+    assert torch.equal(vilt["encoder.layer.1.attention.attention.query.weight"], vit["layers.1.attention.q_proj.weight"])
+    assert torch.equal(vilt["encoder.layer.0.output.dense.bias"], vit["layers.0.mlp.fc2.bias"])
+    assert torch.equal(vilt["layernorm.weight"], vit["layernorm.weight"])
+    fresh = family.build_model(family.recipe("tiny", {**size, "vit_init": "scratch"}), 50, SPECIALS)
+    assert not torch.equal(fresh.vilt.state_dict()["encoder.layer.1.attention.attention.query.weight"],
+                           vit["layers.1.attention.q_proj.weight"])
+    with pytest.raises(UserError, match="does not fit the recipe"):
+        family.build_model(family.recipe("tiny", {**size, "num_layers": 3, "vit_teacher": str(tmp_path / "teacher")}), 50, SPECIALS)
+    with pytest.raises(UserError, match="trained on 32 px images, the recipe.s image_size is 64"):
+        family.build_model(family.recipe("tiny", {**size, "image_size": 64, "vit_teacher": str(tmp_path / "teacher")}), 50, SPECIALS)

@@ -279,3 +279,46 @@ def test_generate_texts_and_itm_scores(name: str, tokenizer, tmp_path: Path) -> 
             logits = model(pixel_values=batch.pixel_values, input_ids=ids, attention_mask=mask, labels=labels).logits
             logp.append(torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1).sum(-1))
     assert torch.allclose(scores, logp[0] - logp[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_region_encoder_is_a_frozen_image_teacher_and_the_checkpoint_keeps_it(name: str, tokenizer, tmp_path: Path) -> None:
+    """region_features: teacher (the paper's frozen pretrained detector): the image-teacher's ViT weights are copied
+    into the region encoder, which the loop freezes; training leaves them unchanged; the checkpoint reloads alone."""
+    from vlforge.components.models.registry import apply_freeze
+    from vlforge.components.stages import missing_teachers
+
+    teacher_family = get_family("image-teacher")
+    t_recipe = teacher_family.recipe("tiny", {"image_size": 32, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "patch_size": 8})
+    torch.manual_seed(1)
+    teacher = teacher_family.build_model(t_recipe, len(tokenizer), SPECIALS)
+    teacher_family.save(teacher, tmp_path / "teacher", t_recipe)
+
+    family = get_family(name)
+    assert missing_teachers(name, family.recipe("tiny", SMALL)) == {"region_encoder": "image-teacher"}
+    assert missing_teachers(name, family.recipe("tiny", {**SMALL, "region_features": "scratch"})) == {}
+    recipe = family.recipe("tiny", {**SMALL, "region_encoder": str(tmp_path / "teacher")})
+    model = family.build_model(recipe, len(tokenizer), SPECIALS)
+    encoder = model.visual_embedding.image_encoder
+    assert len(encoder.layers) == 1 and encoder.layernorm.weight.shape == (32,)
+    vit = teacher.vit.state_dict()
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, vit[key]), key
+    counts = apply_freeze(family, model, recipe)
+    assert counts["trainable_params"] == counts["total_params"] - sum(p.numel() for p in encoder.parameters())
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = scene_batch(recipe, tokenizer)
+    for step in range(2):
+        batch.step = step
+        loss = family.training_step(model, batch, recipe)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    family.save(model.eval(), tmp_path / "student", recipe)
+    reloaded = family.load(tmp_path / "student").eval()
+    with torch.no_grad():
+        a = model.visual_embedding(batch.pixel_values, model.get_input_embeddings()(model.region_token_ids()))
+        b = reloaded.visual_embedding(batch.pixel_values, reloaded.get_input_embeddings()(reloaded.region_token_ids()))
+    assert torch.equal(a, b)
