@@ -54,8 +54,6 @@ eval: {tasks: [retrieval, zero_shot_classification], split: validation}
 # metrics whose values are wall-clock measurements, not results: left out of the equality check
 TIMING_METRICS = frozenset({"samples_per_s", "wall_time_s"})
 VERSIONED = ("vlforge", "prefect", "ray", "torch", "transformers", "tokenizers", "img2dataset", "webdataset", "pyarrow")
-
-
 CODE_DIRS = ("components", "flows", "catalog")  # installed as vlforge.<name> (setup.py's package_dir)
 
 
