@@ -162,6 +162,7 @@ def worker_ours(spec: dict) -> dict:
 
     from vlforge.components import stages
     from vlforge.components.data import crawl as crawl_mod
+    from vlforge.components.data import shard as shard_mod
     from vlforge.components.data.crawl import CrawlConfig
     from vlforge.components.data.shard import ShardConfig
     from vlforge.components.pipeline_config import SourceConfig
@@ -170,11 +171,29 @@ def worker_ours(spec: dict) -> dict:
 
     log: list = []
     stack: list = []
-    for name in ("ingest_key", "_load_rows", "crawl", "shard_crawl", "write_dataset_card", "_register"):
+    for name in ("ingest_key", "_load_rows", "crawl", "write_dataset_card", "_register"):
         setattr(stages, name, _timed(name, getattr(stages, name), log, stack))
+    # the shard stage's work: each crawl shard as img2dataset finishes it (inside "crawl", overlapping the child),
+    # then the final pass (the last crawl shards, parquet index, manifest)
+    shard_mod.CrawlSharder.add = _timed("shard_during_crawl", shard_mod.CrawlSharder.add, log, stack)
+    shard_mod.CrawlSharder.finish = _timed("shard_final", shard_mod.CrawlSharder.finish, log, stack)
     crawl_mod.summarise_crawl = _timed("summarise_crawl", crawl_mod.summarise_crawl, log, stack)
-    crawl_mod.subprocess = types.SimpleNamespace(run=_timed("img2dataset_child", subprocess.run, log, stack),
-                                                 STDOUT=subprocess.STDOUT)
+
+    class TimedChild(subprocess.Popen):
+        """The img2dataset child, timed from its start until the crawl's polling loop sees it exit."""
+
+        def __init__(self, *a, **k) -> None:
+            self._t0, self._cpu0, self._logged = time.perf_counter(), cpu_seconds(), False
+            super().__init__(*a, **k)
+
+        def poll(self):
+            rc = super().poll()
+            if rc is not None and not self._logged:
+                self._logged = True
+                log.append(("/".join([*stack, "img2dataset_child"]), time.perf_counter() - self._t0, cpu_seconds() - self._cpu0))
+            return rc
+
+    crawl_mod.subprocess = types.SimpleNamespace(Popen=TimedChild, STDOUT=subprocess.STDOUT)
     crawl_results: list = []
     real_crawl = stages.crawl
 

@@ -3,8 +3,10 @@
     python bench/loader_bench.py [--samples 4000] [--workers 2] [--image-size 64] [--repeat 3] [--tiny] [--out DIR]
 
 The decode limit is a tight loop with no framework: ``--workers`` processes (``multiprocessing``, one torch thread
-each) that read their share of the shards with ``tarfile`` and decode + resize + normalise every image with the
-same ``ImageTransform``. The pipeline is ``training_loader`` (shuffle buffer, rank/worker split, batches of 64)
+each) that read their share of the shards with ``tarfile`` and fully decode + resize + normalise every image with
+the same ``ImageTransform``. The loader decodes JPEGs at a reduced DCT scale when the image is at least twice the
+training size (``decode_image(data, size)``), so a third run, the same bare loop with that decode, isolates what
+the framework itself (shuffle buffer, DataLoader workers, batching, inter-process transfer) costs. The pipeline is ``training_loader`` (shuffle buffer, rank/worker split, batches of 64)
 with ``--workers`` DataLoader workers, consuming the same number of samples. Both include their process start-up;
 they alternate, ``--repeat`` runs of each, and the best run of each gives the headline ratio pipeline / limit (the
 aim is at least 0.9); medians, min/max and the ratio of the medians are recorded too, with the load average at
@@ -52,22 +54,23 @@ def write_shards(out: Path, samples: int, side: int = 128, per_shard: int = 250)
     return [out / s["shard"] for s in writer.close()]
 
 
-def _decode_shards(args: tuple[list[str], int]) -> int:
-    paths, size = args
+def _decode_shards(args: tuple[list[str], int, bool]) -> int:
+    paths, size, draft = args
     torch.set_num_threads(1)
     transform = ImageTransform(size, MEAN, STD)
     n = 0
     for path in paths:
         for raw in _read_tar(Path(path)):
-            transform(decode_image(raw.image))
+            transform(decode_image(raw.image, size if draft else None))
             n += 1
     return n
 
 
-def decode_limit(shards: list[Path], workers: int, size: int) -> tuple[int, float]:
+def decode_limit(shards: list[Path], workers: int, size: int, draft: bool = False) -> tuple[int, float]:
+    """The bare loop: full JPEG decode + bicubic resize (``draft``: the loader's reduced-scale JPEG decode instead)."""
     start = time.perf_counter()
     with mp.get_context("fork").Pool(workers) as pool:
-        n = sum(pool.map(_decode_shards, [([str(p) for p in shards[w::workers]], size) for w in range(workers)]))
+        n = sum(pool.map(_decode_shards, [([str(p) for p in shards[w::workers]], size, draft) for w in range(workers)]))
     return n, time.perf_counter() - start
 
 
@@ -115,29 +118,37 @@ def main() -> None:
             sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     torch.set_num_threads(1)
     loadavg_start = os.getloadavg()
-    limits, pipes = [], []
+    limits, drafts, pipes = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         shards = write_shards(Path(tmp), args.samples)
-        for _ in range(args.repeat):  # alternate, so a change in the machine's load hits both alike
+        for _ in range(args.repeat):  # alternate, so a change in the machine's load hits all alike
             n, s = decode_limit(shards, args.workers, args.image_size)
             limits.append(n / s)
             n, s = pipeline(shards, args.workers, args.image_size, args.samples)
             pipes.append(n / s)
+            n, s = decode_limit(shards, args.workers, args.image_size, draft=True)
+            drafts.append(n / s)
     loadavg_end = os.getloadavg()
-    limit, ours = max(limits), max(pipes)
+    limit, draft, ours = max(limits), max(drafts), max(pipes)
     result = {"samples": args.samples, "workers": args.workers, "image_size": args.image_size, "repeat": args.repeat,
               "tiny": args.tiny, "decode_limit_samples_per_s": round(limit, 1), "pipeline_samples_per_s": round(ours, 1),
               "ratio": round(ours / limit, 3),
               "decode_limit_runs": [round(v, 1) for v in limits], "pipeline_runs": [round(v, 1) for v in pipes],
               "decode_limit_spread": spread(limits), "pipeline_spread": spread(pipes),
               "ratio_of_medians": round(statistics.median(pipes) / statistics.median(limits), 3),
+              "draft_limit_samples_per_s": round(draft, 1), "draft_limit_runs": [round(v, 1) for v in drafts],
+              "draft_limit_spread": spread(drafts), "ratio_vs_draft_limit": round(ours / draft, 3),
+              "ratio_of_medians_vs_draft_limit": round(statistics.median(pipes) / statistics.median(drafts), 3),
               "loadavg_start": list(loadavg_start), "loadavg_end": list(loadavg_end), "cpu_count": os.cpu_count(),
               "versions": versions()}
     print("| pipeline | best samples/s | median (min-max) |\n|---|---|---|")
     fmt = lambda s: f"{s['median']:.0f} ({s['min']:.0f}-{s['max']:.0f})"
     print(f"| decode limit (tight loop, {args.workers} processes) | {limit:.0f} | {fmt(result['decode_limit_spread'])} |")
     print(f"| training_loader ({args.workers} DataLoader workers) | {ours:.0f} | {fmt(result['pipeline_spread'])} |")
-    print(f"| ratio | {result['ratio']:.3f} | {result['ratio_of_medians']:.3f} |")
+    print(f"| bare loop with the loader's reduced-scale JPEG decode | {draft:.0f} | {fmt(result['draft_limit_spread'])} |")
+    print(f"| ratio training_loader / decode limit | {result['ratio']:.3f} | {result['ratio_of_medians']:.3f} |")
+    print(f"| ratio training_loader / reduced-scale bare loop (framework overhead) | {result['ratio_vs_draft_limit']:.3f} "
+          f"| {result['ratio_of_medians_vs_draft_limit']:.3f} |")
     print(f"| load average start / end | {loadavg_start[0]:.2f} / {loadavg_end[0]:.2f} | |")
     out = Path(args.out) / "loader.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -301,7 +301,7 @@ def profile_ours(data: dict, overrides: dict, *, warm: int, timed: int, profiled
     from vlforge.components.data.loader import ImageTransform, training_loader
     from vlforge.components.models.registry import ImageTextBatch, get_family, special_token_ids
     from vlforge.components.tokenizer import load_tokenizer
-    from vlforge.components.training.loop import _lr_lambda, _param_groups, word_id_tensor
+    from vlforge.components.training.loop import _lr_lambda, make_optimizer, word_id_tensor
 
     family = get_family("clip")
     recipe = family.recipe("tiny", {**overrides, "num_workers": 1})
@@ -310,7 +310,7 @@ def profile_ours(data: dict, overrides: dict, *, warm: int, timed: int, profiled
     tok = load_tokenizer(data["tokenizer_dir"])
     model = family.build_model(recipe, len(tok), special_token_ids(tok))
     model.train()
-    opt = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = make_optimizer(model, recipe, torch.device("cpu"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(recipe))
     transform = ImageTransform(recipe.image_size, family.image_mean, family.image_std)
     batches = iter(training_loader([Path(p) for p in data["train_shards"]], rank=0, world=1, seed=recipe.seed,

@@ -8,9 +8,11 @@ Train's checkpoints). Prefect flows (``flows/``) call these and use the same key
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from vlforge.catalog import Artifact, Catalog, detect_code_version, packages_sna
 from vlforge.components.data.card import write_dataset_card
 from vlforge.components.data.crawl import CrawlConfig, check_nonempty, crawl
 from vlforge.components.data.filter import FilterConfig, filter_dataset
-from vlforge.components.data.shard import ShardConfig, shard_crawl
+from vlforge.components.data.shard import CrawlSharder, ShardConfig
 from vlforge.components.models.registry import get_family
 from vlforge.components.pipeline_config import SourceConfig
 from vlforge.components.sources import shapes
@@ -34,6 +36,7 @@ from vlforge.components.sources.tables import (
     mix_sources,
     load_local_table,
     load_url_list,
+    read_parquet,
     sniff_table_kind,
 )
 from vlforge.components.tokenizer import (
@@ -163,7 +166,7 @@ def _load_rows(cfg: SourceConfig, kind: str, spec: str) -> SourceRows:
 def _builtin_rows(params: dict, work: Path) -> SourceRows:
     table_path = shapes.generate_shapes(work / "generated", n=params["n"], seed=params["seed"], image_size=params["image_size"])
     rows = load_local_table(table_path, "path", "caption", "label", "key")
-    facts = pq.read_table(table_path, columns=["facts"]).column("facts")
+    facts = read_parquet(table_path, columns=["facts"]).column("facts")
     rows.table = rows.table.set_column(rows.table.column_names.index("facts"), "facts", facts)
     rows.description = {"kind": "builtin", **params}
     return rows
@@ -184,10 +187,16 @@ def run_ingest(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig
     work = work_root() / "ingest" / key[:16]
     work.mkdir(parents=True, exist_ok=True)
     rows = _builtin_rows(src.describe, work) if src.kind == "builtin" else _load_rows(cfg, src.kind, cfg.spec.strip())
-    result = crawl(rows, work / "crawl", crawl_cfg, ray_address=ray_address)
+    # each crawl shard is sharded as soon as img2dataset finishes it, while the crawl goes on; the card's plotting
+    # library is imported meanwhile too (~0.5 s)
+    sharder = CrawlSharder(_fresh_dir(work / "dataset"), shard_cfg)
+    warm = threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True)
+    warm.start()
+    result = crawl(rows, work / "crawl", crawl_cfg, ray_address=ray_address, on_shard_done=sharder.add)
     check_nonempty(result, cfg.spec)
-    out = _fresh_dir(work / "dataset")
-    manifest = shard_crawl(result, out, shard_cfg, {"kind": src.kind, **src.describe})
+    out = sharder.out_dir
+    manifest = sharder.finish(result, {"kind": src.kind, **src.describe})
+    warm.join()
     if manifest["samples"] == 0:
         raise UserError(f"source '{cfg.spec}' yielded no decodable images")
     write_dataset_card(out, src.name, f"{src.describe.get('spec')} ({src.kind})", manifest)
@@ -269,7 +278,7 @@ def run_tokenizer(data_ref: str, cfg: TokenizerConfig, catalog: Catalog, ray_add
         return StageResult(hit, True, time.perf_counter() - start)
     index = catalog.path(dataset.id) / "samples.parquet"
     columns = [c for c in ("caption", "split", "key", "facts") if c in pq.read_schema(index).names]
-    train = [s for s in pq.read_table(index, columns=columns).to_pylist() if s["split"] == "train"]
+    train = [s for s in read_parquet(index, columns=columns).to_pylist() if s["split"] == "train"]
     corpus = [s["caption"] for s in train] + task_texts(train)
     out = _fresh_dir(work_root() / "tokenizer" / key[:16])
     on_cluster(ray_address, train_tokenizer, corpus, out, cfg)

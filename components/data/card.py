@@ -18,8 +18,8 @@ import tarfile
 import textwrap
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
+from vlforge.components.sources.tables import read_parquet
 
 CARD_FILES = ("README.md", "card_captions.png", "card_image_sizes.png", "card_grid.png")
 GRID_SAMPLES = 16
@@ -97,7 +97,7 @@ def funnel_rows(manifest: dict) -> list[tuple[str, int, int]]:
 def write_dataset_card(out: Path, name: str, source: str, manifest: dict) -> str:
     """Write the card's files into the dataset folder ``out`` (with shards, ``samples.parquet``, the manifest)
     and return the markdown."""
-    index = pq.read_table(out / "samples.parquet").to_pylist()
+    index = read_parquet(out / "samples.parquet").to_pylist()
     words = [len(r["caption"].split()) for r in index]
     sides = [max(r.get("original_width") or r["width"], r.get("original_height") or r["height"]) for r in index]
     if index:

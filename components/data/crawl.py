@@ -17,7 +17,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vlforge.components.data.guard import POLICY_ENV, FetchPolicy, parse_allow_host
 from vlforge.components.data.loopback import serve_files, url_for
-from vlforge.components.sources.tables import SourceRows
+from vlforge.components.sources.tables import SourceRows, read_parquet
 
 from vlforge.errors import UserError
 
@@ -106,13 +108,21 @@ def fetch_policy(config: CrawlConfig, served_from: str | None) -> FetchPolicy:
     return FetchPolicy(allow_hosts=tuple(sorted(hosts)), max_bytes=config.max_bytes)
 
 
+ShardCallback = Callable[[Path, str | None, set[str]], None]
+
+
 def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path | None = None,
-          ray_address: str | None = None) -> CrawlResult:
+          ray_address: str | None = None, on_shard_done: ShardCallback | None = None) -> CrawlResult:
     """Crawl ``rows`` into ``out_dir`` (created fresh; a partial folder from a killed run is resumed by
     img2dataset's incremental mode, which skips finished shards). With ``ray_address`` img2dataset's ray
     distributor downloads the crawl shards as tasks on that cluster; every Ray worker installs the same guarded
     opener (a ``worker_process_setup_hook``). The output folder and a local source's loopback server must be
-    reachable from the cluster's nodes (one machine, or a shared filesystem and a routable source)."""
+    reachable from the cluster's nodes (one machine, or a shared filesystem and a routable source).
+
+    ``on_shard_done(tar, served_from, rejected_keys)`` is called, in this process while img2dataset goes on, for
+    each crawl shard as soon as it and every shard before it have finished (name order), so the caller can shard
+    it during the crawl; shards after a gap (one cut off) are left to the caller's final pass. If it raises, the
+    crawl is stopped and the error goes up."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or out_dir.parent / f"{out_dir.name}.log"
     base: str | None = None
@@ -155,14 +165,24 @@ def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path |
             args["_vlforge_ray_address"] = ray_address
         env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true",
                POLICY_ENV: fetch_policy(config, base).to_env()}
+        feed = _ShardFeed(out_dir, on_shard_done, base, config.max_side)
         with log_path.open("w") as log:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "vlforge.components.data.img2dataset_child", json.dumps(args)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                check=False,
             )
+            try:
+                while proc.poll() is None:
+                    if not feed.poll():
+                        time.sleep(0.1)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+        if proc.returncode == 0:
+            feed.poll()
         if proc.returncode != 0:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"img2dataset exited with {proc.returncode}: {tail[0]} (log: {log_path})")
@@ -183,19 +203,56 @@ def finished_crawl_shards(out_dir: Path) -> list[Path]:
     return [p for p in sorted(out_dir.glob("*.parquet")) if p.stem in done]
 
 
+class _ShardFeed:
+    """Hands finished crawl shards to ``callback`` in name order (shard ids 0, 1, 2, ... with no gap)."""
+
+    def __init__(self, out_dir: Path, callback: ShardCallback | None, served_from: str | None, max_side: int | None) -> None:
+        self.out_dir, self.callback, self.served_from, self.max_side = out_dir, callback, served_from, max_side
+        self.next_id = 0
+
+    def poll(self) -> bool:
+        """Feed every newly finished shard that is next in line; True if one was fed."""
+        if self.callback is None:
+            return False
+        finished = {int(p.stem): p for p in finished_crawl_shards(self.out_dir) if p.stem.isdigit()}
+        fed = False
+        while self.next_id in finished:
+            part = finished[self.next_id]
+            self.callback(part.with_suffix(".tar"), self.served_from, set(rejected_keys(part, self.max_side)))
+            self.next_id += 1
+            fed = True
+        return fed
+
+
+_STATUS_COLUMNS = ("key", "url", "status", "error_message", "source_key", "original_width", "original_height")
+
+
+def _read_statuses(part: Path) -> list[dict]:
+    cols = [c for c in _STATUS_COLUMNS if c in pq.read_schema(part).names]
+    return read_parquet(part, columns=cols).to_pylist()
+
+
+def _too_large(status: dict, max_side: int | None) -> int | None:
+    """The original side of a successful download over ``max_side``, else None."""
+    side = max(status.get("original_width") or 0, status.get("original_height") or 0)
+    return side if status.get("status") == "success" and max_side is not None and side > max_side else None
+
+
+def rejected_keys(part: Path, max_side: int | None) -> list[str]:
+    """Keys of one finished crawl shard's downloads whose original image is over ``max_side``."""
+    return [str(s.get("key")) for s in _read_statuses(part) if _too_large(s, max_side) is not None]
+
+
 def summarise_crawl(out_dir: Path, attempted: int, served_from: str | None = None, max_side: int | None = None) -> CrawlResult:
     """Read img2dataset's parquet sidecars: successes and failures by reason (written to failures.parquet).
     Downloads whose original image is over ``max_side`` become ``too_large`` failures (img2dataset has no such
     limit; their keys are listed in ``rejected_keys`` so the shard stage leaves them out)."""
     statuses: list[dict] = []
-    wanted = ("key", "url", "status", "error_message", "source_key", "original_width", "original_height")
     for part in finished_crawl_shards(out_dir):
-        cols = [c for c in wanted if c in pq.read_schema(part).names]
-        statuses.extend(pq.read_table(part, columns=cols).to_pylist())
+        statuses.extend(_read_statuses(part))
     rejected: list[str] = []
     for s in statuses:
-        side = max(s.get("original_width") or 0, s.get("original_height") or 0)
-        if s.get("status") == "success" and max_side is not None and side > max_side:
+        if (side := _too_large(s, max_side)) is not None:
             s["status"], s["error_message"] = "failed_to_resize", f"original side {side} exceeds max_side {max_side}"
             rejected.append(str(s.get("key")))
     succeeded = sum(1 for s in statuses if s.get("status") == "success")

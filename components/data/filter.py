@@ -33,6 +33,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vlforge.components.data.loader import IMAGE_EXTS, RawSample
 from vlforge.components.data.shard import SPLITS, read_tar_groups, _SplitWriter
+from vlforge.components.sources.tables import read_parquet
 
 from vlforge.errors import UserError
 
@@ -161,7 +162,7 @@ def _samples(dataset_dir: Path) -> list[tuple[str, RawSample | None]]:
 def filter_dataset(dataset_dir: Path, out_dir: Path, cfg: FilterConfig, model_dir: Path | None = None) -> dict:
     """Apply the rules to the dataset in ``dataset_dir`` and write the filtered dataset into ``out_dir``."""
     source_manifest = json.loads((dataset_dir / "manifest.json").read_text())
-    index = {r["key"]: r for r in pq.read_table(dataset_dir / "samples.parquet").to_pylist()}
+    index = {r["key"]: r for r in read_parquet(dataset_dir / "samples.parquet").to_pylist()}
     items = _samples(dataset_dir)
     removed: Counter[str] = Counter()
     kept: list[tuple[str, RawSample, Image.Image]] = []

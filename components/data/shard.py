@@ -96,20 +96,30 @@ class _SplitWriter:
         return self.shards
 
 
-def shard_crawl(crawl: CrawlResult, out_dir: Path, config: ShardConfig, source: dict) -> dict:
-    """Write split shards, ``samples.parquet`` and ``manifest.json`` into ``out_dir`` (which must be empty/new).
-    Returns the manifest. Images that do not decode are dropped and counted as ``undecodable``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writers = {s: _SplitWriter(out_dir, s, config.samples_per_shard) for s in SPLITS}
-    index: dict[str, list] = {k: [] for k in ("key", "split", "shard", "caption", "label", "facts", "url", "width", "height",
-                                              "original_width", "original_height")}
-    failures = Counter(crawl.failures_by_reason)
-    seen: set[str] = set()
-    rejected = set(crawl.rejected_keys)
-    finished = {p.stem for p in finished_crawl_shards(Path(crawl.output_dir))}
-    for crawl_tar in sorted(Path(crawl.output_dir).glob("*.tar")):
-        if crawl_tar.stem not in finished:  # cut off by a kill and never resumed: its rows count as not_attempted
-            continue
+class CrawlSharder:
+    """Splits img2dataset's crawl shards into split shards one crawl shard at a time, so that the ingest stage can
+    shard each crawl shard as soon as img2dataset finishes it, while the crawl goes on (``crawl(on_shard_done=...)``),
+    and only the last one is left for after the crawl. Crawl shards must be added in name order (the crawl hands them
+    over that way); ``finish`` adds any finished one not added yet, so the output is byte-identical to sharding
+    every crawl shard after the crawl (``shard_crawl``). Images are decode-checked at libjpeg's 1/8 DCT scale (the
+    whole entropy-coded stream is still read, so a truncated or corrupt JPEG still fails)."""
+
+    def __init__(self, out_dir: Path, config: ShardConfig) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir, self.config = out_dir, config
+        self.writers = {s: _SplitWriter(out_dir, s, config.samples_per_shard) for s in SPLITS}
+        self.index: dict[str, list] = {k: [] for k in ("key", "split", "shard", "caption", "label", "facts", "url", "width",
+                                                       "height", "original_width", "original_height")}
+        self.failures: Counter = Counter()
+        self.seen: set[str] = set()
+        self.added: list[str] = []
+
+    def add(self, crawl_tar: Path, served_from: str | None, rejected: set[str]) -> None:
+        """Shard one finished crawl shard, leaving out ``rejected`` keys (downloads over ``max_side``)."""
+        if self.added and crawl_tar.stem <= self.added[-1]:
+            raise ValueError(f"crawl shard {crawl_tar.name} added after {self.added[-1]}: crawl shards go in name order")
+        self.added.append(crawl_tar.stem)
+        index, failures = self.index, self.failures
         # img2dataset writes a shard in download-completion order; its keys (row numbers) give a stable order, so
         # a resumed crawl and an uninterrupted one give byte-identical shards.
         for crawl_key, members in sorted(read_tar_groups(crawl_tar), key=lambda g: g[0]):
@@ -121,29 +131,27 @@ def shard_crawl(crawl: CrawlResult, out_dir: Path, config: ShardConfig, source: 
                 failures["undecodable"] += 1
                 continue
             try:
-                with Image.open(io.BytesIO(members[image_ext])) as im:
-                    im.load()
-                    width, height = im.size
+                width, height = _checked_size(members[image_ext])
             except Exception:  # noqa: BLE001 - any decoder failure means the sample is unusable
                 failures["undecodable"] += 1
                 continue
             key = sample_key(meta.get("source_key") or meta.get("url") or "")
-            if key in seen:
+            if key in self.seen:
                 failures["duplicate"] += 1
                 continue
-            seen.add(key)
-            split = split_of(key, config)
+            self.seen.add(key)
+            split = split_of(key, self.config)
             caption = members.get("txt", b"").decode("utf-8", errors="replace")
             record = {
                 "caption": caption,
                 "label": meta.get("label") or "",
                 "facts": json.loads(meta["facts"]) if meta.get("facts") else None,
-                "url": local_url(meta.get("url") or "", crawl.served_from),
+                "url": local_url(meta.get("url") or "", served_from),
                 "source_key": meta.get("source_key"),
                 "width": width,
                 "height": height,
             }
-            shard = writers[split].write(
+            shard = self.writers[split].write(
                 key, {image_ext: members[image_ext], "txt": caption.encode(), "json": json.dumps(record, sort_keys=True).encode()}
             )
             for col, val in (("key", key), ("split", split), ("shard", shard), ("caption", caption), ("label", record["label"]),
@@ -151,24 +159,51 @@ def shard_crawl(crawl: CrawlResult, out_dir: Path, config: ShardConfig, source: 
                              ("original_width", int(meta.get("original_width") or width)),
                              ("original_height", int(meta.get("original_height") or height))):
                 index[col].append(val)
-    shards = [s for split in SPLITS for s in writers[split].close()]
-    pq.write_table(pa.table(index), out_dir / "samples.parquet")
-    pq.write_table(pa.Table.from_pylist(shards), out_dir / "shards.parquet")
-    counts = Counter(index["split"])
-    labels = sorted({lbl for lbl in index["label"] if lbl})
-    manifest = {
-        "format": "webdataset",
-        "source": source,
-        "samples": len(index["key"]),
-        "splits": {s: {"samples": counts.get(s, 0), "shards": [x["shard"] for x in shards if x["split"] == s]} for s in SPLITS},
-        "shards": shards,
-        "attempted": crawl.attempted,
-        "failures_by_reason": dict(sorted(failures.items())),
-        "labels": labels,
-        "has_facts": any(index["facts"]),
-    }
-    failures_src = Path(crawl.failures_path)
-    if failures_src.is_file():
-        (out_dir / "failures.parquet").write_bytes(failures_src.read_bytes())
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return manifest
+
+    def finish(self, crawl: CrawlResult, source: dict) -> dict:
+        """Add the finished crawl shards not added yet, close the shards and write ``samples.parquet``,
+        ``shards.parquet``, ``failures.parquet`` and ``manifest.json``. Returns the manifest."""
+        rejected = set(crawl.rejected_keys)
+        for part in finished_crawl_shards(Path(crawl.output_dir)):
+            if part.stem not in self.added:  # cut off by a kill and never resumed: its rows count as not_attempted
+                self.add(part.with_suffix(".tar"), crawl.served_from, rejected)
+        out_dir, index = self.out_dir, self.index
+        failures = Counter(crawl.failures_by_reason)
+        failures.update(self.failures)
+        shards = [s for split in SPLITS for s in self.writers[split].close()]
+        pq.write_table(pa.table(index), out_dir / "samples.parquet")
+        pq.write_table(pa.Table.from_pylist(shards), out_dir / "shards.parquet")
+        counts = Counter(index["split"])
+        labels = sorted({lbl for lbl in index["label"] if lbl})
+        manifest = {
+            "format": "webdataset",
+            "source": source,
+            "samples": len(index["key"]),
+            "splits": {s: {"samples": counts.get(s, 0), "shards": [x["shard"] for x in shards if x["split"] == s]} for s in SPLITS},
+            "shards": shards,
+            "attempted": crawl.attempted,
+            "failures_by_reason": dict(sorted(failures.items())),
+            "labels": labels,
+            "has_facts": any(index["facts"]),
+        }
+        failures_src = Path(crawl.failures_path)
+        if failures_src.is_file():
+            (out_dir / "failures.parquet").write_bytes(failures_src.read_bytes())
+        (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        return manifest
+
+
+def _checked_size(data: bytes) -> tuple[int, int]:
+    """The image's (width, height), after decoding it in full (a JPEG at 1/8 scale); raises if it does not decode."""
+    with Image.open(io.BytesIO(data)) as im:
+        size = im.size
+        im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+        im.load()
+        return size
+
+
+def shard_crawl(crawl: CrawlResult, out_dir: Path, config: ShardConfig, source: dict) -> dict:
+    """Write split shards, ``samples.parquet`` and ``manifest.json`` into ``out_dir`` (which must be empty/new) from
+    every finished crawl shard. Returns the manifest. Images that do not decode are dropped and counted as
+    ``undecodable``."""
+    return CrawlSharder(out_dir, config).finish(crawl, source)

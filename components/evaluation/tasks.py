@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 from vlforge.components.data.loader import ImageTransform, RawSample, decode_image
 from vlforge.components.models.registry import Family, Recipe
+from vlforge.components.sources.tables import read_parquet
 
 from vlforge.errors import UserError
 
@@ -67,7 +68,7 @@ def dataset_offers(dataset_dir: Path, split: str) -> frozenset[str]:
     """What a dataset split carries, read from its ``samples.parquet`` index (cheap: no shard is opened)."""
     path = dataset_dir / "samples.parquet"
     columns = [c for c in ("split", "caption", "label", "facts") if c in pq.read_schema(path).names]
-    index = [{"caption": "", "label": "", "facts": "", "split": ""} | r for r in pq.read_table(path, columns=columns).to_pylist()]
+    index = [{"caption": "", "label": "", "facts": "", "split": ""} | r for r in read_parquet(path, columns=columns).to_pylist()]
     rows = index if split == "all" else [r for r in index if r["split"] == split]
     offers: set[str] = set()
     if rows and all((r["caption"] or "").strip() for r in rows):

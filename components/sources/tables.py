@@ -54,6 +54,12 @@ def read_remote_bytes(spec: str) -> bytes:
         raise UserError(f"source table '{spec}' cannot be read: {str(exc).splitlines()[0] or type(exc).__name__}") from None
 
 
+def read_parquet(source: object, columns: list[str] | None = None) -> pa.Table:
+    """One parquet file (a path or a pyarrow buffer) as a table: ``pq.ParquetFile(...).read``, which, unlike
+    ``pq.read_table``, does not import ``pyarrow.dataset`` (~0.35 s at a process's first read)."""
+    return pq.ParquetFile(source).read(columns=columns)
+
+
 def read_table(path: Path | str, data: bytes | None = None) -> pa.Table:
     """Read a parquet/csv/tsv/jsonl table (a local path, or an fsspec URL whose ``data`` may be given already);
     UserError on a missing, unknown or unreadable file."""
@@ -70,7 +76,7 @@ def read_table(path: Path | str, data: bytes | None = None) -> pa.Table:
         raise UserError(f"source table '{path}' has unknown format '{suffix}' (use .parquet, .csv, .tsv or .jsonl)")
     try:
         if fmt == "parquet":
-            return pq.read_table(source)
+            return read_parquet(source)
         if fmt == "csv":
             return pacsv.read_csv(source)
         if fmt == "tsv":

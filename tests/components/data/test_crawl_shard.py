@@ -109,3 +109,43 @@ def test_failure_reasons() -> None:
     assert failure_reason("The read operation timed out") == "timeout"
     assert failure_reason("HTTP Error 503: Service Unavailable") == "server_error"
     assert failure_reason("something odd") == "other"
+
+
+def test_crawl_shards_are_sharded_while_the_crawl_goes_on(server: str, tmp_path: Path) -> None:
+    from vlforge.components.data.shard import CrawlSharder
+
+    rows = [{"url": f"{server}/img/{i}", "caption": f"image number {i}"} for i in range(40)]
+    rows += [{"url": f"{server}/gone/{i}", "caption": "dead"} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "urls.parquet")
+    cfg = ShardConfig(samples_per_shard=16, validation_fraction=0.25)
+    sharder = CrawlSharder(tmp_path / "ds", cfg)
+    handed: list[str] = []
+
+    def on_shard_done(tar: Path, served_from: str | None, rejected: set[str]) -> None:
+        assert tar.is_file() and (tar.parent / f"{tar.stem}_stats.json").is_file()  # finished when handed over
+        handed.append(tar.stem)
+        sharder.add(tar, served_from, rejected)
+
+    crawl_cfg = CrawlConfig(image_size=32, processes=1, threads=4, samples_per_crawl_shard=10,
+                            allow_hosts=[server.split("://", 1)[1]])
+    result = crawl(load_url_list(tmp_path / "urls.parquet"), tmp_path / "crawl", crawl_cfg, on_shard_done=on_shard_done)
+    assert handed == sorted(handed) and len(handed) == 5  # 45 rows, 10 per crawl shard, each handed once, in order
+    manifest = sharder.finish(result, {"kind": "url-list"})
+    after = shard_crawl(result, tmp_path / "ds-after", cfg, {"kind": "url-list"})  # everything after the crawl
+    assert manifest == after and manifest["samples"] == 40
+    assert (tmp_path / "ds" / "samples.parquet").read_bytes() == (tmp_path / "ds-after" / "samples.parquet").read_bytes()
+    with pytest.raises(ValueError, match="name order"):
+        sharder.add(tmp_path / "crawl" / f"{handed[0]}.tar", None, set())
+
+
+def test_a_failing_shard_callback_stops_the_crawl(server: str, tmp_path: Path) -> None:
+    rows = [{"url": f"{server}/img/{i}", "caption": f"image number {i}"} for i in range(30)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "urls.parquet")
+
+    def on_shard_done(tar: Path, served_from: str | None, rejected: set[str]) -> None:
+        raise OSError(28, "No space left on device")
+
+    crawl_cfg = CrawlConfig(image_size=32, processes=1, threads=2, samples_per_crawl_shard=10,
+                            allow_hosts=[server.split("://", 1)[1]])
+    with pytest.raises(OSError, match="No space left"):
+        crawl(load_url_list(tmp_path / "urls.parquet"), tmp_path / "crawl", crawl_cfg, on_shard_done=on_shard_done)

@@ -89,3 +89,23 @@ def test_batches_come_in_order_across_workers(tmp_path: Path, workers: int) -> N
     b = keys(training_loader(shards, rank=0, world=1, seed=9, shuffle_buffer=3, transform=TRANSFORM, batch_size=4,
                              num_workers=workers, start_step=3), 3)
     assert b == a[3:]
+
+
+def test_reduced_scale_jpeg_decode_keeps_the_training_size_and_the_content() -> None:
+    from vlforge.components.data.loader import decode_image
+
+    gen = torch.Generator().manual_seed(0)
+    blocks = (torch.rand(8, 8, 3, generator=gen) * 255).to(torch.uint8).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(blocks).resize((160, 160), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    assert decode_image(data).size == (160, 160)
+    assert decode_image(data, 64).size == (80, 80)  # libjpeg's 1/2 scale: the smallest that keeps >= 64 px
+    assert decode_image(data, 16).size == (20, 20)  # 1/8
+    transform = ImageTransform(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    full, reduced = transform(decode_image(data)), transform(decode_image(data, 64))
+    assert reduced.shape == full.shape == (3, 64, 64)
+    assert (full - reduced).abs().mean() * 0.5 * 255 < 2.0  # under 2/255 per pixel on average
+    png = io.BytesIO()
+    Image.fromarray(blocks).resize((160, 160)).save(png, "PNG")
+    assert decode_image(png.getvalue(), 64).size == (160, 160)  # only JPEG has reduced-scale decoding
