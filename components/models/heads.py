@@ -6,6 +6,7 @@ image swapped in) or ``hard`` (VLMo's ``compute_itm_hardneg``: drawn ∝ softmax
 positive excluded). Pairs that are the same sample (the diagonal, or rows with the same key) are never drawn."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -29,6 +30,17 @@ def same_sample_mask(keys: list[str], device: torch.device | None = None) -> tor
     index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     ids = torch.tensor([index[k] for k in keys], device=device)
     return ids[:, None] == ids[None, :]
+
+
+def not_negative_mask(keys: Sequence[str], captions: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
+    """(B, B) bool: True where row j cannot be a negative for row i: the same sample key, or the same caption
+    (whitespace and case aside). Two scenes captioned alike are both matched by either caption, so pairing one's
+    image with the other's caption as a "mismatch" would teach the matching head noise (ALBEF and BLIP leave out
+    other captions of the same image the same way)."""
+    norm = [" ".join(c.lower().split()) for c in captions]
+    index = {c: i for i, c in enumerate(dict.fromkeys(norm))}
+    ids = torch.tensor([index[c] for c in norm], device=device)
+    return same_sample_mask(list(keys), device) | (ids[:, None] == ids[None, :])
 
 
 def sample_negatives(

@@ -4,10 +4,11 @@
 family's model with the same seed, stream their part of the training shards through the training loader
 (``components/data/loader.py``: ``recipe.loader_workers`` DataLoader processes decode and resize off the training
 process; a sample whose image does not decode is skipped and counted in the log's ``skipped_images``),
-run the family's objective under optional bf16 autocast, log every ``log_every`` steps, and every
-``checkpoint_every`` steps (and at the last) report to Ray Train a checkpoint: the model's ``save_pretrained``
-directory, the tokenizer, the optimiser/scheduler state and the training log. A run restarted with the same ``run_dir`` resumes from its last checkpoint and ends with the same
-weights an uninterrupted run would have (CPU, same seed)."""
+run the family's objective under optional bf16 autocast, log every ``log_every`` steps (rank 0 also sends each log
+row to the driver's progress bar: ``progress.py``), and every ``checkpoint_every`` steps (and at the last) report
+to Ray Train a checkpoint: the model's ``save_pretrained`` directory, the tokenizer, the optimiser/scheduler state
+and the training log. A run restarted with the same ``run_dir`` resumes from its last checkpoint and ends with the
+same weights an uninterrupted run would have (CPU, same seed)."""
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ from vlforge.components.models.registry import (
     special_token_ids,
 )
 from vlforge.components.tokenizer import copy_tokenizer, load_tokenizer
+from vlforge.components.training.progress import TrainingProgress, publish
 
 TRAIN_STATE = "train_state.pt"
 TRAIN_LOG = "train_log.jsonl"
@@ -160,6 +162,8 @@ def train_worker(cfg: dict[str, Any]) -> None:
                    **param_counts, "worker_nodes": nodes, "skipped_images": skipped_images}
             row.update({k: float(v.detach().float()) for k, v in losses.items()})
             history.append(row)
+            if rank == 0:
+                publish(cfg.get("progress_queue"), row)
             window_start, window_samples = time.perf_counter(), 0
             if done % recipe.checkpoint_every == 0 or done == recipe.steps:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -202,27 +206,29 @@ def train(
     ensure_ray(ray_address)
     shards = [str(p) for p in split_shards(dataset_dir, "train")]
     start = time.perf_counter()
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={
-            "family": family_name,
-            "recipe": recipe.model_dump(mode="json"),
-            "train_shards": shards,
-            "tokenizer_dir": str(tokenizer_dir),
-        },
-        torch_config=TorchConfig(backend="nccl" if recipe.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=recipe.num_workers, use_gpu=recipe.use_gpu, resources_per_worker={"CPU": recipe.threads_per_worker}
-        ),
-        run_config=RunConfig(
-            name=run_dir.name,
-            storage_path=run_storage.storage_path,
-            storage_filesystem=run_storage.filesystem,
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=2),
-        ),
-    )
-    result = trainer.fit()
+    with TrainingProgress(recipe.steps, family_name) as progress:
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={
+                "family": family_name,
+                "recipe": recipe.model_dump(mode="json"),
+                "train_shards": shards,
+                "tokenizer_dir": str(tokenizer_dir),
+                "progress_queue": progress.queue,
+            },
+            torch_config=TorchConfig(backend="nccl" if recipe.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=recipe.num_workers, use_gpu=recipe.use_gpu, resources_per_worker={"CPU": recipe.threads_per_worker}
+            ),
+            run_config=RunConfig(
+                name=run_dir.name,
+                storage_path=run_storage.storage_path,
+                storage_filesystem=run_storage.filesystem,
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                failure_config=FailureConfig(max_failures=2),
+            ),
+        )
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run '{run_storage.run_url}' finished without a checkpoint")
     copy_checkpoint(result.checkpoint, out_dir, exclude=[TRAIN_STATE])

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from vlforge.components.models.heads import same_sample_mask, sample_negatives
+from vlforge.components.models.heads import not_negative_mask, sample_negatives
 from vlforge.components.models.registry import ImageTextBatch
 from vlforge.components.sources.scene_tasks import COUNT_WORDS, vqa_questions
 from vlforge.components.sources.shapes import COLORS, RELATIONS, SHAPES
@@ -89,7 +89,8 @@ def vqa_inputs(batch: ImageTextBatch) -> TaskInputs:
 def itm_inputs(batch: ImageTextBatch, generator: torch.Generator | None) -> TaskInputs:
     """Each caption with its own image (1) and, where the batch has another sample, with that sample's image (0)."""
     bsz, device = batch.input_ids.shape[0], batch.input_ids.device
-    partner = sample_negatives(torch.zeros(bsz, bsz, device=device), "random", same_sample_mask(batch.keys, device), generator)
+    forbid = not_negative_mask(batch.keys, batch.captions, device)  # another scene captioned alike matches too
+    partner = sample_negatives(torch.zeros(bsz, bsz, device=device), "random", forbid, generator)
     ok = partner >= 0
     rows = torch.arange(bsz, device=device)
     image_index = torch.cat([rows, partner[ok]])

@@ -17,7 +17,8 @@ throughout) either way while MLM fell (1.63 from scratch, 1.66 from a 200-step M
 
 Objectives (``dandelin/ViLT`` ``objectives.py``), summed with weight 1 each:
 - ITM: each pair's image is replaced, with p=0.5 (``itm_negative_prob``), by another image of the batch (a
-  different sample); cross-entropy on the pooled [CLS] (``heads.ITMHead``; ``losses.itm_loss``).
+  different sample whose caption differs: ``heads.not_negative_mask``); cross-entropy on the pooled [CLS]
+  (``heads.ITMHead``; ``losses.itm_loss``).
 - MLM: 15% whole-word masking of the caption (``masking.mask_tokens``), paired with its true image; CE.
 Both run in one encoder pass over a 2B batch (masked captions with their images, then the ITM pairs).
 Word-patch alignment (IPOT, weight 0.1 in the paper) is not implemented yet; the project's notes make it optional.
@@ -46,7 +47,7 @@ from transformers.models.vilt.modeling_vilt import (
     ViltPreTrainedModel,
 )
 from vlforge.components.losses import itm_loss, mlm_loss
-from vlforge.components.models.heads import ITMHead, same_sample_mask, sample_negatives
+from vlforge.components.models.heads import ITMHead, not_negative_mask, same_sample_mask, sample_negatives
 from vlforge.components.models.teachers import image_teacher_vit
 from vlforge.components.models.masking import batch_generator, mask_tokens
 from vlforge.components.models.registry import (
@@ -135,12 +136,15 @@ class ViltPretrainingModel(ViltPreTrainedModel):
 
 
 def swap_images(
-    pixel_values: torch.Tensor, keys: list[str], prob: float, generator: torch.Generator | None = None
+    pixel_values: torch.Tensor, keys: list[str], prob: float, generator: torch.Generator | None = None,
+    captions: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ViLT's ITM pairs: each caption keeps its image, or with probability ``prob`` gets the image of another
-    sample of the batch (never one with the same key). Returns the images and labels (1 = matched, 0 = swapped)."""
+    sample of the batch (never one with the same key, nor, given ``captions``, one captioned the same: that image
+    matches the caption too). Returns the images and labels (1 = matched, 0 = swapped)."""
     bsz, device = pixel_values.shape[0], pixel_values.device
-    partner = sample_negatives(torch.zeros(bsz, bsz, device=device), "random", same_sample_mask(keys, device), generator)
+    forbid = same_sample_mask(keys, device) if captions is None else not_negative_mask(keys, captions, device)
+    partner = sample_negatives(torch.zeros(bsz, bsz, device=device), "random", forbid, generator)
     coin = torch.rand(bsz, generator=generator).to(device)
     swap = (coin < prob) & (partner >= 0)
     images = torch.where(swap[:, None, None, None], pixel_values[partner.clamp(min=0)], pixel_values)
@@ -224,7 +228,7 @@ class ViltFamily(Family):
             special_ids=special_ids.values(), word_ids=batch.word_ids, p=recipe.mlm_probability,
             whole_word=recipe.whole_word_masking, generator=gen,
         )
-        itm_pixels, itm_labels = swap_images(batch.pixel_values, batch.keys, recipe.itm_negative_prob, gen)
+        itm_pixels, itm_labels = swap_images(batch.pixel_values, batch.keys, recipe.itm_negative_prob, gen, batch.captions)
         seq, pooled = model(
             pixel_values=torch.cat([batch.pixel_values, itm_pixels]),
             input_ids=torch.cat([masked_ids, batch.input_ids]),

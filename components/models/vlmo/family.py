@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import nn
-from vlforge.components.models.heads import same_sample_mask
+from vlforge.components.models.heads import not_negative_mask
 from vlforge.components.models.masking import (
     batch_generator,
     mask_tokens,
@@ -191,7 +191,7 @@ class VlmoFamily(Family):
             return {"loss": out["mlm"], "mlm": out["mlm"].detach()}
         out = model(
             stage=3, pixel_values=batch.pixel_values, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-            mlm_input_ids=mlm_ids, mlm_labels=labels, itm_forbid=same_sample_mask(batch.keys, device),
+            mlm_input_ids=mlm_ids, mlm_labels=labels, itm_forbid=not_negative_mask(batch.keys, batch.captions, device),
             generator=gen, gather=recipe.gather_features,
         )
         loss = recipe.itc_weight * out["itc"] + recipe.itm_weight * out["itm"] + recipe.mlm_weight * out["mlm"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from vlforge.components.models.heads import same_sample_mask, sample_negatives
+from vlforge.components.models.heads import not_negative_mask, sample_negatives
 from vlforge.components.models.vlt5.modeling import region_of_point
 from vlforge.components.sources.scene_tasks import grounding_phrases, vqa_questions
 
@@ -217,7 +217,7 @@ def itm_partners(captions: Sequence[str], keys: Sequence[str], prob: float, gene
     """For each sample, whose caption it is paired with, and whether that is its own (matched). A sample is
     mismatched with probability ``prob``, with a caption of another sample that differs from its own."""
     bsz = len(captions)
-    forbid = same_sample_mask(list(keys)) | torch.tensor([[a == b for b in captions] for a in captions])
+    forbid = not_negative_mask(keys, captions)
     partner = sample_negatives(torch.zeros(bsz, bsz), "random", forbid, generator)
     coin = torch.rand(bsz, generator=generator)
     swap = (coin < prob) & (partner >= 0)

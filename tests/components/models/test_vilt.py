@@ -71,6 +71,15 @@ def test_itm_negatives_are_mismatched_pairs() -> None:
         partner = sample_negatives(torch.zeros(4, 4), "random", same_sample_mask(dup), torch.Generator().manual_seed(seed))
         assert all(dup[i] != dup[j] for i, j in enumerate(partner.tolist()))
     assert (sample_negatives(torch.zeros(2, 2), "random", same_sample_mask(["x", "x"])) == -1).all()
+    # nor do two scenes captioned alike: each image matches the other's caption too
+    captions = ["a red star", "A red  star", "a blue cross", "a blue cross", "a green circle", "a red star"]
+    pixels6 = torch.arange(6, dtype=torch.float32)[:, None, None, None].expand(6, 3, 4, 4).clone()
+    for seed in range(20):
+        images, labels = swap_images(pixels6, [f"k{i}" for i in range(6)], 1.0, torch.Generator().manual_seed(seed), captions)
+        source = images[:, 0, 0, 0].long().tolist()
+        for i, j in enumerate(source):
+            if labels[i] == 0:
+                assert " ".join(captions[i].lower().split()) != " ".join(captions[j].lower().split()), (i, j)
 
 
 def test_score_pairs_and_reproducible_losses() -> None:
