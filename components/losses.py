@@ -94,3 +94,41 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, shift: bool = True) -> t
     if shift:
         logits, labels = logits[:, :-1], labels[:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+
+
+def ipot_plan(cost: torch.Tensor, x_mask: torch.Tensor, y_mask: torch.Tensor, beta: float = 0.5, iterations: int = 50,
+              inner: int = 1) -> torch.Tensor:
+    """Optimal-transport plans (B, M, N) between ``x`` (M points) and ``y`` (N points) under ``cost`` (B, M, N) by the
+    inexact proximal point method (IPOT, Xie et al. 2019) as ViLT and UNITER run it: uniform marginals over each
+    side's kept points (``x_mask`` (B, M), ``y_mask`` (B, N); True = kept), step ``beta``, ``iterations`` outer and
+    ``inner`` Sinkhorn steps. No gradient flows through the plan."""
+    cost = cost.detach().float()
+    keep = (x_mask[:, :, None] & y_mask[:, None, :]).to(cost.dtype)
+    x_len = x_mask.sum(1).clamp(min=1).to(cost.dtype)[:, None, None]
+    y_len = y_mask.sum(1).clamp(min=1).to(cost.dtype)[:, None, None]
+    kernel = torch.exp(-cost / beta) * keep
+    plan = keep.clone()
+    x_pad = (~x_mask).to(cost.dtype)[:, :, None] * 1e4  # makes a padded point's scaling ~0
+    y_pad = (~y_mask).to(cost.dtype)[:, None, :] * 1e4
+    sigma = x_mask.to(cost.dtype)[:, :, None] / x_len  # (B, M, 1)
+    for _ in range(iterations):
+        q = kernel * plan
+        for _ in range(inner):
+            delta = 1.0 / (y_len * (q.transpose(1, 2) @ sigma).transpose(1, 2) + y_pad)  # (B, 1, N)
+            sigma = 1.0 / (x_len * (q @ delta.transpose(1, 2)) + x_pad)  # (B, M, 1)
+        plan = sigma * q * delta
+    return plan * keep
+
+
+def word_patch_alignment_loss(text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor, image_mask: torch.Tensor,
+                              matched: torch.Tensor) -> torch.Tensor:
+    """ViLT's word-patch alignment (UNITER's word-region alignment): the optimal-transport distance between a pair's
+    word features ``text`` (B, M, D) and patch features ``image`` (B, N, D) under the cosine cost, from an IPOT plan;
+    minimised for matched pairs and maximised for mismatched ones: (sum over matched - sum over mismatched) / B.
+    Masks are True for the points that take part (the caller leaves out [CLS], [SEP] and padding)."""
+    t, v = F.normalize(text.float(), dim=-1), F.normalize(image.float(), dim=-1)
+    cost = (1.0 - t @ v.transpose(1, 2)) * (text_mask[:, :, None] & image_mask[:, None, :])
+    plan = ipot_plan(cost, text_mask, image_mask)
+    distance = (cost * plan).sum(dim=(1, 2))
+    sign = torch.where(matched.bool(), 1.0, -1.0).to(distance.dtype)
+    return (sign * distance).sum() / max(1, distance.shape[0])

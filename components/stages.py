@@ -378,13 +378,13 @@ def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
     """Train (or find cached) the model; ``ray_storage`` (else ``$VLFORGE_RAY_STORAGE``) puts Ray's checkpoints on
     shared storage such as ``s3://bucket/prefix`` instead of the work folder. Where checkpoints go is not part of
     the cache key: it changes nothing in the model."""
-    from vlforge.components.plots import plot_training_log
-    from vlforge.components.training.loop import TRAIN_LOG, train
-
     start = time.perf_counter()
     key, dataset, tokenizer, recipe = train_plan(family_name, recipe_name, overrides, data_ref, tokenizer_ref, catalog)
     if (hit := catalog.find_by_cache_key(key)) is not None:
         return StageResult(hit, True, time.perf_counter() - start)
+    from vlforge.components.plots import plot_training_log  # matplotlib and Ray: only when there is work to do
+    from vlforge.components.training.loop import TRAIN_LOG, train
+
     family = get_family(family_name)
     _, extra_parents = resolve_artifact_fields(family, family.recipe(recipe_name, overrides), catalog)
     work = work_root() / "train" / key[:16]
