@@ -33,6 +33,9 @@ def main() -> None:
                         help="train nothing: tabulate the newest eval of each family already in --home's catalog")
     args = parser.parse_args()
     os.environ["VLFORGE_HOME"] = args.home or tempfile.mkdtemp(prefix="vlforge-families-")
+    from vlforge.environment import configure_environment
+
+    configure_environment()  # as the CLI: offline, Prefect's home under VLFORGE_HOME, its telemetry off
     from vlforge.components.data.crawl import CrawlConfig
     from vlforge.components.data.shard import ShardConfig
     from vlforge.components.evaluation.tasks import TASKS

@@ -273,6 +273,7 @@ class VlmoModel(PreTrainedModel):
         itm_forbid: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         gather: bool = True,
+        hard_negatives: bool = True,
     ) -> dict[str, torch.Tensor]:
         """The unweighted losses of one pretraining stage (see the module docstring); the family weights and sums them."""
         if stage == 1:
@@ -293,8 +294,11 @@ class VlmoModel(PreTrainedModel):
         itc = 0.5 * (info_nce(img, txt, self.logit_scale.exp()) + info_nce(img_vl, txt_vl, self.logit_vl_scale.exp()))
         # ITM: one hard negative image per text and one hard negative text per image, ∝ softmax(ITC sim)
         bsz = input_ids.shape[0]
-        neg_image = sample_negatives(local_sim * self.logit_scale.exp().detach(), "hard", itm_forbid, generator)
-        neg_text = sample_negatives(local_sim.t() * self.logit_scale.exp().detach(), "hard", itm_forbid, generator)
+        # (or uniformly, ``hard_negatives=False``: the from-scratch curriculum's first steps, see the recipe)
+        mode = "hard" if hard_negatives else "random"
+        scale = self.logit_scale.exp().detach()
+        neg_image = sample_negatives(local_sim * scale, mode, itm_forbid, generator)
+        neg_text = sample_negatives(local_sim.t() * scale, mode, itm_forbid, generator)
         ok_i, ok_t = neg_image >= 0, neg_text >= 0
         ids = torch.cat([mlm_input_ids, input_ids, input_ids[ok_i], input_ids[neg_text[ok_t]]])
         masks = torch.cat([attention_mask, attention_mask, attention_mask[ok_i], attention_mask[neg_text[ok_t]]])

@@ -85,6 +85,26 @@ def test_hard_negatives_are_never_the_positive_and_follow_similarity() -> None:
         assert all(keys[i] != keys[j] for i, j in enumerate(p.tolist()))
 
 
+def test_itm_negatives_are_random_for_the_first_steps_then_hard() -> None:
+    family = get_family("vlmo")
+    recipe = family.recipe("tiny", {**SMALL, "itm_random_negative_steps": 5})
+    model = family.build_model(recipe, 64, SPECIALS)
+    seen = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["hard_negatives"])
+        return original(*args, **kwargs)
+
+    model.forward = spy
+    for step in (0, 4, 5, 9):
+        pairs = batch()
+        pairs.captions, pairs.step = [f"caption {i}" for i in range(len(pairs.keys))], step
+        family.training_step(model, pairs, recipe)
+    assert seen == [False, False, True, True]
+    assert family.recipe("base").itm_random_negative_steps == 0  # the paper's recipe: hard from the first step
+
+
 def test_stages_chain_through_init_from(tmp_path: Path) -> None:
     torch.manual_seed(0)
     family = get_family("vlmo")
