@@ -105,6 +105,47 @@ def test_itm_negatives_are_random_for_the_first_steps_then_hard() -> None:
     assert family.recipe("base").itm_random_negative_steps == 0  # the paper's recipe: hard from the first step
 
 
+def test_the_model_draws_uniform_negatives_when_not_hard() -> None:
+    """``VlmoModel.forward(hard_negatives=...)`` itself: with a peaked ITC similarity, hard sampling picks each
+    image's hardest text (and text's hardest image) nearly always, uniform sampling about 1 in B-1 times."""
+    torch.manual_seed(0)
+    family = get_family("vlmo")
+    recipe = family.recipe("tiny", SMALL)
+    model = family.build_model(recipe, 64, SPECIALS).eval()  # eval: no dropout, so the similarity is fixed
+    pairs = batch(8)
+    mlm_ids = pairs.input_ids.clone()
+    mlm_labels = torch.full_like(mlm_ids, -100)
+    mlm_labels[:, 1] = mlm_ids[:, 1]
+    with torch.no_grad():
+        model.logit_scale.fill_(torch.log(torch.tensor(1000.0)))  # sharp softmax: hard means the hardest
+        text_h, _ = model.encode_text(pairs.input_ids, pairs.attention_mask)
+        image_h, _ = model.encode_image(pairs.pixel_values)
+        txt, img = model.itc_features(text_h[:, 0], image_h[:, 0])
+        sim = (txt @ img.t()).fill_diagonal_(float("-inf"))
+    hardest_image, hardest_text = sim.argmax(dim=1), sim.argmax(dim=0)
+    drawn = []
+    original = model.fuse
+    model.fuse = lambda ids, masks, pixels: (drawn.append((ids[16:], pixels[16:])), original(ids, masks, pixels))[1]
+
+    def share_of_hardest(hard: bool) -> float:
+        hits = total = 0
+        for seed in range(40):
+            drawn.clear()
+            with torch.no_grad():
+                model(3, pairs.pixel_values, pairs.input_ids, pairs.attention_mask, mlm_ids, mlm_labels,
+                      generator=torch.Generator().manual_seed(seed), gather=False, hard_negatives=hard)
+            ids, pixels = drawn[0]
+            # rows 0..7: text i with a negative image; rows 8..15: image j with a negative text
+            image_of = [next(k for k in range(8) if torch.equal(pixels[i], pairs.pixel_values[k])) for i in range(8)]
+            text_of = [next(k for k in range(8) if torch.equal(ids[8 + j], pairs.input_ids[k])) for j in range(8)]
+            hits += sum(image_of[i] == hardest_image[i] for i in range(8)) + sum(text_of[j] == hardest_text[j] for j in range(8))
+            total += 16
+        return hits / total
+
+    assert share_of_hardest(True) > 0.9
+    assert share_of_hardest(False) < 0.3  # uniform over the 7 others: 1/7
+
+
 def test_stages_chain_through_init_from(tmp_path: Path) -> None:
     torch.manual_seed(0)
     family = get_family("vlmo")
