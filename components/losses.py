@@ -23,6 +23,29 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
+def gather_ragged_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """``gather_with_grad`` for tensors whose first dimension differs between ranks (e.g. UNIMO's contrastive texts,
+    whose rewrites vary per batch): pad to the largest, gather, drop the padding. Identity outside
+    torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
+    counts = [int(s.item()) for s in sizes]
+    padded = torch.cat([x, x.new_zeros((max(counts) - x.shape[0], *x.shape[1:]))]) if x.shape[0] < max(counts) else x
+    gathered = gather_with_grad(padded)
+    return torch.cat([gathered[r * max(counts): r * max(counts) + n] for r, n in enumerate(counts)])
+
+
+def gather_objects(obj: object) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` outside torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def info_nce(
     q: torch.Tensor,
     k: torch.Tensor,

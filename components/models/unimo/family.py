@@ -32,9 +32,13 @@ of an image whose caption is the identical string); the other in-batch texts are
 "honestly" without facts would need a paraphraser we do not have, so none is attempted.
 
 Not implemented: initialisation from RoBERTa (the hub is offline: every model starts from scratch), the detector
-features, back-translation, UNIMO's text-only corpora (text-only data is the dropped-image captions), gathering
-the contrastive features across data-parallel workers (each worker contrasts its own part: the positives come from
-its facts), and the paper's downstream fine-tuning.
+features, back-translation, UNIMO's text-only corpora (text-only data is the dropped-image captions), and the
+paper's downstream fine-tuning.
+
+Data parallelism (``gather_features``, on by default, as CLIP and VLMo): CMCL contrasts every worker's images and
+texts against the global batch. The features are gathered with their gradients (``losses.gather_ragged_with_grad``:
+the rewrites make the text count differ per worker), and the texts and facts with ``losses.gather_objects``, so a
+text from another worker that is true of an image is judged by the same rule as a local one.
 
 Capabilities: "retrieval" (``encode_images`` / ``encode_texts``: the [IMG] / [CLS] state of each modality alone,
 L2-normalised, the CMCL space) and "generate" (``generate_texts``: greedy seq2seq decoding, a caption without a
@@ -53,6 +57,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 from torch import nn
+from vlforge.components.losses import gather_objects
 from vlforge.components.models.masking import (
     IGNORE_INDEX,
     batch_generator,
@@ -108,6 +113,8 @@ class UnimoRecipe(Recipe):
     seq2seq_weight: float = Field(1.0, ge=0)
     vqa_weight: float = Field(1.0, ge=0)
     mim_weight: float = Field(1.0, ge=0)
+    gather_features: bool = Field(True, description="contrast against the global batch: features gathered across "
+                                  "data-parallel workers, with their texts and facts so the positives stay exact")
     logit_scale_init: float = math.log(1 / 0.07)
     max_logit_scale: float = Field(100.0, gt=0)
 
@@ -165,17 +172,32 @@ def cmcl_texts(batch: ImageTextBatch, recipe: UnimoRecipe, streams: dict[str, li
     return texts, owners, kinds  # type: ignore[return-value]
 
 
-def cmcl_positives(batch: ImageTextBatch, image_rows: list[int], texts: list[str], owners: list[str | None]) -> torch.Tensor:
+CmclImage = tuple[Any, str, str]  # (facts or None, key, caption) of a contrastive image
+
+
+def cmcl_images(batch: ImageTextBatch, image_rows: list[int]) -> list[CmclImage]:
+    facts = batch.facts()
+    return [(facts[i], batch.keys[i], batch.captions[i]) for i in image_rows]
+
+
+def cmcl_positives(images: list[CmclImage], texts: list[str], owners: list[str | None]) -> torch.Tensor:
     """(images, texts) bool: a text is a positive of an image when it is true of the image's scene
     (``rewrites.holds``); where that cannot be judged (no facts, a text outside the shapes grammar), when it is
     the image's own caption or the identical string."""
-    facts = batch.facts()
-    pos = torch.zeros(len(image_rows), len(texts), dtype=torch.bool)
-    for a, i in enumerate(image_rows):
+    pos = torch.zeros(len(images), len(texts), dtype=torch.bool)
+    for a, (facts, key, caption) in enumerate(images):
         for b, (text, owner) in enumerate(zip(texts, owners)):
-            truth = holds(text, facts[i]) if facts[i] is not None else None
-            pos[a, b] = truth if truth is not None else (owner == batch.keys[i] or text == batch.captions[i])
+            truth = holds(text, facts) if facts is not None else None
+            pos[a, b] = truth if truth is not None else (owner == key or text == caption)
     return pos
+
+
+def global_cmcl_positives(images: list[CmclImage], texts: list[str], owners: list[str | None]) -> torch.Tensor:
+    """``cmcl_positives`` over the global batch: every worker's contrastive images and texts, in rank order (what
+    ``losses.gather_ragged_with_grad`` gives the features), so a text from another worker that is true of an image
+    is its positive, not a false negative. Outside torch.distributed: the local mask."""
+    parts = gather_objects((images, texts, owners))
+    return cmcl_positives([i for p in parts for i in p[0]], [t for p in parts for t in p[1]], [o for p in parts for o in p[2]])
 
 
 def _prompt_ids(tokenizer: Any, text: str) -> list[int]:
@@ -217,11 +239,11 @@ def prepare_inputs(core: UnimoModel, batch: ImageTextBatch, recipe: UnimoRecipe)
         word_ids=batch.word_ids, p=recipe.mlm_probability, whole_word=recipe.whole_word_masking, generator=gen,
     )
     # image pass: contrastive images (paired, image-only) clean, then the image-only ones with masked patches
-    cmcl_images = paired + image_only
+    image_rows = paired + image_only
     n_patches = core.image_embeddings.num_patches
-    patch_mask = torch.zeros(len(cmcl_images) + len(image_only), n_patches, dtype=torch.bool, device=device)
+    patch_mask = torch.zeros(len(image_rows) + len(image_only), n_patches, dtype=torch.bool, device=device)
     if image_only:
-        patch_mask[len(cmcl_images):] = random_patch_mask(len(image_only), n_patches, recipe.mim_mask_ratio, device, gen)
+        patch_mask[len(image_rows):] = random_patch_mask(len(image_only), n_patches, recipe.mim_mask_ratio, device, gen)
     # text pass: contrastive texts (captions, rewrites), then the text-only captions masked for MLM
     texts, owners, _ = cmcl_texts(batch, recipe, streams)
     n_captions = len(paired) + len(text_only)
@@ -254,14 +276,16 @@ def prepare_inputs(core: UnimoModel, batch: ImageTextBatch, recipe: UnimoRecipe)
     joint_mlm[:n_p, : ids.shape[1]] = mlm_labels[paired]
     task = torch.tensor([TASK_MLM] * n_p + [TASK_CAPTION] * n_p + [TASK_VQA] * len(v_rows), device=device)
     return {
-        "image_pixels": torch.cat([pixels[cmcl_images], pixels[image_only]]),
+        "image_pixels": torch.cat([pixels[image_rows], pixels[image_only]]),
         "image_patch_mask": patch_mask,
-        "image_is_cmcl": torch.arange(patch_mask.shape[0], device=device) < len(cmcl_images),
+        "image_is_cmcl": torch.arange(patch_mask.shape[0], device=device) < len(image_rows),
         "text_ids": text_ids,
         "text_mask": text_mask,
         "text_is_cmcl": torch.arange(text_ids.shape[0], device=device) < n_cmcl_texts,
         "text_mlm_labels": text_mlm,
-        "cmcl_pos": cmcl_positives(batch, cmcl_images, texts, owners).to(device),
+        "cmcl_pos": (global_cmcl_positives if recipe.gather_features else cmcl_positives)(
+            cmcl_images(batch, image_rows), texts, owners).to(device),
+        "cmcl_gather": recipe.gather_features,
         "joint_pixels": pixels[paired + paired + v_rows],
         "joint_ids": joint_ids,
         "joint_mask": joint_mask,

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
-from vlforge.components.losses import info_nce, lm_loss, mlm_loss
+from vlforge.components.losses import gather_ragged_with_grad, info_nce, lm_loss, mlm_loss
 from vlforge.components.models.attention import (
     seq2seq_attention_mask,
     to_attention_bias,
@@ -172,6 +172,7 @@ class UnimoModel(PreTrainedModel):
         joint_mlm_labels: torch.Tensor,
         joint_lm_labels: torch.Tensor,
         joint_task: torch.Tensor,
+        cmcl_gather: bool = False,
     ) -> dict[str, torch.Tensor]:
         """The unweighted losses of one step, from three encoder passes (built by ``family.prepare_inputs``):
 
@@ -182,12 +183,15 @@ class UnimoModel(PreTrainedModel):
         - joint pass (image + text): per row ``joint_task`` 0 = MLM conditioned on the image (bidirectional,
           ``joint_mlm_labels``), 1 = caption generation, 2 = VQA answer generation (seq2seq with
           ``joint_source_len`` text tokens in the source; ``joint_lm_labels`` on the target, lm_loss shifts them).
-        ``cmcl_pos`` (cmcl images x cmcl texts): the positives of the multi-positive contrastive loss."""
+        ``cmcl_pos`` (cmcl images x cmcl texts): the positives of the multi-positive contrastive loss; with
+        ``cmcl_gather`` the features are gathered across workers first and ``cmcl_pos`` covers the global batch."""
         out: dict[str, torch.Tensor] = {}
         img_h = self.encode(pixel_values=image_pixels, patch_mask=image_patch_mask)
         txt_h = self.encode(input_ids=text_ids, text_valid=text_mask)
         img_feat = F.normalize(img_h[image_is_cmcl, 0].float(), dim=-1)
         txt_feat = F.normalize(txt_h[text_is_cmcl, 0].float(), dim=-1)
+        if cmcl_gather:
+            img_feat, txt_feat = gather_ragged_with_grad(img_feat), gather_ragged_with_grad(txt_feat)
         out["cmcl"] = info_nce(img_feat, txt_feat, self.logit_scale.exp(), pos_mask=cmcl_pos)
         with torch.no_grad():  # how often an image's best-scoring text is one of its positives
             best = (img_feat @ txt_feat.t()).argmax(dim=1)

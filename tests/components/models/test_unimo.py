@@ -51,16 +51,16 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory):
     return load_tokenizer(train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok", TokenizerConfig(kind="wordpiece", vocab_size=160)))
 
 
-def scene_batch(tokenizer, n: int = 8, facts: bool = True) -> ImageTextBatch:
+def scene_batch(tokenizer, n: int = 8, facts: bool = True, start: int = 0) -> ImageTextBatch:
     from vlforge.components.training.loop import word_id_tensor
 
-    scenes = [make_scene(0, i) for i in range(n)]
+    scenes = [make_scene(0, i) for i in range(start, start + n)]
     captions = [s.caption for s in scenes]
     enc = tokenizer(captions, padding="max_length", truncation=True, max_length=16, return_tensors="pt")
     # each image is filled with its row index, so a row's image can be traced through the passes
-    pixels = torch.arange(n, dtype=torch.float)[:, None, None, None].expand(n, 3, 32, 32).clone()
+    pixels = torch.arange(start, start + n, dtype=torch.float)[:, None, None, None].expand(n, 3, 32, 32).clone()
     meta = [{"facts": s.facts(), "label": s.label} if facts else {} for s in scenes]
-    return ImageTextBatch(pixels, enc["input_ids"], enc["attention_mask"], captions, [sample_key(0, i) for i in range(n)],
+    return ImageTextBatch(pixels, enc["input_ids"], enc["attention_mask"], captions, [sample_key(0, i) for i in range(start, start + n)],
                           word_ids=word_id_tensor(enc, n), meta=meta, step=3, tokenizer=tokenizer, max_text_length=16)
 
 
@@ -265,6 +265,67 @@ def test_contrastive_positives_come_from_facts_and_rewrites_are_negatives(tokeni
     expected = torch.zeros(6, 6, dtype=torch.bool)
     expected[range(4), range(4)] = True
     assert torch.equal(pos, expected)
+
+
+GATHER_WORKER = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+from test_unimo import scene_batch, tiny_model
+from vlforge.components.models.unimo.family import prepare_inputs
+from vlforge.components.tokenizer import load_tokenizer
+rank, port, out = int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+_, recipe, model = tiny_model()
+model.eval()
+inp = prepare_inputs(model, scene_batch(load_tokenizer(sys.argv[5]), start=4 * rank), recipe)
+cmcl = model(**inp)["cmcl"]
+cmcl.backward()
+torch.save({"cmcl": cmcl.detach(), "pos": inp["cmcl_pos"], "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None}}, out)
+dist.destroy_process_group()
+"""
+
+
+def test_two_workers_contrast_the_global_batch_as_one_process_would(tokenizer, tmp_path: Path) -> None:
+    """CMCL with ``gather_features`` on 2 gloo workers (scenes 0-7 and 4-11) equals CMCL on their 16 samples in one
+    process: the same loss on every worker, the same positives (judged from the gathered facts: the scenes both
+    workers hold make captions and rewrites of one worker true of the other's images), and the workers' mean
+    gradient (what DDP applies) is the single process's gradient."""
+    import socket
+    import subprocess
+    import sys
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    (tmp_path / "worker.py").write_text(GATHER_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(Path(__file__).parent), str(r), str(port),
+                               str(tmp_path / f"rank{r}.pt"), str(tmp_path / "tok")], env=env) for r in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    _, recipe, model = tiny_model()
+    model.eval()
+    a, b = scene_batch(tokenizer), scene_batch(tokenizer, start=4)
+    both = ImageTextBatch(torch.cat([a.pixel_values, b.pixel_values]), torch.cat([a.input_ids, b.input_ids]),
+                          torch.cat([a.attention_mask, b.attention_mask]), a.captions + b.captions, a.keys + b.keys,
+                          word_ids=torch.cat([a.word_ids, b.word_ids]), meta=a.meta + b.meta, step=a.step,
+                          tokenizer=tokenizer, max_text_length=16)
+    inp = prepare_inputs(model, both, recipe)
+    cmcl = model(**inp)["cmcl"]
+    cmcl.backward()
+    n_images, n_texts = inp["cmcl_pos"].shape
+    for r in ranks:
+        assert r["pos"].shape == (n_images, n_texts) and int(r["pos"].sum()) == int(inp["cmcl_pos"].sum())
+        assert torch.allclose(r["cmcl"], cmcl, atol=1e-5)
+    # positives across workers exist (a caption of one worker true of another's image), so gathering facts matters
+    _, local_recipe, _ = tiny_model(gather_features=False)
+    local = sum(int(prepare_inputs(model, batch, local_recipe)["cmcl_pos"].sum()) for batch in (a, b))
+    assert int(ranks[0]["pos"].sum()) > local
+    for name, p in model.named_parameters():
+        if p.grad is not None and p.grad.abs().sum() > 0:
+            mean = (ranks[0]["grads"][name] + ranks[1]["grads"][name]) / 2
+            assert torch.allclose(mean, p.grad, rtol=1e-3, atol=1e-6), name
 
 
 def test_retrieval_encodings_are_normalised_and_generation_decodes(tokenizer) -> None:
