@@ -69,6 +69,8 @@ def main() -> None:
             ratio = trained / untrained if untrained and untrained >= 1e-3 else None  # no ratio against ~0
             rows.append({"family": name, "task": task, "metric": metric, "trained": trained, "untrained": untrained,
                          "ratio": ratio, "model": model, "seconds": seconds})
+            if task == "captioning":  # a constant caption (a language prior) can beat an untrained model's CIDEr
+                rows[-1]["distinct"] = report.metrics.get("caption_distinct")
 
     def write() -> None:  # after every family, atomically, so a stopped run keeps what it measured
         tmp = out.with_suffix(".json.tmp")
@@ -95,7 +97,8 @@ def main() -> None:
     print("| family | task | metric | trained | untrained | ratio |\n|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
-        print(f"| {r['family']} | {r['task']} | {r['metric']} | {r['trained']:.3f} | "
+        distinct = f" (distinct captions {r['distinct']:.2f})" if r.get("distinct") is not None else ""
+        print(f"| {r['family']} | {r['task']} | {r['metric']}{distinct} | {r['trained']:.3f} | "
               f"{r['untrained'] if r['untrained'] is None else round(r['untrained'], 3)} | {ratio} |")
     write()
 

@@ -12,7 +12,8 @@ Implemented to the published definitions (no Java, no extra package) and checked
   ``exp(-(len_c - len_r)² / (2 · 6²))`` (lengths in bigrams, as the reference implementation counts them),
   averaged over n and references, times 10; the corpus score is the mean over images.
 Text is lowercased and split on whitespace after dropping punctuation, as PTB tokenisation would for these
-captions."""
+captions. ``caption_distinct`` (distinct captions per image) tells an image-conditioned captioner from one that writes
+the same caption for every image."""
 from __future__ import annotations
 
 import math
@@ -93,6 +94,12 @@ def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]], max_
     return (sum(scores) / len(scores) if scores else 0.0), scores
 
 
+def distinct_share(predictions: Sequence[str]) -> float:
+    """Distinct captions per image (after tokenisation): 1/n when every image gets the same caption, a language
+    prior that can still score CIDEr above an untrained model; image-conditioned captioners score well above."""
+    return len({tuple(tokenize(p)) for p in predictions}) / max(1, len(predictions))
+
+
 def run_captioning(ctx: EvalContext) -> TaskOutput:
     from vlforge.components.evaluation.plots import plot_caption_samples
     from vlforge.components.evaluation.tasks import TaskOutput
@@ -102,7 +109,8 @@ def run_captioning(ctx: EvalContext) -> TaskOutput:
     references = [[s.caption] for s in ctx.samples]
     cider, per_image = cider_d(predictions, references)
     metrics = {"bleu4": bleu(predictions, references), "cider": cider,
-               "caption_exact": sum(p.strip() == r[0].strip() for p, r in zip(predictions, references)) / max(1, len(references))}
+               "caption_exact": sum(p.strip() == r[0].strip() for p, r in zip(predictions, references)) / max(1, len(references)),
+               "caption_distinct": distinct_share(predictions)}
     rows = {"key": [s.key for s in ctx.samples], "reference": [r[0] for r in references], "prediction": predictions,
             "cider": per_image}
     shown = [(images[i], references[i][0], predictions[i]) for i in range(min(6, len(images)))]

@@ -2,7 +2,7 @@
 import math
 
 import pytest
-from vlforge.components.evaluation.captioning import bleu, cider_d, tokenize
+from vlforge.components.evaluation.captioning import bleu, cider_d, distinct_share, tokenize
 
 
 def test_bleu4_hand_computed() -> None:
@@ -46,3 +46,9 @@ def test_cider_d_length_penalty_and_clipping() -> None:
 
 def test_tokenize() -> None:
     assert tokenize("A red circle, left of a Star.") == ["a", "red", "circle", "left", "of", "a", "star"]
+
+
+def test_distinct_share_exposes_a_constant_caption() -> None:
+    assert distinct_share(["a red circle"] * 4) == 0.25
+    assert distinct_share(["a red circle", "A red circle.", "a blue star", "two squares"]) == 0.75  # as tokenised
+    assert distinct_share([]) == 0.0

@@ -199,6 +199,7 @@ def test_captioning_and_vqa_by_generation(tokenizer, shapes_dataset: Path) -> No
     cap, base = run_task("captioning", trained), run_task("captioning", untrained)
     assert cap.metrics["cider"] > 0.5 > base.metrics["cider"], (cap.metrics, base.metrics)
     assert cap.metrics["bleu4"] > base.metrics["bleu4"]
+    assert cap.metrics["caption_distinct"] > 0.2, cap.metrics  # captions follow the image, not one language prior
     assert len(cap.rows["prediction"]) == 48 and all(isinstance(p, str) for p in cap.rows["prediction"])
     model = train(family, tokenizer, 300, [(i, t) for i, t in texts if t.startswith("question")])
     trained = contexts(family, model, tokenizer, shapes_dataset)[0]
