@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--emoji", action="store_true", help="train and score on the emoji-noto data")
     parser.add_argument("--home", default=None, help="VLFORGE_HOME to use (default: a fresh temporary one)")
     parser.add_argument("--out", default=None, help="result JSON (default bench/results/families[-emoji].json)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override for every family run (repeatable; YAML values), e.g. image_tokens=patches")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: tabulate the newest eval of each family already in --home's catalog")
     args = parser.parse_args()
@@ -56,6 +58,14 @@ def main() -> None:
         data = run_ingest(source, CrawlConfig(image_size=64), ShardConfig(validation_fraction=0.15), catalog).artifact
         tok = run_tokenizer(data.id, TokenizerConfig(vocab_size=512), catalog).artifact
     names = [n for n in args.families.split(",") if n] or family_names()
+    import yaml
+
+    sets = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            parser.error(f"--set {item!r} is not KEY=VALUE")
+        sets[key] = yaml.safe_load(value)
     out = Path(args.out) if args.out else REPO / "bench" / "results" / ("families-emoji.json" if args.emoji else "families.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -74,7 +84,7 @@ def main() -> None:
 
     def write() -> None:  # after every family, atomically, so a stopped run keeps what it measured
         tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"data": data.id, "steps": args.steps, "rows": rows}, indent=2))
+        tmp.write_text(json.dumps({"data": data.id, "steps": args.steps, "set": sets, "rows": rows}, indent=2))
         os.replace(tmp, out)
 
     if args.report_only:
@@ -87,6 +97,7 @@ def main() -> None:
     for name in names:
         start = time.perf_counter()
         overrides = {"steps": args.steps} if "steps" in get_family(name).recipe_cls.model_fields else {}
+        overrides.update(sets)
         model = train_flow(name, data.id, "tiny", overrides, tok.id)["model"]
         tasks, _ = eval_suite(model, data.id, "default", "validation", catalog)
         report = catalog.get(eval_flow(model, data.id, tasks, "validation")["eval"])
