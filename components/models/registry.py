@@ -146,11 +146,17 @@ class Family(ABC):
         """Hook for constraints applied after each update (e.g. CLIP's logit-scale clamp)."""
 
     def save(self, model: nn.Module, out_dir: Path, recipe: Recipe) -> None:
+        """A recipe's ``init_from`` (the checkpoint a stage or a fine-tuning run continues from) is kept beside the
+        saved recipe, not in it: the weights already hold it, and whoever rebuilds the recipe (evaluation's
+        untrained baseline) must get a fresh model, not the previous one."""
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)  # type: ignore[operator]
-        (out_dir / FAMILY_FILE).write_text(
-            json.dumps({"family": self.name, "recipe": recipe.model_dump(mode="json")}, indent=2, sort_keys=True)
-        )
+        init_from = getattr(recipe, "init_from", None)
+        meta: dict[str, Any] = {"family": self.name}
+        if "init_from" in type(recipe).model_fields:
+            recipe, meta["init_from"] = recipe.model_copy(update={"init_from": None}), init_from
+        meta["recipe"] = recipe.model_dump(mode="json")
+        (out_dir / FAMILY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     @abstractmethod
     def load(self, model_dir: Path) -> nn.Module: ...

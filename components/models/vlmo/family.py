@@ -215,16 +215,6 @@ class VlmoFamily(Family):
             for scale in (core.logit_scale, core.logit_vl_scale):
                 scale.clamp_(0, math.log(recipe.max_logit_scale))
 
-    def save(self, model: nn.Module, out_dir: Path, recipe: Recipe) -> None:
-        """The checkpoint's recipe drops ``init_from``: the weights already hold it, and whoever rebuilds the recipe
-        (evaluation's untrained baseline) must get a fresh model, not the previous stage's. It is kept beside."""
-        assert isinstance(recipe, VlmoRecipe)
-        super().save(model, out_dir, recipe.model_copy(update={"init_from": None}))
-        meta_file = Path(out_dir) / FAMILY_FILE
-        meta = json.loads(meta_file.read_text())
-        meta["init_from"] = recipe.init_from
-        meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True))
-
     def load(self, model_dir: Path) -> nn.Module:
         return load_pretrained(model_dir, VlmoModel, MODEL_TYPE, "VLMo")
 

@@ -116,6 +116,9 @@ class VLSeq2SeqRecipe(Recipe):
         "when empty), as the paper's frozen detector; scratch: a small ViT trained with the model")
     region_encoder: str | None = Field(None, description="an image-teacher model directory (or catalog:REF) whose "
                                        "frozen ViT gives the region features (used whenever given)")
+    init_from: str | None = Field(None, description="fine-tuning: a model of this family (directory or catalog:REF) "
+                                  "to continue from, with its architecture; the recipe then sets only the training "
+                                  "(tasks, steps, lr). The paper fine-tunes its pretrained model on captioning this way")
 
     @field_validator("task_weights")
     @classmethod
@@ -254,6 +257,7 @@ class VLSeq2SeqFamily(Family):
     model_cls: ClassVar[type[nn.Module]]
     capabilities = frozenset({"generate", "itm"})
     teachers = {"region_encoder": ("image-teacher",)}  # noqa: RUF012
+    artifact_fields = ("init_from",)
     image_mean = (0.5, 0.5, 0.5)  # ViT's normalisation, which the image-teacher region encoder is trained with
     image_std = (0.5, 0.5, 0.5)
     objectives = ("multimodal LM (span corruption / text infilling)", "captioning", "vqa", "itm (true/false)",
@@ -264,6 +268,8 @@ class VLSeq2SeqFamily(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, VLSeq2SeqRecipe)
+        if recipe.init_from:
+            return self.continued_model(recipe, vocab_size, special_ids)
         for what, width, heads in (("d_model", recipe.d_model, recipe.num_heads),
                                    ("vision_width", recipe.vision_width, recipe.vision_heads)):
             if width % heads:
@@ -292,16 +298,30 @@ class VLSeq2SeqFamily(Family):
         model.visual_embedding.image_encoder.load_state_dict(region_encoder_state(teacher.state_dict()))
         return model
 
+    def continued_model(self, recipe: VLSeq2SeqRecipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
+        """The ``init_from`` checkpoint, to train on (fine-tuning); UserError unless it is a model of this family
+        written with the same tokenizer."""
+        model = self.load(Path(str(recipe.init_from)))
+        cfg = model.config
+        if cfg.vl_text_vocab_size != (recipe.vocab_size or vocab_size) or dict(cfg.vl_special_ids) != dict(special_ids):
+            raise UserError(f"init_from '{recipe.init_from}' was trained with another tokenizer "
+                            f"({cfg.vl_text_vocab_size} tokens; this run's has {recipe.vocab_size or vocab_size})")
+        return model
+
     def region_teacher(self, recipe: VLSeq2SeqRecipe) -> nn.Module:
         """The image-teacher's ``ViTModel`` named by ``region_encoder``."""
         return image_teacher_vit(str(recipe.region_encoder), self.name, recipe.image_size)
 
     def needed_teachers(self, recipe: Recipe) -> dict[str, tuple[str, ...]]:
         assert isinstance(recipe, VLSeq2SeqRecipe)
-        return {} if recipe.region_features == "scratch" else dict(self.teachers)
+        return {} if recipe.region_features == "scratch" or recipe.init_from else dict(self.teachers)
 
     def frozen_patterns(self, recipe: Recipe) -> list[str]:
         assert isinstance(recipe, VLSeq2SeqRecipe)
+        if recipe.init_from:  # a continued model keeps its region encoder frozen if it was a teacher's
+            config_file = Path(str(recipe.init_from)) / "config.json"  # build_model names a missing checkpoint
+            config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+            return ["visual_embedding.image_encoder.*"] if config.get("vl_region_encoder") else []
         return ["visual_embedding.image_encoder.*"] if recipe.region_encoder else []
 
     def make_config(self, recipe: Recipe, text_vocab: int, regions: int, special_ids: dict[str, int]) -> Any:

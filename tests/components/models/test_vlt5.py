@@ -27,6 +27,8 @@ from vlforge.components.models.vlt5.tasks import (
 from vlforge.components.sources.scene_tasks import vqa_questions
 from vlforge.components.sources.shapes import make_scene, sample_key
 
+from vlforge.errors import UserError
+
 SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 SMALL = {"image_size": 32, "max_text_length": 16}
 FAMILIES = ("vl-t5", "vl-bart")
@@ -349,3 +351,45 @@ def test_the_tiny_decoder_hears_the_encoder(name: str, tokenizer) -> None:
         other_prompt = first_logits(batch.pixel_values, [f"{ITM_PREFIX} {c}" for c in batch.captions])
     for changed in (other_image, other_prompt):
         assert (changed - base).norm() / base.norm() > 0.05
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_captioning_fine_tuning_continues_a_pretrained_model(name: str, tokenizer, tmp_path: Path) -> None:
+    """recipe tiny-caption with init_from (the paper's captioning fine-tuning): the model is the checkpoint itself
+    (same weights, its frozen region encoder stays frozen, no teacher is trained again), only captioning trains, the
+    saved recipe forgets init_from (so the evaluation's untrained baseline is a fresh model) and the family file
+    keeps it; a model of another family or another tokenizer is a one-line error."""
+    import json
+
+    from vlforge.components.models.registry import FAMILY_FILE, apply_freeze, read_family_file
+    from vlforge.components.stages import missing_teachers
+
+    teacher_family = get_family("image-teacher")
+    t_recipe = teacher_family.recipe("tiny", {"image_size": 32, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "patch_size": 8})
+    teacher_family.save(teacher_family.build_model(t_recipe, len(tokenizer), SPECIALS), tmp_path / "teacher", t_recipe)
+    family = get_family(name)
+    pre_recipe = family.recipe("tiny", {**SMALL, "region_encoder": str(tmp_path / "teacher")})
+    torch.manual_seed(0)
+    pretrained = family.build_model(pre_recipe, len(tokenizer), SPECIALS)
+    family.save(pretrained, tmp_path / "pre", pre_recipe)
+
+    recipe = family.recipe("tiny-caption", {**SMALL, "init_from": str(tmp_path / "pre")})
+    assert missing_teachers(name, recipe) == {} and "init_from" in family.artifact_fields
+    model = family.build_model(recipe, len(tokenizer), SPECIALS)
+    for (k, a), (_, b) in zip(pretrained.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), k
+    counts = apply_freeze(family, model, recipe)
+    encoder = model.visual_embedding.image_encoder
+    assert counts["trainable_params"] == counts["total_params"] - sum(p.numel() for p in encoder.parameters())
+    batch = scene_batch(recipe, tokenizer)
+    for step in range(4):
+        batch.step = step
+        assert set(family.training_step(model, batch, recipe)) == {"loss", "loss_caption", "task_index"}
+    family.save(model, tmp_path / "tuned", recipe)
+    _, saved = read_family_file(tmp_path / "tuned")
+    assert saved.init_from is None and json.loads((tmp_path / "tuned" / FAMILY_FILE).read_text())["init_from"] == str(tmp_path / "pre")
+
+    with pytest.raises(UserError, match="holds a 'image-teacher'|holds no"):
+        family.build_model(family.recipe("tiny-caption", {**SMALL, "init_from": str(tmp_path / "teacher")}), len(tokenizer), SPECIALS)
+    with pytest.raises(UserError, match="trained with another tokenizer"):
+        family.build_model(recipe, len(tokenizer) + 5, SPECIALS)
