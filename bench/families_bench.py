@@ -34,6 +34,14 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: tabulate the newest eval of each family already in --home's catalog")
     args = parser.parse_args()
+    import yaml
+
+    sets = {}  # parsed before any work, so a malformed --set costs nothing
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            parser.error(f"--set {item!r} is not KEY=VALUE")
+        sets[key] = yaml.safe_load(value)
     os.environ["VLFORGE_HOME"] = args.home or tempfile.mkdtemp(prefix="vlforge-families-")
     from vlforge.environment import configure_environment
 
@@ -58,14 +66,6 @@ def main() -> None:
         data = run_ingest(source, CrawlConfig(image_size=64), ShardConfig(validation_fraction=0.15), catalog).artifact
         tok = run_tokenizer(data.id, TokenizerConfig(vocab_size=512), catalog).artifact
     names = [n for n in args.families.split(",") if n] or family_names()
-    import yaml
-
-    sets = {}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq:
-            parser.error(f"--set {item!r} is not KEY=VALUE")
-        sets[key] = yaml.safe_load(value)
     out = Path(args.out) if args.out else REPO / "bench" / "results" / ("families-emoji.json" if args.emoji else "families.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

@@ -32,9 +32,9 @@ def gather_ragged_with_grad(x: torch.Tensor) -> torch.Tensor:
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
     counts = [int(s.item()) for s in sizes]
-    padded = torch.cat([x, x.new_zeros((max(counts) - x.shape[0], *x.shape[1:]))]) if x.shape[0] < max(counts) else x
-    gathered = gather_with_grad(padded)
-    return torch.cat([gathered[r * max(counts): r * max(counts) + n] for r, n in enumerate(counts)])
+    width = max(counts)
+    gathered = gather_with_grad(torch.cat([x, x.new_zeros((width - x.shape[0], *x.shape[1:]))]))
+    return torch.cat([gathered[r * width: r * width + n] for r, n in enumerate(counts)])
 
 
 def gather_objects(obj: object) -> list:

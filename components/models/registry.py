@@ -151,10 +151,10 @@ class Family(ABC):
         untrained baseline) must get a fresh model, not the previous one."""
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)  # type: ignore[operator]
-        init_from = getattr(recipe, "init_from", None)
         meta: dict[str, Any] = {"family": self.name}
         if "init_from" in type(recipe).model_fields:
-            recipe, meta["init_from"] = recipe.model_copy(update={"init_from": None}), init_from
+            meta["init_from"] = recipe.init_from  # type: ignore[attr-defined]
+            recipe = recipe.model_copy(update={"init_from": None})
         meta["recipe"] = recipe.model_dump(mode="json")
         (out_dir / FAMILY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 

@@ -312,8 +312,9 @@ class VLSeq2SeqFamily(Family):
         model = self.load(Path(str(recipe.init_from)))
         cfg = model.config
         if cfg.vl_text_vocab_size != (recipe.vocab_size or vocab_size) or dict(cfg.vl_special_ids) != dict(special_ids):
-            raise UserError(f"init_from '{recipe.init_from}' was trained with another tokenizer "
-                            f"({cfg.vl_text_vocab_size} tokens; this run's has {recipe.vocab_size or vocab_size})")
+            raise UserError(f"init_from '{recipe.init_from}' was trained with another tokenizer ({cfg.vl_text_vocab_size} "
+                            f"tokens, special ids {dict(cfg.vl_special_ids)}; this run's: {recipe.vocab_size or vocab_size}, "
+                            f"{dict(special_ids)})")
         return model
 
     def region_teacher(self, recipe: VLSeq2SeqRecipe) -> nn.Module:
