@@ -40,11 +40,23 @@ class SourceConfig(BaseModel):
     mix_seed: int = 0
 
 
+class ContinueStageConfig(BaseModel):
+    """A train stage that continues the previous stage's model: its recipe's ``init_from`` is set to that model,
+    which becomes its parent (VLMo's stages 2 and 3; VL-T5 / VL-BART's captioning fine-tuning)."""
+
+    model_config = ConfigDict(extra="forbid")
+    recipe: str
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
 class TrainStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: str = "clip"
     recipe: str = "tiny"
     overrides: dict[str, Any] = Field(default_factory=dict)
+    then: list[ContinueStageConfig] = Field(
+        default_factory=list, description="further stages, each continuing the previous one's model; the eval "
+        "scores the last")
     ray_address: str | None = None
     ray_storage: str | None = None  # where Ray keeps checkpoints, e.g. s3://bucket/ray (else $VLFORGE_RAY_STORAGE)
 

@@ -361,6 +361,32 @@ def missing_teachers(family_name: str, recipe: BaseModel) -> dict[str, str]:
     return {f: fams[0] for f, fams in family.needed_teachers(recipe).items() if not getattr(recipe, f, None)}
 
 
+def continue_overrides(family_name: str, recipe_name: str, overrides: dict[str, Any], previous: str,
+                       where: str) -> dict[str, Any]:
+    """The overrides of a train stage that continues the model ``previous`` (an artifact id): its recipe's
+    ``init_from`` set to it. UserError (naming ``where``) when the family's recipes cannot continue a model, the
+    recipe does not exist, or the stage sets ``init_from`` itself."""
+    family = get_family(family_name)
+    if "init_from" not in family.recipe_cls.model_fields:
+        raise UserError(f"{where}: family '{family.name}' cannot continue a model (its recipes have no init_from)")
+    if "init_from" in overrides:
+        raise UserError(f"{where}: overrides.init_from is the previous stage's model; do not set it")
+    out = {**overrides, "init_from": f"catalog:{previous}"}
+    try:
+        family.recipe(recipe_name, out)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    return out
+
+
+def check_train_stages(family_name: str, recipe_name: str, overrides: dict[str, Any],
+                       then: list[Any]) -> None:
+    """Before any work: the family, each stage's recipe and overrides exist and fit (UserError otherwise)."""
+    get_family(family_name).recipe(recipe_name, overrides)
+    for i, stage in enumerate(then):
+        continue_overrides(family_name, stage.recipe, stage.overrides, "0" * 64, f"train.then[{i}]")
+
+
 def train_plan(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: str, tokenizer_ref: str,
                catalog: Catalog) -> tuple[str, Artifact, Artifact, BaseModel]:
     family = get_family(family_name)

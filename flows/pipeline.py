@@ -1,4 +1,7 @@
 """The pipeline flow: source -> dataset -> tokenizer -> model -> eval report, every stage cached and catalogued.
+The model stage trains the teachers the family needs first (as the train flow does), then any ``train.then``
+stages, each continuing the previous model (VLMo's stages, VL-T5 / VL-BART captioning fine-tuning); the
+evaluation scores the last.
 
     vlforge run pipeline [--config FILE]
 
@@ -12,10 +15,11 @@ import time
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from vlforge.components.pipeline_config import PipelineConfig
-from vlforge.components.stages import eval_plan, ingest_key, stage_key, train_plan
+from vlforge.components.stages import continue_overrides, eval_plan, ingest_key, stage_key
 from vlforge.flows.common import open_catalog, run_cached
 from vlforge.flows.ingest import publish_dataset_card
-from vlforge.flows.stages import eval_task, ingest_task, tokenizer_task, train_task
+from vlforge.flows.stages import eval_task, ingest_task, tokenizer_task
+from vlforge.flows.train import train_with_teachers
 
 
 @flow(name="pipeline")
@@ -39,10 +43,15 @@ def pipeline_flow(config: PipelineConfig) -> dict:
 
     t = time.perf_counter()
     tr = config.train
-    key, *_ = train_plan(tr.family, tr.recipe, tr.overrides, dataset, tokenizer, catalog)
-    model, cached["model"] = run_cached(train_task, key, family=tr.family, recipe=tr.recipe, overrides=tr.overrides,
-                                        data=dataset, tokenizer=tokenizer, ray_address=tr.ray_address,
-                                        ray_storage=tr.ray_storage)
+    trained: dict = {"cached": {}}  # teachers the family needs and the config does not name are trained first
+    model, cached["model"], _ = train_with_teachers(tr.family, tr.recipe, dict(tr.overrides), dataset, tokenizer,
+                                                    tr.ray_address, trained, tr.ray_storage)
+    stages = [{"recipe": tr.recipe, "model": model, "cached": cached["model"]}]
+    for i, stage in enumerate(tr.then):  # each continues the previous stage's model (init_from), its parent
+        overrides = continue_overrides(tr.family, stage.recipe, stage.overrides, model, f"train.then[{i}]")
+        model, cached["model"], _ = train_with_teachers(tr.family, stage.recipe, overrides, dataset, tokenizer,
+                                                        tr.ray_address, trained, tr.ray_storage)
+        stages.append({"recipe": stage.recipe, "model": model, "cached": cached["model"]})
     seconds["model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -53,12 +62,14 @@ def pipeline_flow(config: PipelineConfig) -> dict:
 
     ids = {"dataset": dataset, "tokenizer": tokenizer, "model": model, "eval": report}
     metrics = catalog.get(report).metrics
-    create_table_artifact(
-        key="vlforge-pipeline-summary",
-        table=[{"stage": k, "artifact": v[:12], "cached": cached[k], "seconds": round(seconds[k], 2)} for k, v in ids.items()],
-        description=f"i2t R@1 {metrics.get('i2t_r1', float('nan')):.3f}, t2i R@1 {metrics.get('t2i_r1', float('nan')):.3f}",
-    )
-    return {**ids, "cached": cached, "seconds": seconds, "metrics": metrics}
+    rows = [{"stage": k, "artifact": v[:12], "cached": cached[k], "seconds": round(seconds[k], 2)} for k, v in ids.items()]
+    rows[2:2] = [{"stage": f"model:{s['recipe']}", "artifact": s["model"][:12], "cached": s["cached"], "seconds": None}
+                 for s in stages[:-1]]  # the earlier train stages, before the last (the "model" row)
+    numbers = [f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float))]
+    create_table_artifact(key="vlforge-pipeline-summary", table=rows, description=", ".join(numbers[:8]))
+    cached.update(trained["cached"])  # teacher:FIELD -> cache hit
+    extra = {"teachers": trained["teachers"]} if "teachers" in trained else {}
+    return {**ids, **extra, "stages": stages, "cached": cached, "seconds": seconds, "metrics": metrics}
 
 
 if __name__ == "__main__":

@@ -34,14 +34,14 @@ def train_flow(family: str, data: str, recipe: str = "tiny", overrides: dict[str
         tokenizer = tok["tokenizer"]
         result["tokenizer"], result["cached"]["tokenizer"] = tokenizer, tok["cached"]["tokenizer"]
     overrides = dict(overrides or {})
-    model, cached, tok_id = _train_with_teachers(family, recipe, overrides, dataset_id, tokenizer, ray_address, result)
+    model, cached, tok_id = train_with_teachers(family, recipe, overrides, dataset_id, tokenizer, ray_address, result)
     result["tokenizer"] = tok_id
     result["model"], result["cached"]["model"] = model, cached
     return result
 
 
-def _train_with_teachers(family: str, recipe: str, overrides: dict[str, Any], dataset_id: str, tokenizer: str,
-                         ray_address: str | None, result: dict) -> tuple[str, bool, str]:
+def train_with_teachers(family: str, recipe: str, overrides: dict[str, Any], dataset_id: str, tokenizer: str,
+                        ray_address: str | None, result: dict, ray_storage: str | None = None) -> tuple[str, bool, str]:
     """Train ``family``; a teacher field left empty gets a teacher trained first in the DAG, on the same data
     and tokenizer (the teacher family's recipe of the same name when it has one, else ``tiny``, with the
     overrides of the fields every recipe shares, e.g. ``--steps``), which becomes a parent of the student.
@@ -50,14 +50,14 @@ def _train_with_teachers(family: str, recipe: str, overrides: dict[str, Any], da
     shared = {k: v for k, v in overrides.items() if k in Recipe.model_fields and k != "freeze"}
     for field, teacher_family in missing_teachers(family, get_family(family).recipe(recipe, overrides)).items():
         t_recipe = recipe if recipe in get_family(teacher_family).recipe_names() else "tiny"
-        teacher, t_cached, _ = _train_with_teachers(teacher_family, t_recipe, dict(shared), dataset_id, tokenizer,
-                                                    ray_address, result)
+        teacher, t_cached, _ = train_with_teachers(teacher_family, t_recipe, dict(shared), dataset_id, tokenizer,
+                                                   ray_address, result, ray_storage)
         result.setdefault("teachers", {})[field] = teacher
         result["cached"][f"teacher:{field}"] = t_cached
         overrides[field] = f"catalog:{teacher}"
     key, _, tok_art, _ = train_plan(family, recipe, overrides, dataset_id, tokenizer, catalog)
     model, cached = run_cached(train_task, key, family=family, recipe=recipe, overrides=overrides, data=dataset_id,
-                               tokenizer=tok_art.id, ray_address=ray_address)
+                               tokenizer=tok_art.id, ray_address=ray_address, ray_storage=ray_storage)
     return model, cached, tok_art.id
 
 

@@ -81,3 +81,19 @@ def test_teacher_of_the_wrong_kind_or_family_and_unknown_recipe(home: Path, seed
                 "family 'vlkd' has no recipe 'huge'")
     check_error(["run", "train", "--family", "unimo", "--data", "some-dataset", "--set", "bogus=1"], home, seeded,
                 "field 'bogus'")
+
+
+def test_pipeline_stages_that_cannot_continue_a_model(home: Path, seeded: Catalog, tmp_path: Path) -> None:
+    cases = {
+        "train: {family: clip, then: [{recipe: tiny}]}": "train.then[0]: family 'clip' cannot continue a model",
+        "train: {family: vl-t5, then: [{recipe: tiny-caption, overrides: {init_from: x}}]}":
+            "train.then[0]: overrides.init_from is the previous stage's model",
+        "train: {family: vl-t5, then: [{recipe: tiny-caption}, {recipe: tiny-nope}]}":
+            "train.then[1]: family 'vl-t5' has no recipe 'tiny-nope'",
+        "train: {family: vl-t5, then: [{recipe: tiny-caption, overrides: {lr: fast}}]}":
+            "train.then[0]: recipe 'tiny-caption' of family 'vl-t5': field 'lr'",
+        "train: {family: vl-t5, then: [{overrides: {lr: 0.1}}]}": "field 'train.then.0.recipe'",
+    }
+    for i, (text, pattern) in enumerate(cases.items()):
+        (tmp_path / f"then{i}.yaml").write_text(text + "\n")
+        check_error(["run", "pipeline", "--config", str(tmp_path / f"then{i}.yaml")], home, seeded, pattern)

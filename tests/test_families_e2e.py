@@ -59,3 +59,39 @@ def test_family_trains_through_the_dag_and_evaluates(name: str, dag: dict) -> No
     task = next(t for t in CHEAPEST_FIRST if t in tasks)
     report = catalog.get(eval_flow(model.id, dag["data"], [task], "validation")["eval"])
     assert report.parents == [model.id, dag["data"]] and report.metrics
+
+
+def test_the_pipeline_chains_captioning_fine_tuning_after_pretraining(dag: dict) -> None:
+    """``train.then`` in the pipeline config: VL-T5's tiny pretraining (its region teacher trained first), then the
+    ``tiny-caption`` fine-tuning continuing that model, then the eval of the fine-tuned one. The configs are the
+    fixture's, so the ingest, tokenizer, teacher and pretraining stages are cache hits of the tests above when they
+    ran first; a second run is all cache hits with the same ids."""
+    from vlforge.components.data.crawl import CrawlConfig
+    from vlforge.components.data.shard import ShardConfig
+    from vlforge.components.pipeline_config import PipelineConfig, SourceConfig
+    from vlforge.components.tokenizer import TokenizerConfig
+    from vlforge.flows.pipeline import pipeline_flow
+
+    catalog: Catalog = dag["catalog"]
+    family = get_family("vl-t5")
+    overrides = {k: v for k, v in STEPS.items() if k in family.recipe_cls.model_fields}
+    config = PipelineConfig(
+        source=SourceConfig(spec="builtin:shapes?n=96&image_size=32"), crawl=CrawlConfig(image_size=32, processes=1),
+        shard=ShardConfig(samples_per_shard=48, validation_fraction=0.25), tokenizer=TokenizerConfig(vocab_size=160),
+        train={"family": "vl-t5", "recipe": "tiny", "overrides": overrides,
+               "then": [{"recipe": "tiny-caption", "overrides": overrides}]},
+        eval={"tasks": ["captioning"], "split": "validation"})
+    first = pipeline_flow(config)
+    assert (first["dataset"], first["tokenizer"]) == (dag["data"], dag["tok"])
+    pretrained, tuned = (s["model"] for s in first["stages"])
+    assert [s["recipe"] for s in first["stages"]] == ["tiny", "tiny-caption"] and first["model"] == tuned
+    model = catalog.get(tuned)
+    assert model.config["recipe"] == "tiny-caption" and model.metrics["steps"] == 2
+    assert pretrained in model.parents and model.parents[:2] == [dag["data"], dag["tok"]]
+    teacher = first["teachers"]["region_encoder"]
+    assert teacher in catalog.get(pretrained).parents and teacher not in model.parents
+    report = catalog.get(first["eval"])
+    assert report.parents == [tuned, dag["data"]] and "cider" in report.metrics
+    again = pipeline_flow(config)
+    assert again["stages"] == [{**s, "cached": True} for s in first["stages"]] and again["eval"] == first["eval"]
+    assert set(again["cached"].values()) == {True}

@@ -51,16 +51,15 @@ def run_pipeline(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole DAG: ingest -> tokenizer -> train -> eval, registering every artifact."""
-    from vlforge.components.models.registry import get_family
     from vlforge.components.pipeline_config import load_pipeline_config
-    from vlforge.components.stages import resolve_source
+    from vlforge.components.stages import check_train_stages, resolve_source
 
     cfg = load_pipeline_config(config)
     if ray_address:
         cfg.train.ray_address = ray_address
     check_ray_address(cfg.train.ray_address)
     resolve_source(cfg.source)
-    get_family(cfg.train.family).recipe(cfg.train.recipe, cfg.train.overrides)
+    check_train_stages(cfg.train.family, cfg.train.recipe, cfg.train.overrides, cfg.train.then)
     from vlforge.flows.pipeline import pipeline_flow
 
     start = time.perf_counter()
@@ -71,11 +70,12 @@ def run_pipeline(
     def human() -> None:
         out.print(artifacts_table(result, "vlforge pipeline"))
         m = result["metrics"]
-        summary = Table(title="evaluation (validation split)")
-        for col in ("i2t R@1", "i2t R@5", "t2i R@1", "t2i R@5", "zero-shot top-1", "wall time"):
+        headline = ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "zs_top1")  # the CLIP demo's; else what the eval measured
+        keys = [k for k in headline if k in m] or [k for k, v in sorted(m.items()) if isinstance(v, (int, float))][:8]
+        summary = Table(title=f"evaluation ({cfg.eval.split} split)")
+        for col in (*keys, "wall time"):
             summary.add_column(col)
-        fmt = lambda k: f"{m[k]:.3f}" if k in m else "-"  # noqa: E731
-        summary.add_row(fmt("i2t_r1"), fmt("i2t_r5"), fmt("t2i_r1"), fmt("t2i_r5"), fmt("zs_top1"), f"{wall:.1f} s")
+        summary.add_row(*(f"{m[k]:.3f}" for k in keys), f"{wall:.1f} s")
         out.print(summary)
 
     emit(out, as_json, payload, human)

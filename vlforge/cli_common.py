@@ -90,6 +90,11 @@ def artifacts_table(result: dict[str, Any], title: str) -> Table:
     for col in ("kind", "artifact", "name", "version", "cached", "seconds"):
         table.add_column(col)
     for kind in ("dataset", "tokenizer", "model", "eval"):
+        if kind == "model":
+            for stage in result.get("stages", [])[:-1]:  # earlier train stages; the last is the "model" row
+                art = catalog.get(stage["model"])
+                table.add_row(f"model ({stage['recipe']})", art.short_id, art.name, str(art.version),
+                              "yes" if stage["cached"] else "no", "")
         if kind in result:
             art = catalog.get(result[kind])
             seconds = result.get("seconds", {}).get(kind)
@@ -99,7 +104,7 @@ def artifacts_table(result: dict[str, Any], title: str) -> Table:
 
 
 def artifact_ids(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k in ("dataset", "tokenizer", "model", "eval", "teachers")} | {"cached": result.get("cached", {})}
+    return {k: v for k, v in result.items() if k in ("dataset", "tokenizer", "model", "eval", "teachers", "stages")} | {"cached": result.get("cached", {})}
 
 
 def split_sections(pairs: dict[str, Any], sections: tuple[str, ...]) -> dict[str, dict[str, Any]]:
