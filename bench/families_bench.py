@@ -81,6 +81,7 @@ def main() -> None:
                          "ratio": ratio, "model": model, "seconds": seconds})
             if task == "captioning":  # a constant caption (a language prior) can beat an untrained model's CIDEr
                 rows[-1]["distinct"] = report.metrics.get("caption_distinct")
+                rows[-1]["mismatched"] = report.metrics.get("cider_mismatched")  # against another image's references
 
     def write() -> None:  # after every family, atomically, so a stopped run keeps what it measured
         tmp = out.with_suffix(".json.tmp")
@@ -109,6 +110,8 @@ def main() -> None:
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
         distinct = f" (distinct captions {r['distinct']:.2f})" if r.get("distinct") is not None else ""
+        if r.get("mismatched") is not None:
+            distinct = f"{distinct[:-1]}; against another image's references {r['mismatched']:.3f})"
         print(f"| {r['family']} | {r['task']} | {r['metric']}{distinct} | {r['trained']:.3f} | "
               f"{r['untrained'] if r['untrained'] is None else round(r['untrained'], 3)} | {ratio} |")
     write()

@@ -13,7 +13,8 @@ Implemented to the published definitions (no Java, no extra package) and checked
   averaged over n and references, times 10; the corpus score is the mean over images.
 Text is lowercased and split on whitespace after dropping punctuation, as PTB tokenisation would for these
 captions. ``caption_distinct`` (distinct captions per image) tells an image-conditioned captioner from one that writes
-the same caption for every image."""
+the same caption for every image; ``cider_mismatched`` (the captions scored against another image's references)
+tells how much of the CIDEr the image earns: a caption that ignores the image scores about the same there."""
 from __future__ import annotations
 
 import math
@@ -100,6 +101,16 @@ def distinct_share(predictions: Sequence[str]) -> float:
     return len({tuple(tokenize(p)) for p in predictions}) / max(1, len(predictions))
 
 
+def mismatched_cider(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """CIDEr-D of the same captions against another image's references (the set rolled by half its length; the
+    IDF is the same corpus's). A captioner that ignores the image scores as well here as against its own
+    references; the gap ``cider - cider_mismatched`` is what the image adds."""
+    if len(references) < 2:
+        return 0.0
+    half = len(references) // 2
+    return cider_d(candidates, [*references[half:], *references[:half]])[0]
+
+
 def run_captioning(ctx: EvalContext) -> TaskOutput:
     from vlforge.components.evaluation.plots import plot_caption_samples
     from vlforge.components.evaluation.tasks import TaskOutput
@@ -110,7 +121,7 @@ def run_captioning(ctx: EvalContext) -> TaskOutput:
     cider, per_image = cider_d(predictions, references)
     metrics = {"bleu4": bleu(predictions, references), "cider": cider,
                "caption_exact": sum(p.strip() == r[0].strip() for p, r in zip(predictions, references)) / max(1, len(references)),
-               "caption_distinct": distinct_share(predictions)}
+               "caption_distinct": distinct_share(predictions), "cider_mismatched": mismatched_cider(predictions, references)}
     rows = {"key": [s.key for s in ctx.samples], "reference": [r[0] for r in references], "prediction": predictions,
             "cider": per_image}
     shown = [(images[i], references[i][0], predictions[i]) for i in range(min(6, len(images)))]

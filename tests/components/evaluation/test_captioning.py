@@ -2,7 +2,7 @@
 import math
 
 import pytest
-from vlforge.components.evaluation.captioning import bleu, cider_d, distinct_share, tokenize
+from vlforge.components.evaluation.captioning import bleu, cider_d, distinct_share, mismatched_cider, tokenize
 
 
 def test_bleu4_hand_computed() -> None:
@@ -52,3 +52,13 @@ def test_distinct_share_exposes_a_constant_caption() -> None:
     assert distinct_share(["a red circle"] * 4) == 0.25
     assert distinct_share(["a red circle", "A red circle.", "a blue star", "two squares"]) == 0.75  # as tokenised
     assert distinct_share([]) == 0.0
+
+
+def test_mismatched_cider_tells_image_conditioned_captions_from_a_prior() -> None:
+    refs = [["a red circle above a blue square"], ["a green star left of a yellow cross"],
+            ["two small purple triangles"], ["a big orange square below a red star"]]
+    own = [r[0] for r in refs]
+    assert cider_d(own, refs)[0] > 5 and mismatched_cider(own, refs) < 0.5  # each caption fits its own image only
+    prior = ["a red square"] * 4  # one caption for every image
+    assert mismatched_cider(prior, refs) == pytest.approx(cider_d(prior, refs)[0])
+    assert mismatched_cider(["x"], [["x"]]) == 0.0

@@ -200,6 +200,7 @@ def test_captioning_and_vqa_by_generation(tokenizer, shapes_dataset: Path) -> No
     assert cap.metrics["cider"] > 0.5 > base.metrics["cider"], (cap.metrics, base.metrics)
     assert cap.metrics["bleu4"] > base.metrics["bleu4"]
     assert cap.metrics["caption_distinct"] > 0.2, cap.metrics  # captions follow the image, not one language prior
+    assert cap.metrics["cider_mismatched"] < 0.5 * cap.metrics["cider"], cap.metrics  # ... and fit their own image
     assert len(cap.rows["prediction"]) == 48 and all(isinstance(p, str) for p in cap.rows["prediction"])
     model = train(family, tokenizer, 300, [(i, t) for i, t in texts if t.startswith("question")])
     trained = contexts(family, model, tokenizer, shapes_dataset)[0]
