@@ -361,6 +361,16 @@ def missing_teachers(family_name: str, recipe: BaseModel) -> dict[str, str]:
     return {f: fams[0] for f, fams in family.needed_teachers(recipe).items() if not getattr(recipe, f, None)}
 
 
+def default_teacher_overrides(family_name: str, recipe: BaseModel, field: str, shared: dict[str, Any],
+                              dataset_dir: Path) -> dict[str, Any]:
+    """The overrides of the default teacher trained for ``field``: the fields every recipe shares (``shared``,
+    e.g. ``--steps``), then what the student family asks of that teacher for this dataset's training split."""
+    from vlforge.components.evaluation.tasks import dataset_offers
+
+    family = get_family(family_name)
+    return {**shared, **family.teacher_overrides(field, recipe, dataset_offers(dataset_dir, "train"))}  # type: ignore[arg-type]
+
+
 def continue_overrides(family_name: str, recipe_name: str, overrides: dict[str, Any], previous: str,
                        where: str) -> dict[str, Any]:
     """The overrides of a train stage that continues the model ``previous`` (an artifact id): its recipe's

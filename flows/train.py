@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import flow
 from vlforge.components.models.registry import Recipe, get_family
-from vlforge.components.stages import missing_teachers, stage_key, train_plan
+from vlforge.components.stages import default_teacher_overrides, missing_teachers, stage_key, train_plan
 from vlforge.components.tokenizer import TokenizerConfig
 from vlforge.flows.common import open_catalog, run_cached
 from vlforge.flows.stages import tokenizer_task, train_task
@@ -44,13 +44,16 @@ def train_with_teachers(family: str, recipe: str, overrides: dict[str, Any], dat
                         ray_address: str | None, result: dict, ray_storage: str | None = None) -> tuple[str, bool, str]:
     """Train ``family``; a teacher field left empty gets a teacher trained first in the DAG, on the same data
     and tokenizer (the teacher family's recipe of the same name when it has one, else ``tiny``, with the
-    overrides of the fields every recipe shares, e.g. ``--steps``), which becomes a parent of the student.
+    overrides of the fields every recipe shares, e.g. ``--steps``, and what the student's family asks of it for
+    this data: ``Family.teacher_overrides``), which becomes a parent of the student.
     Teachers and students are cached stages like any other."""
     catalog = open_catalog()
     shared = {k: v for k, v in overrides.items() if k in Recipe.model_fields and k != "freeze"}
-    for field, teacher_family in missing_teachers(family, get_family(family).recipe(recipe, overrides)).items():
+    student = get_family(family).recipe(recipe, overrides)
+    for field, teacher_family in missing_teachers(family, student).items():
         t_recipe = recipe if recipe in get_family(teacher_family).recipe_names() else "tiny"
-        teacher, t_cached, _ = train_with_teachers(teacher_family, t_recipe, dict(shared), dataset_id, tokenizer,
+        t_overrides = default_teacher_overrides(family, student, field, shared, catalog.path(dataset_id))
+        teacher, t_cached, _ = train_with_teachers(teacher_family, t_recipe, t_overrides, dataset_id, tokenizer,
                                                    ray_address, result, ray_storage)
         result.setdefault("teachers", {})[field] = teacher
         result["cached"][f"teacher:{field}"] = t_cached

@@ -55,6 +55,8 @@ def test_family_trains_through_the_dag_and_evaluates(name: str, dag: dict) -> No
     assert sorted(model.parents[2:]) == sorted(teachers.values())  # the teachers trained in the DAG are parents
     for field, teacher in teachers.items():
         assert catalog.get(teacher).family in family.teachers[field]
+    if name == "unified":  # the builtin scenes have labels: the paper's supervised ViT teacher
+        assert catalog.get(teachers["image_teacher"]).config["values"]["objective"] == "supervised"
     tasks, _ = eval_suite(model.id, dag["data"], "default", "validation", catalog)
     task = next(t for t in CHEAPEST_FIRST if t in tasks)
     report = catalog.get(eval_flow(model.id, dag["data"], [task], "validation")["eval"])

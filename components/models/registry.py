@@ -142,6 +142,12 @@ class Family(ABC):
         default teacher first for each one the recipe leaves empty."""
         return dict(self.teachers)
 
+    def teacher_overrides(self, field: str, recipe: Recipe, offers: frozenset[str]) -> dict[str, Any]:
+        """Recipe overrides for the default teacher the train flow trains for ``field`` (one ``recipe`` leaves
+        empty), given what the training split offers (``evaluation.tasks.dataset_offers``: captions, labels, facts).
+        Default: none. UserError when the recipe asks for a teacher the data cannot train."""
+        return {}
+
     def after_optimizer_step(self, model: nn.Module, recipe: Recipe) -> None:
         """Hook for constraints applied after each update (e.g. CLIP's logit-scale clamp)."""
 

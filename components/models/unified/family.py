@@ -36,6 +36,9 @@ only their configs (widths, classes, label mapping: saved in the student's confi
 first training step and cached on the student as a plain attribute (not a submodule): frozen, in eval mode, outside
 the student's ``state_dict``, ``parameters()`` (so the loop's optimiser never sees them) and checkpoint. Without a
 teacher the matching distillation terms are skipped (MLM alone on the text side; the image side then needs MIM).
+The default image teacher is trained supervised on the source's labels where the training split has them (the
+paper's teacher is an ImageNet-supervised ViT), else with MIM: ``image_teacher_objective`` (``auto``), through
+``Family.teacher_overrides``.
 
 Capabilities: "image_features" (``encode_images``: the final [CLS] of the image path, L2-normalised, for the linear
 probe) and "text_features" (``text_features``: the attention-masked mean of the text path, for the NLU probe, the
@@ -105,6 +108,10 @@ class UnifiedRecipe(Recipe):
                                      "train flow trains one first")
     image_teacher: str | None = Field(None, description="an image-teacher model directory (or catalog:REF); empty: "
                                       "the train flow trains one first")
+    image_teacher_objective: Literal["auto", "supervised", "mim"] = Field(
+        "auto", description="the objective of the image teacher the train flow trains when image_teacher is empty: "
+        "supervised on the source's labels, as the paper's ViT teacher (auto: when the training split has labels, "
+        "else mim)")
     hidden_size: int = Field(128, ge=8)
     num_layers: int = Field(3, ge=1)
     num_heads: int = Field(4, ge=1)
@@ -253,6 +260,20 @@ class UnifiedFamily(Family):
         if "mask" not in special_ids:
             raise UserError("unified needs a tokenizer with a mask token (MLM)")
         return UnifiedModel(unified_config(recipe, vocab_size, special_ids))
+
+    def teacher_overrides(self, field: str, recipe: Recipe, offers: frozenset[str]) -> dict[str, Any]:
+        """The paper distils a ViT trained supervised (ImageNet): the default image teacher is trained on the
+        source's labels when the training split has them (``image_teacher_objective: auto``), else with MIM."""
+        assert isinstance(recipe, UnifiedRecipe)
+        if field != "image_teacher":
+            return {}
+        objective = recipe.image_teacher_objective
+        if objective == "auto":
+            objective = "supervised" if "labels" in offers else "mim"
+        elif objective == "supervised" and "labels" not in offers:
+            raise UserError("unified: image_teacher_objective 'supervised' needs a dataset whose training split has "
+                            "class labels (at least 2); this one has none (use 'mim' or 'auto')")
+        return {"objective": objective}
 
     def preflight(self, recipe: Recipe, tokenizer: object) -> None:
         assert isinstance(recipe, UnifiedRecipe)

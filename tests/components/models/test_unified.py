@@ -227,3 +227,17 @@ def test_teacher_fields_take_only_their_families(teachers: dict[str, str]) -> No
         family.build_model(family.recipe("tiny", {**SMALL, "text_teacher": teachers["mim"]}), VOCAB, SPECIALS)
     with pytest.raises(UserError, match="vocabulary of 64 tokens, the student 99"):
         family.build_model(family.recipe("tiny", {**SMALL, "text_teacher": teachers["text"]}), 99, SPECIALS)
+
+
+def test_the_default_image_teacher_is_supervised_where_the_data_has_labels() -> None:
+    """The paper distils a supervised ViT; the train flow asks for one when the training split has labels."""
+    family = get_family("unified")
+    auto = family.recipe("tiny")
+    assert family.teacher_overrides("image_teacher", auto, frozenset({"captions", "labels"})) == {"objective": "supervised"}
+    assert family.teacher_overrides("image_teacher", auto, frozenset({"captions"})) == {"objective": "mim"}
+    assert family.teacher_overrides("text_teacher", auto, frozenset({"labels"})) == {}
+    mim = family.recipe("tiny", {"image_teacher_objective": "mim"})
+    assert family.teacher_overrides("image_teacher", mim, frozenset({"labels"})) == {"objective": "mim"}
+    supervised = family.recipe("tiny", {"image_teacher_objective": "supervised"})
+    with pytest.raises(UserError, match="needs a dataset whose training split has class labels"):
+        family.teacher_overrides("image_teacher", supervised, frozenset({"captions"}))
