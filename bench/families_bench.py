@@ -82,6 +82,9 @@ def main() -> None:
             if task == "captioning":  # a constant caption (a language prior) can beat an untrained model's CIDEr
                 rows[-1]["distinct"] = report.metrics.get("caption_distinct")
                 rows[-1]["mismatched"] = report.metrics.get("cider_mismatched")  # against another image's references
+            if task == "itm":  # threshold-free: the true caption scores above the swapped one
+                rows[-1]["pair"] = report.metrics.get("itm_pair_accuracy")
+                rows[-1]["untrained_pair"] = report.metrics.get("baseline_itm_pair_accuracy")
 
     def write() -> None:  # after every family, atomically, so a stopped run keeps what it measured
         tmp = out.with_suffix(".json.tmp")
@@ -112,6 +115,8 @@ def main() -> None:
         distinct = f" (distinct captions {r['distinct']:.2f})" if r.get("distinct") is not None else ""
         if r.get("mismatched") is not None:
             distinct = f"{distinct[:-1]}; against another image's references {r['mismatched']:.3f})"
+        if r.get("pair") is not None:
+            distinct = f" (pair ranking {r['pair']:.3f} vs {r.get('untrained_pair') or float('nan'):.3f})"
         print(f"| {r['family']} | {r['task']} | {r['metric']}{distinct} | {r['trained']:.3f} | "
               f"{r['untrained'] if r['untrained'] is None else round(r['untrained'], 3)} | {ratio} |")
     write()
