@@ -65,7 +65,8 @@ def pipeline_flow(config: PipelineConfig) -> dict:
     rows = [{"stage": k, "artifact": v[:12], "cached": cached[k], "seconds": round(seconds[k], 2)} for k, v in ids.items()]
     rows[2:2] = [{"stage": f"model:{s['recipe']}", "artifact": s["model"][:12], "cached": s["cached"], "seconds": None}
                  for s in stages[:-1]]  # the earlier train stages, before the last (the "model" row)
-    numbers = [f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float))]
+    numbers = [f"{k} {v:.3f}" for k, v in sorted(metrics.items())
+               if isinstance(v, (int, float)) and not k.startswith("baseline_")]  # the trained model's figures
     create_table_artifact(key="vlforge-pipeline-summary", table=rows, description=", ".join(numbers[:8]))
     cached.update(trained["cached"])  # teacher:FIELD -> cache hit
     extra = {"teachers": trained["teachers"]} if "teachers" in trained else {}

@@ -71,7 +71,8 @@ def run_pipeline(
         out.print(artifacts_table(result, "vlforge pipeline"))
         m = result["metrics"]
         headline = ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "zs_top1")  # the CLIP demo's; else what the eval measured
-        keys = [k for k in headline if k in m] or [k for k, v in sorted(m.items()) if isinstance(v, (int, float))][:8]
+        keys = [k for k in headline if k in m] or [k for k, v in sorted(m.items())
+                                                    if isinstance(v, (int, float)) and not k.startswith("baseline_")][:8]
         summary = Table(title=f"evaluation ({cfg.eval.split} split)")
         for col in (*keys, "wall time"):
             summary.add_column(col)
