@@ -112,12 +112,11 @@ def main() -> None:
     print("| family | task | metric | trained | untrained | ratio |\n|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
-        distinct = f" (distinct captions {r['distinct']:.2f})" if r.get("distinct") is not None else ""
-        if r.get("mismatched") is not None:
-            distinct = f"{distinct[:-1]}; against another image's references {r['mismatched']:.3f})"
-        if r.get("pair") is not None:
-            distinct = f" (pair ranking {r['pair']:.3f} vs {r.get('untrained_pair') or float('nan'):.3f})"
-        print(f"| {r['family']} | {r['task']} | {r['metric']}{distinct} | {r['trained']:.3f} | "
+        notes = [f"{label} {r[key]:.{digits}f}" for key, label, digits in (
+            ("distinct", "distinct captions", 2), ("mismatched", "against another image's references", 3),
+            ("pair", "pair ranking", 3), ("untrained_pair", "untrained pair ranking", 3)) if r.get(key) is not None]
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        print(f"| {r['family']} | {r['task']} | {r['metric']}{extra} | {r['trained']:.3f} | "
               f"{r['untrained'] if r['untrained'] is None else round(r['untrained'], 3)} | {ratio} |")
     write()
 
