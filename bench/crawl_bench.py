@@ -160,19 +160,21 @@ def worker_ours(spec: dict) -> dict:
     os.environ["VLFORGE_HOME"] = spec["home"]
     import types
 
-    from vlforge.components import stages
     from vlforge.components.data import crawl as crawl_mod
     from vlforge.components.data import shard as shard_mod
     from vlforge.components.data.crawl import CrawlConfig
     from vlforge.components.data.shard import ShardConfig
-    from vlforge.components.pipeline_config import SourceConfig
+    from vlforge.components.sources.config import SourceConfig
+    from vlforge.components.stages import base as stage_base
+    from vlforge.components.stages import ingest as stages
 
     from vlforge.settings import open_catalog
 
     log: list = []
     stack: list = []
-    for name in ("ingest_key", "_load_rows", "crawl", "write_dataset_card", "_register"):
+    for name in ("ingest_key", "load_source_rows", "crawl", "write_dataset_card"):
         setattr(stages, name, _timed(name, getattr(stages, name), log, stack))
+    stage_base.register = _timed("register", stage_base.register, log, stack)
     # the shard stage's work: each crawl shard as img2dataset finishes it (inside "crawl", overlapping the child),
     # then the final pass (the last crawl shards, parquet index, manifest)
     shard_mod.CrawlSharder.add = _timed("shard_during_crawl", shard_mod.CrawlSharder.add, log, stack)

@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from vlforge.components.data.crawl import CrawlConfig
 from vlforge.components.data.shard import ShardConfig
-from vlforge.components.pipeline_config import SourceConfig
+from vlforge.components.sources.config import SourceConfig
 from vlforge.components.stages import ingest_key
 from vlforge.flows.common import open_catalog, run_cached
 from vlforge.flows.stages import ingest_task

@@ -15,11 +15,11 @@ import time
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from vlforge.components.pipeline_config import PipelineConfig
-from vlforge.components.stages import continue_overrides, eval_plan, ingest_key, stage_key
+from vlforge.components.stages import eval_plan, ingest_key, plan_training, tokenizer_key
 from vlforge.flows.common import open_catalog, run_cached
 from vlforge.flows.ingest import publish_dataset_card
 from vlforge.flows.stages import eval_task, ingest_task, tokenizer_task
-from vlforge.flows.train import train_with_teachers
+from vlforge.flows.train import walk_plan
 
 
 @flow(name="pipeline")
@@ -36,22 +36,16 @@ def pipeline_flow(config: PipelineConfig) -> dict:
     seconds["dataset"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    key = stage_key("tokenizer", {"dataset": dataset}, config.tokenizer.model_dump())
+    key, _ = tokenizer_key(dataset, config.tokenizer, catalog)
     tokenizer, cached["tokenizer"] = run_cached(tokenizer_task, key, data=dataset, config=config.tokenizer,
                                                 ray_address=config.train.ray_address)
     seconds["tokenizer"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tr = config.train
-    trained: dict = {"cached": {}}  # teachers the family needs and the config does not name are trained first
-    model, cached["model"], _ = train_with_teachers(tr.family, tr.recipe, dict(tr.overrides), dataset, tokenizer,
-                                                    tr.ray_address, trained, tr.ray_storage)
-    stages = [{"recipe": tr.recipe, "model": model, "cached": cached["model"]}]
-    for i, stage in enumerate(tr.then):  # each continues the previous stage's model (init_from), its parent
-        overrides = continue_overrides(tr.family, stage.recipe, stage.overrides, model, f"train.then[{i}]")
-        model, cached["model"], _ = train_with_teachers(tr.family, stage.recipe, overrides, dataset, tokenizer,
-                                                        tr.ray_address, trained, tr.ray_storage)
-        stages.append({"recipe": stage.recipe, "model": model, "cached": cached["model"]})
+    tr = config.train  # the teachers the family needs and the config does not name are trained first
+    plan = plan_training(tr.family, tr.recipe, dict(tr.overrides), catalog.path(dataset), tr.then)
+    trained = walk_plan(plan, dataset, tokenizer, tr.ray_address, tr.ray_storage)
+    model, cached["model"], stages = trained["model"], trained["cached"]["model"], trained["stages"]
     seconds["model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -68,8 +62,8 @@ def pipeline_flow(config: PipelineConfig) -> dict:
     numbers = [f"{k} {v:.3f}" for k, v in sorted(metrics.items())
                if isinstance(v, (int, float)) and not k.startswith("baseline_")]  # the trained model's figures
     create_table_artifact(key="vlforge-pipeline-summary", table=rows, description=", ".join(numbers[:8]))
-    cached.update(trained["cached"])  # teacher:FIELD -> cache hit
-    extra = {"teachers": trained["teachers"]} if "teachers" in trained else {}
+    cached.update({k: v for k, v in trained["cached"].items() if k != "model"})  # teacher:FIELD -> cache hit
+    extra = {"teachers": trained["teachers"]} if trained["teachers"] else {}
     return {**ids, **extra, "stages": stages, "cached": cached, "seconds": seconds, "metrics": metrics}
 
 

@@ -8,7 +8,7 @@ from vlforge.components import stages
 from vlforge.components.data.crawl import CrawlConfig
 from vlforge.components.data.filter import FilterConfig
 from vlforge.components.data.shard import ShardConfig
-from vlforge.components.pipeline_config import SourceConfig
+from vlforge.components.sources.config import SourceConfig
 from vlforge.components.tokenizer import TokenizerConfig
 from vlforge.flows.common import TASK_OPTIONS, open_catalog
 

@@ -1,6 +1,7 @@
 """The whole DAG through the real CLI (Prefect's embedded server, img2dataset over loopback HTTP, Ray Train with 2
 workers), then the same again (all cache hits, same ids), then a changed eval config (only eval re-runs)."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,31 @@ eval: {tasks: [retrieval, zero_shot_classification], split: validation}
 """
 
 
-def test_pipeline_end_to_end_then_cached(home: Path, tmp_path: Path) -> None:
+# Ray's own lines (Ray Train's reports, its controller's C++ core-worker lines) that only `--verbose` shows
+RAY_LINES = ("TrainingReport(", "Checkpoint successfully created", "core_worker.cc", "PreemptionWatcher")
+
+
+def test_pipeline_end_to_end_then_cached(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "pipeline.yaml"
     config.write_text(CONFIG)
-    first = cli_json(["run", "pipeline", "--config", str(config)], home)
-    assert set(first["cached"].values()) == {False}
+    # the first run as `make demo` shows it: vlforge's progress bar (forced on: stderr is a pipe here) and tables,
+    # none of Ray's own lines
+    monkeypatch.setenv("VLFORGE_PROGRESS", "1")
+    monkeypatch.delenv("VLFORGE_VERBOSE", raising=False)
+    shown = run_cli(["run", "pipeline", "--config", str(config)], home)
+    assert shown.returncode == 0, shown.stderr[-4000:]
+    terminal = shown.stdout + shown.stderr
+    assert not [line for line in terminal.splitlines() if any(m in line for m in RAY_LINES)], terminal[-4000:]
+    bar = [line for line in shown.stderr.splitlines() if "train clip" in line]
+    assert bar and "60/60" in bar[-1] and "samples/s" in bar[-1], shown.stderr[-2000:]
     catalog = Catalog(home / "catalog")
+    first = {a.kind: a.id for a in catalog.list()}
+    assert sorted(first) == ["dataset", "eval", "model", "tokenizer"] and len(catalog.list()) == 4
+    assert "vlforge pipeline" in shown.stdout and "evaluation (validation split)" in shown.stdout, shown.stdout
+    for kind, art_id in first.items():  # a row per artifact (kind, artifact, name, version, cached, seconds)
+        row = next((line for line in shown.stdout.splitlines() if catalog.get(art_id).short_id in line), "")
+        cells = [cell.strip() for cell in re.split(r"[│|]", row) if cell.strip()]
+        assert cells[:1] == [kind] and cells[4:5] == ["no"], shown.stdout
 
     # the dataset: shards read back with webdataset, counts match the manifest
     dataset = catalog.get(first["dataset"])
@@ -47,7 +67,7 @@ def test_pipeline_end_to_end_then_cached(home: Path, tmp_path: Path) -> None:
     m = report.metrics
     assert m["i2t_r5"] > 2.5 * 5 * m["i2t_chance_r1"], m
     assert m["t2i_r5"] > 2.5 * 5 * m["t2i_chance_r1"], m
-    assert set(first["metrics"]) >= {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
+    assert set(m) >= {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
 
     # lineage: eval <- (model, dataset); model <- (dataset, tokenizer); tokenizer <- dataset
     assert report.parents == [model.id, dataset.id]

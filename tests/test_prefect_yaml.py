@@ -5,7 +5,7 @@ import inspect
 
 import yaml
 from cli_harness import REPO
-from vlforge.flows.deployments import FLOWS
+from vlforge.deployments import FLOWS
 
 
 def test_prefect_yaml_entrypoints_and_parameters() -> None:

@@ -1,5 +1,6 @@
-"""What every ``vlforge`` sub-command shares: the typer apps, stdout protection for ``--json``, the one-line
-error contract (UserError -> ``error: ...`` on stderr, exit code 2) and output helpers."""
+"""What every ``vlforge`` sub-command shares: the typer apps and the global ``--verbose`` option, stdout protection
+for ``--json``, the one-line error contract (UserError -> ``error: ...`` on stderr, exit code 2) and output
+helpers."""
 import functools
 import inspect
 import json
@@ -18,7 +19,7 @@ from vlforge.environment import configure_environment
 from vlforge.errors import UserError
 
 configure_environment()
-from vlforge.flows.server import use_running_server  # noqa: E402  (after the environment is set)
+from vlforge.prefect_server import use_running_server  # noqa: E402  (after the environment is set)
 
 use_running_server()  # a server this home started is used by every command
 
@@ -27,6 +28,26 @@ run_app = typer.Typer(no_args_is_help=True, help="Run the whole pipeline or one 
 catalog_app = typer.Typer(no_args_is_help=True, help="Browse the artifact catalog.")
 app.add_typer(run_app, name="run")
 app.add_typer(catalog_app, name="catalog")
+
+VERBOSE_ENV = "VLFORGE_VERBOSE"
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help=f"Also show Ray's own log lines (Ray Train reports, worker output); or {VERBOSE_ENV}=1.")]
+
+
+def set_verbose(verbose: bool) -> None:
+    """``--verbose``: ``$VLFORGE_VERBOSE=1`` for this process, read where Ray starts (``ray_runtime.ensure_ray``)."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+
+
+@app.callback()
+def _global_options(verbose: VerboseOpt = False) -> None:
+    set_verbose(verbose)
+
+
+@run_app.callback()
+def _run_options(verbose: VerboseOpt = False) -> None:  # `vlforge run --verbose train ...` works too
+    set_verbose(verbose)
 
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", help="Existing Ray cluster (HOST:PORT, auto or ray://...) to run the stage on; default: a "

@@ -71,7 +71,7 @@ def deploy(
     """Register the flows' deployments with their schedules on the running server and serve them (blocks)."""
     from vlforge.errors import UserError
     from vlforge.flows import server
-    from vlforge.flows.deployments import load_schedules, serve
+    from vlforge.deployments import load_schedules, serve
 
     spec = load_schedules(schedules)
     summary = [d.model_dump() for d in spec.deployments]

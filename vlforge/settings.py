@@ -1,5 +1,6 @@
 """Where vlforge keeps its state. Everything lives under one folder, ``$VLFORGE_HOME`` (default ``./.vlforge``):
-the catalog, stage work folders, Prefect's home and results, Ray's checkpoints.
+the catalog, stage work folders, Prefect's home and results, Ray's checkpoints. ``VLFORGE_VERBOSE=1`` (or
+``vlforge --verbose``) lets Ray's own log lines through to the terminal.
 
 Two things may also live on shared storage (an S3-compatible object store, or any fsspec URL):
 
@@ -39,6 +40,12 @@ def work_root() -> Path:
 def catalog_remote() -> str | None:
     """``$VLFORGE_CATALOG_REMOTE``: the URL the catalog keeps its blobs under too, or None (local only)."""
     return os.environ.get("VLFORGE_CATALOG_REMOTE", "").strip() or None
+
+
+def verbose() -> bool:
+    """``$VLFORGE_VERBOSE`` (set by ``vlforge --verbose``): show Ray's own log lines (its loggers, the Ray Train
+    controller's and workers' output, the core workers' C++ lines) besides vlforge's. Off by default."""
+    return os.environ.get("VLFORGE_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def ray_storage() -> str | None:

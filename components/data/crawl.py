@@ -77,6 +77,8 @@ class CrawlResult(BaseModel):
 FAILURE_REASONS: list[tuple[str, tuple[str, ...]]] = [
     ("blocked_by_policy", ("blocked by policy", "redirection to url")),  # the latter: urllib refusing file:// hops
     ("opted_out", ("x-robots-tag", "disallowed")),
+    # a body cut short of its Content-Length (IncompleteRead), or an image cut short of its own end ("truncated image",
+    # guard.image_truncation: the transfer completed); both fail as downloads
     ("truncated", ("incompleteread", "truncated")),
     ("too_large", ("exceeds max_bytes", "image area too large", "exceeds max_side")),
     ("redirect_loop", ("infinite loop", "redirect")),

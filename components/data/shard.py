@@ -102,7 +102,9 @@ class CrawlSharder:
     and only the last one is left for after the crawl. Crawl shards must be added in name order (the crawl hands them
     over that way); ``finish`` adds any finished one not added yet, so the output is byte-identical to sharding
     every crawl shard after the crawl (``shard_crawl``). Images are decode-checked at libjpeg's 1/8 DCT scale (the
-    whole entropy-coded stream is still read, so a truncated or corrupt JPEG still fails)."""
+    whole entropy-coded stream is still read, so a truncated or corrupt JPEG still fails). That checks img2dataset's
+    output, which it re-encodes from what it decoded: a source image cut short never gets this far, the crawl's
+    guard refuses it (``guard.image_truncation``, counted as ``truncated``)."""
 
     def __init__(self, out_dir: Path, config: ShardConfig) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)

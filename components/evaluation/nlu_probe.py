@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from vlforge.components.models.capabilities import DualEncoder, TextFeatures, capability
 
 if TYPE_CHECKING:
     from vlforge.components.evaluation.tasks import EvalContext, TaskOutput
@@ -31,10 +32,11 @@ HEAD_LR = 1e-2
 
 def text_features_fn(ctx: EvalContext):
     """The family's ``text_features`` or, for a dual encoder, its text embedding."""
-    family = ctx.family
-    if hasattr(family, "text_features"):
-        return lambda model, ids, mask, pixels: family.text_features(model, ids, mask, pixels)
-    return lambda model, ids, mask, pixels: family.encode_texts(model, ids, mask)
+    if isinstance(ctx.family, TextFeatures):
+        own = ctx.family
+        return lambda model, ids, mask, pixels: own.text_features(model, ids, mask, pixels)
+    encoder = capability(ctx.family, DualEncoder)
+    return lambda model, ids, mask, pixels: encoder.encode_texts(model, ids, mask)
 
 
 def black_image(ctx: EvalContext) -> torch.Tensor:

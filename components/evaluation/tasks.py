@@ -4,13 +4,12 @@ A family opts into tasks by listing *capabilities* in ``Family.capabilities`` (`
 and implementing the methods a capability names (``CAPABILITIES`` below). A dataset offers *data needs*
 (``DATA_NEEDS``) by what its samples carry. ``check_fit`` turns a task that does not fit into one ``UserError``
 line naming the gap; ``suite_tasks`` picks every task of a suite that fits. The eval stage
-(``components/stages.py``) calls these before any work, and ``runner.evaluate`` runs the tasks on an
+(``components/stages/eval.py``) calls these before any work, and ``runner.evaluate`` runs the tasks on an
 ``EvalContext`` that holds the loaded model, its tokenizer and the split's samples, and shares image embeddings
 between tasks."""
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 from vlforge.components.data.loader import ImageTransform, RawSample, decode_image
+from vlforge.components.models.capabilities import PairScorer, TextGenerator, capability
 from vlforge.components.models.registry import Family, Recipe
 from vlforge.components.sources.tables import read_parquet
 
@@ -245,15 +245,13 @@ class EvalContext:
             j = torch.tensor([where[p[1]] for p in pairs])
             return (img[i] * txt[j]).sum(dim=-1)
         if "itm" in self.offers:
-            # a family that writes its own prompt around the text (VL-T5's "image text match: ...") asks for the tokenizer
-            wants_tokenizer = "tokenizer" in inspect.signature(self.family.score_pairs).parameters  # type: ignore[attr-defined]
-            extra = {"tokenizer": self.tokenizer} if wants_tokenizer else {}
+            scorer = capability(self.family, PairScorer)
             out = []
             for k in range(0, len(pairs), self.batch_size):
                 chunk = pairs[k : k + self.batch_size]
                 ids, mask = self.tokens([texts[t] for _, t in chunk])
                 pixels = self.pixels([images[i] for i, _ in chunk])
-                out.append(self.family.score_pairs(self.model, pixels, ids, mask, **extra).float().view(-1))  # type: ignore[attr-defined]
+                out.append(scorer.score_pairs(self.model, pixels, ids, mask, tokenizer=self.tokenizer).float().view(-1))
             return torch.cat(out)
         raise UserError(f"family '{self.family.name}' cannot score image-text pairs")
 
@@ -266,11 +264,12 @@ class EvalContext:
 
     @torch.no_grad()
     def generate(self, images: Sequence[Image.Image], prompts: Sequence[str] | None, max_new_tokens: int = 24) -> list[str]:
+        generator = capability(self.family, TextGenerator)
         out: list[str] = []
         for k in range(0, len(images), self.batch_size):
             chunk_prompts = None if prompts is None else list(prompts[k : k + self.batch_size])
-            out.extend(self.family.generate_texts(self.model, self.pixels(images[k : k + self.batch_size]),  # type: ignore[attr-defined]
-                                                  self.tokenizer, chunk_prompts, max_new_tokens))
+            out.extend(generator.generate_texts(self.model, self.pixels(images[k : k + self.batch_size]),
+                                                self.tokenizer, chunk_prompts, max_new_tokens))
         return out
 
 

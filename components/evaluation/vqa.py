@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vlforge.components.models.capabilities import FewShotGenerator, QuestionAnswerer, capability
 from vlforge.components.sources.scene_tasks import (
     OBJECT_PHRASES,
     PRESENT_TOP_K,
@@ -58,10 +59,11 @@ def answer_by_generation(ctx: EvalContext, items: list[tuple[int, VQAQuestion]])
 @torch.no_grad()
 def answer_by_head(ctx: EvalContext, items: list[tuple[int, VQAQuestion]]) -> list[str]:
     images, answers = ctx.images(), []
+    answerer = capability(ctx.family, QuestionAnswerer)
     for k in range(0, len(items), ctx.batch_size):
         chunk = items[k : k + ctx.batch_size]
-        answers += ctx.family.answer_questions(ctx.model, ctx.pixels([images[i] for i, _ in chunk]),  # type: ignore[attr-defined]
-                                               [q.question for _, q in chunk], ctx.tokenizer)
+        answers += answerer.answer_questions(ctx.model, ctx.pixels([images[i] for i, _ in chunk]),
+                                             [q.question for _, q in chunk], ctx.tokenizer)
     return [a.strip().lower() for a in answers]
 
 
@@ -146,12 +148,13 @@ def run_vqa_few_shot(ctx: EvalContext) -> TaskOutput:
     items = few_shot_items(ctx)
     pixels = {i: ctx.pixels([images[i]])[0] for i in {i for i, _, shots in items for i in [i, *[j for j, _ in shots]]}}
     predictions: dict[int, list[str]] = {0: [], FEW_SHOT_K: []}
+    generator = capability(ctx.family, FewShotGenerator)
     with torch.no_grad():
         for i, q, shots in items:
             for k in predictions:
                 examples = [(pixels[j], few_shot_prompt(s, True)) for j, s in shots[:k]]
-                text = ctx.family.few_shot_generate(ctx.model, examples, pixels[i], few_shot_prompt(q, False),  # type: ignore[attr-defined]
-                                                    ctx.tokenizer, 4)
+                text = generator.few_shot_generate(ctx.model, examples, pixels[i], few_shot_prompt(q, False),
+                                                   ctx.tokenizer, 4)
                 predictions[k].append((text.strip().lower().split() or [""])[0].strip(".,?!"))
     questions = [q for _, q, _ in items]
     few = vqa_metrics(questions, predictions[FEW_SHOT_K])

@@ -228,7 +228,12 @@ MODELS_DIR = Path(__file__).resolve().parent
 
 
 def register_family(cls: type[Family]) -> type[Family]:
-    _FAMILIES[cls.name] = cls()
+    """Register a family; TypeError when it lists a capability it does not implement (``capabilities.py``)."""
+    from vlforge.components.models.capabilities import check_capabilities
+
+    family = cls()
+    check_capabilities(family, frozenset(cls.capabilities), Family)
+    _FAMILIES[cls.name] = family
     return cls
 
 

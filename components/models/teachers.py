@@ -59,3 +59,25 @@ def image_teacher_vit(teacher_dir: str | Path, who: str, image_size: int) -> nn.
         raise UserError(f"{who}: the image teacher '{teacher_dir}' was trained on {vit.config.image_size} px images, "
                         f"the recipe's image_size is {image_size}")
     return vit
+
+
+_ATTACHED = "_vlforge_teachers"  # a plain instance attribute: nn.Module.__setattr__ would register a sub-module
+
+
+def attach_teacher(student: nn.Module, field: str, teacher: nn.Module | None, source: object = None) -> None:
+    """Keep ``teacher`` beside ``student`` under ``field``: frozen, in eval mode, and outside the student's modules,
+    so it is in no ``state_dict``, optimiser, checkpoint or data-parallel sync of the student. ``source`` (e.g. the
+    teacher's directory) says what it was loaded from, for :func:`attached_teacher`. The one way every family holds
+    a teacher on its model."""
+    if teacher is not None:
+        teacher.eval()
+        teacher.requires_grad_(False)
+    student.__dict__.setdefault(_ATTACHED, {})[field] = (teacher, source)
+
+
+def attached_teacher(student: nn.Module, field: str, source: object = None) -> tuple[bool, nn.Module | None]:
+    """``(found, teacher)``: whether a teacher for ``field`` is attached (from ``source``, when given) and it."""
+    held = student.__dict__.get(_ATTACHED, {}).get(field)
+    if held is None or (source is not None and held[1] != source):
+        return False, None
+    return True, held[0]

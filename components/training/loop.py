@@ -200,7 +200,7 @@ def train(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from vlforge.components.training.checkpoint_storage import copy_checkpoint, resolve_run_storage
-    from vlforge.components.training.ray_runtime import ensure_ray
+    from vlforge.components.training.ray_runtime import ensure_ray, train_logging_config
 
     run_storage = resolve_run_storage(storage, run_dir)
     ensure_ray(ray_address)
@@ -226,6 +226,7 @@ def train(
                 storage_filesystem=run_storage.filesystem,
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 failure_config=FailureConfig(max_failures=2),
+                **train_logging_config(),  # Ray Train's reports and checkpoint lines: errors only unless verbose
             ),
         )
         result = trainer.fit()

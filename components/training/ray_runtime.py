@@ -2,10 +2,22 @@
 
 Locally vlforge starts a private Ray instance on a loopback address (127.0.0.2) (never the machine's LAN interface) with token
 auth off, no dashboard and no usage stats. Given an address (``--ray-address``, ``train.ray_address`` in a pipeline
-config, or the ``VLFORGE_RAY_ADDRESS`` / ``RAY_ADDRESS`` environment variables) it joins that existing cluster."""
+config, or the ``VLFORGE_RAY_ADDRESS`` / ``RAY_ADDRESS`` environment variables) it joins that existing cluster.
+
+Quiet by default: the user sees vlforge's own lines (progress bar, result tables, errors), not Ray's. The driver
+does not subscribe to its workers' stdout/stderr (``log_to_driver=False``: Ray Train's controller and worker lines
+such as ``Reporting training result ...`` and ``Checkpoint successfully created ...``, and the core workers' C++
+lines such as ``core_worker.cc ... PreemptionWatcher``; they stay in the session's log files), the driver's ``ray``
+loggers show errors only, and Ray Train logs at ERROR (``RunConfig(logging_config=...)``: ``train_logging_config``).
+A failure still reaches the user: a worker's exception comes back to the driver as the exception ``fit`` or
+``ray.get`` raises. ``VLFORGE_VERBOSE=1`` (``vlforge --verbose``) restores Ray's lines."""
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
+
+from vlforge.settings import verbose as verbose_enabled
 
 # Ray replaces 127.0.0.1 with the machine's LAN address; any other loopback address is kept as given.
 LOOPBACK_NODE_IP = "127.0.0.2"
@@ -41,6 +53,44 @@ def check_ray_address(address: str | None, timeout: float = 3.0) -> None:
         raise UserError(f"Ray address '{address}' is unreachable: {exc.strerror or exc}") from None
 
 
+# Ray's Python loggers in the driver; quiet, each shows errors only (configure_logging sets only ``ray``'s level).
+RAY_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.data")
+
+
+def ray_init_options(verbose: bool | None = None) -> dict[str, Any]:
+    """The logging and runtime-env arguments of ``ray.init``: quiet unless ``verbose`` (default: ``VLFORGE_VERBOSE``)."""
+    import ray
+
+    verbose = verbose_enabled() if verbose is None else verbose
+    # Ray Train's placement-group cleaner polls the state API, which needs the dashboard we don't start; its
+    # warnings every few seconds would bury real output, so Ray's own workers log errors only, verbose or not.
+    return {"configure_logging": True, "logging_level": "WARNING" if verbose else "ERROR", "log_to_driver": verbose,
+            "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="ERROR"),
+            "runtime_env": {"env_vars": ray_env()}}
+
+
+def train_logging_config(verbose: bool | None = None) -> dict[str, Any]:
+    """``RunConfig`` keyword for Ray Train's own logs (``ray.train`` in its controller and workers): Ray's default
+    (INFO) when verbose, ERROR otherwise; nothing where ``RunConfig`` has no ``logging_config`` (Ray Train V1)."""
+    import dataclasses
+
+    import ray.train
+
+    verbose = verbose_enabled() if verbose is None else verbose
+    if not hasattr(ray.train, "LoggingConfig") or "logging_config" not in {
+            f.name for f in dataclasses.fields(ray.train.RunConfig)}:
+        return {}
+    return {"logging_config": ray.train.LoggingConfig(log_level="INFO" if verbose else "ERROR")}
+
+
+def quiet_ray_loggers(verbose: bool | None = None) -> None:
+    """Quiet: Ray's Python loggers in this process show errors only. Verbose: left as Ray set them."""
+    if verbose_enabled() if verbose is None else verbose:
+        return
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to Ray once per process: to ``address`` if given, else a local instance on loopback."""
     for key, value in ray_env().items():
@@ -48,13 +98,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
+        quiet_ray_loggers()
         return
     address = address or os.environ.get("VLFORGE_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
-    # Ray Train's placement-group cleaner polls the state API, which needs the dashboard we don't start; its
-    # warnings every few seconds would bury real output, so Ray's own workers log errors only.
-    common = {"configure_logging": True, "logging_level": "WARNING", "log_to_driver": True,
-              "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="ERROR"),
-              "runtime_env": {"env_vars": ray_env()}}
+    common = ray_init_options()
     if address:
         check_ray_address(address)
         ray.init(address=address, **common)
@@ -66,6 +113,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             include_dashboard=False,
             **common,
         )
+    quiet_ray_loggers()
 
 
 def shutdown_ray() -> None:

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from vlforge.components.losses import feature_distill_loss, kd_kl_loss, mlm_loss
+from vlforge.components.models.teachers import attach_teacher, attached_teacher
 from vlforge.components.models.heads import mean_pool
 from vlforge.components.models.image_teacher.family import batch_labels
 from vlforge.components.models.masking import (
@@ -100,7 +101,6 @@ from vlforge.components.training.gradient_masking import (
 
 from vlforge.errors import UserError
 
-TEACHERS_ATTR = "_vlforge_teachers"  # where the loaded teachers are cached on the student (not a submodule)
 
 
 class UnifiedRecipe(Recipe):
@@ -210,24 +210,20 @@ def unified_config(recipe: UnifiedRecipe, vocab_size: int, special_ids: dict[str
 def load_teachers(core: UnifiedModel, recipe: UnifiedRecipe, device: torch.device) -> dict[str, nn.Module | None]:
     """The recipe's teachers, frozen and in eval mode, loaded once and cached on ``core`` outside its modules (so
     they are in no state_dict, optimiser or checkpoint of the student)."""
-    key = (recipe.text_teacher, recipe.image_teacher)
-    cache = core.__dict__.get(TEACHERS_ATTR)
-    if cache is None or cache["key"] != key:
-        cache = {"key": key}
-        for field, family_name in (("text_teacher", "text-mlm"), ("image_teacher", "image-teacher")):
-            path = getattr(recipe, field)
+    out: dict[str, nn.Module | None] = {}
+    for field, family_name in (("text_teacher", "text-mlm"), ("image_teacher", "image-teacher")):
+        path = getattr(recipe, field)
+        found, teacher = attached_teacher(core, field, source=path)
+        if not found:
             teacher = None
             if path:
                 _read_config(path, field, family_name)
                 teacher = get_family(family_name).load(Path(path).expanduser())
-                teacher.requires_grad_(False)
-                teacher.eval()
-            cache[field] = teacher
-        object.__setattr__(core, TEACHERS_ATTR, cache)  # a plain attribute: nn.Module would register a submodule
-    for field in ("text_teacher", "image_teacher"):
-        if cache[field] is not None:
-            cache[field].to(device)  # a no-op once there
-    return {field: cache[field] for field in ("text_teacher", "image_teacher")}
+            attach_teacher(core, field, teacher, source=path)
+        if teacher is not None:
+            teacher.to(device)  # a no-op once there
+        out[field] = teacher
+    return out
 
 
 def grad_mask_fn(recipe: UnifiedRecipe) -> MaskFn:

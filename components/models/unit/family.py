@@ -185,7 +185,8 @@ class UnitFamily(Family):
 
     # ---- capability "itm" -------------------------------------------------------------------------------
     def score_pairs(
-        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        tokenizer: Any = None,
     ) -> torch.Tensor:
         """Match log-odds (B,) of each (image i, text i) pair from the ITM task's queries and head."""
         logits = _unwrap(model).task_logits("itm", pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)

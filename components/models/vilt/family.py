@@ -42,7 +42,7 @@ Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (Vi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -274,7 +274,8 @@ class ViltFamily(Family):
 
     # ---- capability "itm" -------------------------------------------------------------------------------
     def score_pairs(
-        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        tokenizer: Any = None,
     ) -> torch.Tensor:
         """Match log-odds (B,) of each (image i, text i) pair: ITM logit "matched" minus "not matched"."""
         core = _unwrap(model)

@@ -30,6 +30,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 from transformers.modeling_outputs import BaseModelOutput
+from vlforge.components.models.teachers import attach_teacher, attached_teacher
 from vlforge.components.losses import lm_loss
 
 MODEL_TYPE = "vlforge_vlkd"
@@ -62,15 +63,15 @@ class VlkdModel(nn.Module):
         self.image_prefix = nn.Linear(embed_dim, d_model)
         self.text_proj = nn.Linear(d_model, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(config["logit_scale_init"])))
-        object.__setattr__(self, "text_teacher", None)  # not a sub-module: see the module docstring
+        attach_teacher(self, "text_teacher", None)  # not a sub-module: see the module docstring
 
     # ---- the teacher's text tower (TTDM only) ---------------------------------------------------------
     def attach_text_teacher(self, teacher: nn.Module | None) -> None:
-        if teacher is not None:
-            teacher.eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-        object.__setattr__(self, "text_teacher", teacher)
+        attach_teacher(self, "text_teacher", teacher)
+
+    @property
+    def text_teacher(self) -> nn.Module | None:
+        return attached_teacher(self, "text_teacher")[1]
 
     # ---- images -------------------------------------------------------------------------------------
     @property

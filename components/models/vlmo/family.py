@@ -19,7 +19,8 @@ include the previous stage's model (``init_from: catalog:REF`` is resolved by th
 Freezing is set in ``build_model`` from ``recipe.stage`` (``requires_grad=False``), so the loop's optimiser and the
 data-parallel wrapper skip frozen parameters; unused parameters are frozen too, which a data-parallel run needs.
 
-The commands (or ``flows/vlmo.py``'s ``vlmo_stagewise_flow``, which chains the three)::
+The commands (or one pipeline config whose ``train`` is ``{family: vlmo, recipe: tiny-stage1, then: [{recipe:
+tiny-stage2}, {recipe: tiny}]}``, which chains the three as one DAG)::
 
     vlforge run train --family vlmo --data REF --recipe tiny-stage1 --json            # -> model A
     vlforge run train --family vlmo --data REF --recipe tiny-stage2 --set init_from=catalog:A --json   # -> B
@@ -33,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -230,7 +231,8 @@ class VlmoFamily(Family):
         return torch.nn.functional.normalize(core.itc_text_proj(hidden[:, 0]), dim=-1)
 
     def score_pairs(
-        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        tokenizer: Any = None,
     ) -> torch.Tensor:
         """Match log-odds (B,) of each (image i, text i) pair from the fusion encoder's ITM head."""
         logits = _unwrap(model).itm_logits(input_ids, attention_mask, pixel_values)

@@ -395,9 +395,12 @@ class VLSeq2SeqFamily(Family):
     # ---- capability "itm" --------------------------------------------------------------------------------
     @torch.no_grad()
     def score_pairs(self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor, tokenizer: Any) -> torch.Tensor:
+                    attention_mask: torch.Tensor, tokenizer: Any = None) -> torch.Tensor:
         """Match log-odds (B,) of (image i, caption i): log P("true") - log P("false") of the decoder, each the
-        sum of its tokens' log-probabilities, after ``"image text match: <caption>"``."""
+        sum of its tokens' log-probabilities, after ``"image text match: <caption>"`` (written with ``tokenizer``,
+        the model's own, which this family needs)."""
+        if tokenizer is None:
+            raise ValueError("VL-T5 / VL-BART score pairs with the model's tokenizer: pass tokenizer=")
         core = _unwrap(model)
         device = next(core.parameters()).device
         ctx = task_context(core, tokenizer)

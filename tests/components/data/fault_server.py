@@ -3,7 +3,9 @@
 A test helper the crawl tests import .
 
 Paths on the fault server (``<kind>/<i>``): ok (a 48x48 PNG), flaky (500 on the first request, then ok), missing
-(404), error (500), slow (answers after 8 s), truncated (a JPEG cut short of its Content-Length), html, huge (a
+(404), error (500), slow (answers after 8 s), truncated (a JPEG cut short of its Content-Length), whole-<fmt> and
+cut-<fmt> for each format of ``framed_images`` (the image; the image cut short by ``cut_short``, with a Content-Length
+that matches the cut body, so the transfer completes), cut-png-chunked (the cut PNG, chunked), html, huge (a
 50-megapixel PNG of one colour: a few hundred kB on the wire), bigbody (an image body over the test's max_bytes),
 small (8x8), tall (100x400), wide (200x20), noai (ok but ``X-Robots-Tag: noai``), loop (redirects to itself), to-internal (redirects to the
 internal server), gated (ok once the test sets ``Servers.gate``: lets the resume test hold a crawl mid-shard)."""
@@ -26,6 +28,45 @@ def png(size: tuple[int, int], color: tuple[int, int, int], mode: str = "RGB") -
     buf = io.BytesIO()
     Image.new(mode, size, color if mode == "RGB" else color[0]).save(buf, "PNG")
     return buf.getvalue()
+
+
+def noise(seed: int, size: int = 64) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def _encode(frames: list[Image.Image], fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    if len(frames) > 1:
+        kw.update(save_all=True, append_images=frames[1:])
+    frames[0].save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def framed_images(seed: int = 0) -> dict[str, bytes]:
+    """Small noisy images (64x64, so the compressed data is not trivial) in each format whose framing the guard
+    checks, multi-image ones included: APNG, multi-page TIFF and MPO are the cuts cv2 decodes (their first image)."""
+    frames = [noise(seed + k) for k in range(3)]
+    return {
+        "png": _encode(frames[:1], "PNG"),
+        "apng": _encode(frames, "PNG", duration=50),
+        "gif": _encode([f.quantize(64) for f in frames], "GIF", duration=50, loop=0),
+        "webp": _encode(frames[:1], "WEBP", quality=80),
+        "tiff": _encode(frames, "TIFF"),
+        "bmp": _encode(frames[:1], "BMP"),
+        "mpo": _encode(frames[:2], "MPO"),
+        "jpeg": _encode(frames[:1], "JPEG", quality=90),
+    }
+
+
+def cut_short(fmt: str, body: bytes) -> bytes:
+    """``body`` cut short the way a broken origin serves it: multi-image formats inside their last image, a JPEG
+    just before its EOI marker, a GIF just before its trailer, the others part-way through their data."""
+    if fmt == "jpeg":
+        return body[:-2]
+    if fmt == "gif":
+        return body[:-1]
+    keep = {"apng": 0.9, "tiff": 0.9, "mpo": 0.9, "png": 0.6, "webp": 0.6, "bmp": 0.6}[fmt]
+    return body[: int(len(body) * keep)]
 
 
 def jpeg(i: int) -> bytes:
@@ -65,6 +106,9 @@ def fault_servers() -> Iterator[Servers]:
     big_body = png((40, 40), (1, 2, 3)) + b"\0" * 300_000  # a valid PNG followed by padding: 300 kB on the wire
     small = png((8, 8), (9, 9, 9))
     tall, wide = png((100, 400), (9, 90, 9)), png((200, 20), (90, 9, 9))
+    images = framed_images()
+    whole = {f"whole-{fmt}": body for fmt, body in images.items()}
+    cut = {f"cut-{fmt}": cut_short(fmt, body) for fmt, body in images.items()}
     state = Servers(base="", allow="", internal="")
     lock = threading.Lock()
 
@@ -91,6 +135,18 @@ def fault_servers() -> Iterator[Servers]:
             self.end_headers()
             self.wfile.write(body)
 
+        def chunked(self, body: bytes, ctype: str) -> None:
+            """``body`` in 1000-byte chunks and a proper last chunk: the transfer completes."""
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for at in range(0, len(body), 1000):
+                part = body[at:at + 1000]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+            self.close_connection = True
+
         def do_GET(self) -> None:
             kind, _, arg = self.path.strip("/").partition("/")
             i = int(arg.split("?")[0] or 0) if arg.split("?")[0].isdigit() else 0
@@ -110,6 +166,12 @@ def fault_servers() -> Iterator[Servers]:
                 body = jpeg(i)
                 self.reply(200, body[: len(body) // 2], "image/jpeg", length=len(body))
                 self.close_connection = True
+            elif kind in whole:
+                self.reply(200, whole[kind], "image/" + kind.split("-", 1)[1])
+            elif kind in cut:  # Content-Length is the cut body's: no IncompleteRead
+                self.reply(200, cut[kind], "image/" + kind.split("-", 1)[1])
+            elif kind == "cut-png-chunked":
+                self.chunked(cut["cut-png"], "image/png")
             elif kind == "html":
                 self.reply(200, b"<html><body>not an image</body></html>", "text/html")
             elif kind == "huge":

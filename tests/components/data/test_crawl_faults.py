@@ -5,8 +5,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fault_server import fault_servers  # noqa: F401 (a fixture)
-from vlforge.components.data.crawl import CrawlConfig, crawl
+from fault_server import fault_servers, framed_images  # noqa: F401 (a fixture)
+from vlforge.components.data.crawl import CrawlConfig, crawl, finished_crawl_shards
 from vlforge.components.data.shard import ShardConfig, shard_crawl
 from vlforge.components.sources.tables import load_url_list
 
@@ -16,6 +16,12 @@ EXPECTED = {  # kind -> (count, outcome)
     "bigbody": (5, "too_large"), "small": (5, "too_small"), "tall": (4, "too_large"),
     "wide": (4, "bad_aspect_ratio"), "noai": (10, "opted_out"), "loop": (5, "redirect_loop"),
     "to-internal": (10, "blocked_by_policy"),
+    # images cut short at their origin, the transfer itself complete (Content-Length = the bytes sent, or chunked):
+    # counted as `truncated` like a transfer cut short, whether cv2 would decode them (APNG, multi-page TIFF, MPO and a
+    # JPEG without EOI: their first image) or not; the whole images in the same formats are samples
+    **{f"whole-{fmt}": (3, "success") for fmt in framed_images()},
+    **{f"cut-{fmt}": (3, "truncated") for fmt in framed_images()},
+    "cut-png-chunked": (2, "truncated"),
 }
 
 
@@ -47,9 +53,14 @@ def test_every_url_ends_in_one_outcome_and_the_internal_server_is_never_reached(
     assert result.failures_by_reason == {r: sum(1 for e in want.values() if e == r) for r in set(want.values())}
     assert all(s.requests[f"/flaky/{i}"] == 2 for i in range(10))  # retried once, then a sample
     assert all(s.requests[f"/missing/{i}"] == 2 for i in range(10))  # --retries applies to every failure
+    # an image cut short fails as a download, as a body cut short of its Content-Length does: same status, retried
+    statuses = {r["url"]: r["status"] for part in finished_crawl_shards(tmp_path / "crawl")
+                for r in pq.read_table(part, columns=["url", "status"]).to_pylist()}
+    assert {statuses[u] for u, e in expected.items() if e == "truncated"} == {"failed_to_download"}
+    assert all(s.requests[f"/cut-{fmt}/{i}"] == 2 for fmt in framed_images() for i in range(3))
 
     manifest = shard_crawl(result, tmp_path / "ds", ShardConfig(samples_per_shard=128), {"kind": "url-list"})
-    assert manifest["samples"] == 310  # the 'tall' downloads over max_side are left out of the shards
+    assert manifest["samples"] == sum(n for n, e in EXPECTED.values() if e == "success")  # not the 'tall' ones
     assert manifest["failures_by_reason"] == result.failures_by_reason
     captions = pq.read_table(tmp_path / "ds" / "samples.parquet", columns=["caption"]).column("caption").to_pylist()
     assert sorted(captions) == sorted(r["caption"] for r in rows if r["expect"] == "success")
@@ -64,7 +75,7 @@ def test_bad_allow_host_is_a_config_error(entry: str) -> None:
 def test_a_mix_of_a_local_folder_and_a_url_list_crawls_both(fault_servers, tmp_path: Path) -> None:  # noqa: F811 (the imported fixture)
     from PIL import Image
     from vlforge.components.pipeline_config import SourceConfig
-    from vlforge.components.stages import _load_rows
+    from vlforge.components.stages import load_source_rows
 
     s = fault_servers
     (tmp_path / "imgs").mkdir()
@@ -73,7 +84,7 @@ def test_a_mix_of_a_local_folder_and_a_url_list_crawls_both(fault_servers, tmp_p
     pq.write_table(pa.table({"url": [f"{s.base}/ok/{8000 + i}" for i in range(4)], "caption": ["remote"] * 4}),
                    tmp_path / "urls.parquet")
     cfg = SourceConfig(spec="mix", mix=[{"spec": str(tmp_path / "imgs")}, {"spec": str(tmp_path / "urls.parquet")}])
-    rows = _load_rows(cfg, "mix", "mix")
+    rows = load_source_rows(cfg, "mix", "mix")
     result = crawl(rows, tmp_path / "crawl", CrawlConfig(image_size=16, processes=1, threads=4, allow_hosts=[s.allow]))
     assert result.succeeded == 8 and result.failures_by_reason == {}
     manifest = shard_crawl(result, tmp_path / "ds", ShardConfig(), {"kind": "mix"})

@@ -79,7 +79,7 @@ class TinyMatcherFamily(Family):
         raise NotImplementedError("the test keeps its model in memory")
 
     def score_pairs(self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor) -> torch.Tensor:
+                   attention_mask: torch.Tensor, tokenizer: object = None) -> torch.Tensor:
         return model(pixel_values, input_ids, attention_mask)
 
 

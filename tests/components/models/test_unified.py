@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from vlforge.components.models.teachers import attached_teacher
 from vlforge.components.models import unified as unified_pkg
 from vlforge.components.models.registry import ImageTextBatch, get_family
 from vlforge.components.models.unified import family as unified_family
@@ -109,8 +110,8 @@ def test_teachers_are_frozen_and_not_part_of_the_student(teachers: dict[str, str
         out["loss"].backward()
         opt.step()
     assert "image_kd" in out and "image_ce" in out and "text_kd" in out
-    cached = model.__dict__[unified_family.TEACHERS_ATTR]
-    text_t, image_t = cached["text_teacher"], cached["image_teacher"]
+    text_t, image_t = (attached_teacher(model, f)[1] for f in ("text_teacher", "image_teacher"))
+    assert text_t is not None and image_t is not None
     fresh_text, fresh_image = get_family("text-mlm").load(Path(teachers["text"])), get_family("image-teacher").load(Path(teachers["supervised"]))
     for teacher, fresh in ((text_t, fresh_text), (image_t, fresh_image)):
         assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
@@ -127,7 +128,7 @@ def test_teachers_are_frozen_and_not_part_of_the_student(teachers: dict[str, str
     assert keys and not any("teacher" in k for k in keys)
     assert set(keys) <= set(model.state_dict())
     loaded = family.load(tmp_path / "ckpt")
-    assert unified_family.TEACHERS_ATTR not in loaded.__dict__
+    assert attached_teacher(loaded, "text_teacher") == (False, None)
     for (n, p), q in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(p, q), n
 

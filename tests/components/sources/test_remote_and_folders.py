@@ -75,13 +75,13 @@ def test_mix_takes_shares_by_weight_without_repeats(tmp_path: Path, weights: tup
     src = resolve_source(cfg)
     parts = src.describe["parts"]
     assert src.kind == "mix" and [p["rows_taken"] for p in parts] == list(taken)
-    from vlforge.components.stages import _load_rows
+    from vlforge.components.stages import load_source_rows
 
-    rows = _load_rows(cfg, "mix", "mix")
+    rows = load_source_rows(cfg, "mix", "mix")
     urls = rows.table.column("url").to_pylist()
     assert len(urls) == len(set(urls)) == sum(taken)
     assert sum(u.split("/")[3] == "a" for u in urls) == taken[0]
-    assert _load_rows(cfg, "mix", "mix").table.equals(rows.table)  # seeded: the same mix every time
+    assert load_source_rows(cfg, "mix", "mix").table.equals(rows.table)  # seeded: the same mix every time
     other = SourceConfig(spec="mix", mix_seed=1, mix=cfg.mix)
     assert resolve_source(other).fingerprint != src.fingerprint
 

@@ -5,7 +5,7 @@ import pytest
 from vlforge.catalog import Catalog
 from vlforge.components.models.clip.hf_text import minilm_dir
 from vlforge.components.models.registry import get_family
-from vlforge.components.stages import resolve_artifact_fields, stage_key, train_plan
+from vlforge.components.stages import resolve_artifact_fields, stage_key, train_key
 from vlforge.components.tokenizer import TokenizerConfig, train_tokenizer
 
 from vlforge.errors import UserError
@@ -30,17 +30,17 @@ def test_catalog_text_tower_becomes_a_path_and_a_parent(tmp_path: Path) -> None:
         resolve_artifact_fields(family, family.recipe("tiny-minilm", {"text_tower": "catalog:nothing"}), catalog)
 
 
-def test_train_plan_checks_kinds_and_tokenizer_fit(tmp_path: Path) -> None:
+def test_train_key_checks_kinds_and_tokenizer_fit(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "catalog")
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "manifest.json").write_text("{}")
     dataset = catalog.register(kind="dataset", name="d", files=tmp_path / "ds", config={})
     train_tokenizer(["a red circle", "a blue square"] * 5, tmp_path / "tok", TokenizerConfig(vocab_size=40))
     catalog.register(kind="tokenizer", name="t", files=tmp_path / "tok", config={}, parents=[dataset.id])
-    key, _, _, recipe = train_plan("clip", "tiny", {"steps": 3}, "d", "t", catalog)
-    assert recipe.steps == 3 and key != train_plan("clip", "tiny", {"steps": 4}, "d", "t", catalog)[0]
+    key, _, _, recipe = train_key("clip", "tiny", {"steps": 3}, "d", "t", catalog)
+    assert recipe.steps == 3 and key != train_key("clip", "tiny", {"steps": 4}, "d", "t", catalog)[0]
     with pytest.raises(UserError, match="is a tokenizer, not a dataset"):
-        train_plan("clip", "tiny", {}, "t", "t", catalog)
+        train_key("clip", "tiny", {}, "t", "t", catalog)
     # a trained BPE tokenizer does not fit MiniLM's WordPiece tower: caught before any Ray worker starts
     with pytest.raises(UserError, match="text_tower"):
-        train_plan("clip", "tiny-minilm", {}, "d", "t", catalog)
+        train_key("clip", "tiny-minilm", {}, "d", "t", catalog)
