@@ -33,7 +33,7 @@ def server_start(
     as_json: JsonOpt = False,
 ) -> None:
     """Start a Prefect server (SQLite under $VLFORGE_HOME) in the background and wait until it is healthy."""
-    from vlforge.flows import server
+    from vlforge import prefect_server as server
 
     info = server.start(host=host, port=port)
     emit(out, as_json, info, lambda: out.print(_server_table(info)))
@@ -43,7 +43,7 @@ def server_start(
 @command
 def server_stop(out: Console, as_json: JsonOpt = False) -> None:
     """Stop the server this home started."""
-    from vlforge.flows import server
+    from vlforge import prefect_server as server
 
     info = server.stop()
     emit(out, as_json, info, lambda: out.print("stopped" if info["stopped"] else "no server was running"))
@@ -53,7 +53,7 @@ def server_stop(out: Console, as_json: JsonOpt = False) -> None:
 @command
 def server_status(out: Console, as_json: JsonOpt = False) -> None:
     """Whether this home's server is running, and where."""
-    from vlforge.flows import server
+    from vlforge import prefect_server as server
 
     info = server.status()
     emit(out, as_json, info, lambda: out.print(_server_table(info)))
@@ -70,7 +70,7 @@ def deploy(
 ) -> None:
     """Register the flows' deployments with their schedules on the running server and serve them (blocks)."""
     from vlforge.errors import UserError
-    from vlforge.flows import server
+    from vlforge import prefect_server as server
     from vlforge.deployments import load_schedules, serve
 
     spec = load_schedules(schedules)
@@ -97,7 +97,7 @@ def runs(
     as_json: JsonOpt = False,
 ) -> None:
     """Recent flow runs with state and duration (from the Prefect API)."""
-    from vlforge.flows import server
+    from vlforge import prefect_server as server
 
     server.use_running_server()
     rows = asyncio.run(_recent_runs(limit))
