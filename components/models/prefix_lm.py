@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
+from vlforge.components.losses import lm_loss
 from vlforge.components.models.registry import ImageTextBatch
 from vlforge.components.sources.scene_tasks import vqa_questions
 
@@ -234,6 +235,20 @@ def read_composite_config(model_dir: Path | str, model_type: str, what: str) -> 
 def load_composite_weights(model: nn.Module, model_dir: Path | str) -> nn.Module:
     load_model(model, str(Path(model_dir) / WEIGHTS))
     return model
+
+
+def prefix_lm_losses(lm: nn.Module, batch: PackedBatch, is_vqa: list[bool],
+                     blocked: Mapping[int, Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+    """The captioning / VQA training step's losses on a packed batch: ``loss`` (the LM loss over every target
+    token, ``losses.lm_loss``), its detached copy ``lm``, and ``task_losses``' split by task."""
+    logits = run_lm(lm, batch, blocked).logits
+    loss = lm_loss(logits, batch.labels)
+    return {"loss": loss, "lm": loss.detach(), **task_losses(logits, batch.labels, is_vqa)}
+
+
+def prompt_texts(tokenizer: Any, bos: int, prompts: list[str] | None, n: int) -> list[list[int]]:
+    """Generation's text inputs: ``<bos>`` and, given ``prompts``, prompt ``i`` after it, for ``n`` samples."""
+    return [[bos, *(token_ids(tokenizer, prompts[i]) if prompts else [])] for i in range(n)]
 
 
 @torch.no_grad()

@@ -13,6 +13,10 @@ projected, optionally frozen (``lock_text``, but the last ``lock_text_unlocked_l
 must be the tower's own: ``tokenizer: {kind: pretrained, pretrained_dir: <tower dir>}``. The text_width,
 text_layers, text_heads and vocab_size fields are ignored then; the lock fields are ignored without a tower.
 
+Fine-tuning (``init_from``): ``--set init_from=catalog:REF`` starts from a clip model of the catalog, trained or
+imported (``vlforge import model``, e.g. an open_clip checkpoint), with its architecture and weights; the run's
+image_size, max_text_length and tokenizer must fit it (one-line errors name both sides), the model becomes a parent.
+
 Run:  vlforge run train --family clip --data shapes --recipe tiny
 Recipes: ``recipes/tiny.yaml`` (64 px, 2 CPU cores, minutes), ``recipes/base.yaml`` (ViT-B/32, 151M params)
 and ``recipes/tiny-minilm.yaml`` (tiny's image tower + frozen all-MiniLM-L6-v2 text tower).
@@ -37,31 +41,22 @@ from vlforge.components.models.clip.hf_text import (
     check_tokenizer,
     resolve_text_tower,
 )
-from vlforge.components.models.registry import (
-    Family,
-    ImageTextBatch,
-    Recipe,
-    register_family,
-    special_token_ids,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
-
+from vlforge.components.models.common.config import PatchRecipe, VocabRecipe, transformer_sizes
+from vlforge.components.models.common.preflight import check_vocab_size
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, register_family, special_token_ids
+from vlforge.components.models.registry import unwrap as _unwrap
 from vlforge.errors import UserError
 
 
-class ClipRecipe(Recipe):
+class ClipRecipe(VocabRecipe, PatchRecipe):
     embed_dim: int = Field(128, ge=1)
     vision_width: int = Field(128, ge=8)
     vision_layers: int = Field(3, ge=1)
     vision_heads: int = Field(4, ge=1)
-    patch_size: int = Field(8, ge=1)
     text_width: int = Field(128, ge=8)
     text_layers: int = Field(3, ge=1)
     text_heads: int = Field(4, ge=1)
     mlp_ratio: int = Field(4, ge=1)
-    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
     logit_scale_init: float = math.log(1 / 0.07)
     max_logit_scale: float = Field(100.0, gt=0)
     gather_features: bool = True
@@ -69,14 +64,14 @@ class ClipRecipe(Recipe):
     text_pooler: Literal["mean", "cls"] = "mean"
     lock_text: bool = Field(False, description="freeze the pretrained text tower")
     lock_text_unlocked_layers: int = Field(0, ge=0, description="with lock_text: leave the last N layers trainable")
+    init_from: str | None = Field(None, description="fine-tuning: a clip model (directory or catalog:REF, e.g. an "
+                                  "imported one) to start from, with its architecture; image_size and "
+                                  "max_text_length must fit it")
 
 
 def vision_config(recipe: ClipRecipe) -> CLIPVisionConfig:
     return CLIPVisionConfig(
-        hidden_size=recipe.vision_width,
-        intermediate_size=recipe.vision_width * recipe.mlp_ratio,
-        num_hidden_layers=recipe.vision_layers,
-        num_attention_heads=recipe.vision_heads,
+        **transformer_sizes(recipe.vision_width, recipe.vision_layers, recipe.vision_heads, recipe.mlp_ratio),
         image_size=recipe.image_size,
         patch_size=recipe.patch_size,
         projection_dim=recipe.embed_dim,
@@ -86,10 +81,7 @@ def vision_config(recipe: ClipRecipe) -> CLIPVisionConfig:
 def clip_config(recipe: ClipRecipe, vocab_size: int, special_ids: dict[str, int]) -> CLIPConfig:
     text = CLIPTextConfig(
         vocab_size=recipe.vocab_size or vocab_size,
-        hidden_size=recipe.text_width,
-        intermediate_size=recipe.text_width * recipe.mlp_ratio,
-        num_hidden_layers=recipe.text_layers,
-        num_attention_heads=recipe.text_heads,
+        **transformer_sizes(recipe.text_width, recipe.text_layers, recipe.text_heads, recipe.mlp_ratio),
         max_position_embeddings=recipe.max_text_length,
         projection_dim=recipe.embed_dim,
         pad_token_id=special_ids.get("pad", 0),
@@ -111,10 +103,12 @@ class ClipFamily(Family):
     recipe_cls = ClipRecipe
     capabilities = frozenset({"retrieval", "zero_shot_classification"})
     objectives = ("itc",)
-    artifact_fields = ("text_tower",)
+    artifact_fields = ("text_tower", "init_from")
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, ClipRecipe)
+        if recipe.init_from:
+            return check_continued(self.load(Path(recipe.init_from)), recipe, vocab_size, special_ids)
         if recipe.text_tower is None:
             return CLIPModel(clip_config(recipe, vocab_size, special_ids))
         return build_hf_text_clip(
@@ -134,8 +128,8 @@ class ClipFamily(Family):
         assert isinstance(recipe, ClipRecipe)
         if recipe.text_tower is not None:
             check_tokenizer(resolve_text_tower(recipe.text_tower), len(tokenizer), special_token_ids(tokenizer), recipe.text_tower)
-        elif recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")
+        else:
+            check_vocab_size(tokenizer, recipe.vocab_size)
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, ClipRecipe)
@@ -154,6 +148,14 @@ class ClipFamily(Family):
         with torch.no_grad():
             _unwrap(model).logit_scale.clamp_(0, math.log(recipe.max_logit_scale))
 
+    def save(self, model: nn.Module, out_dir: Path, recipe: Recipe) -> None:
+        """The saved recipe describes the saved network: a model started from ``init_from`` has that model's shape."""
+        if isinstance(model, CLIPModel) and getattr(recipe, "init_from", None):
+            from vlforge.components.models.convert.hf_checkpoint import HF_ARCHITECTURES
+
+            recipe = recipe.model_copy(update=HF_ARCHITECTURES["clip"].recipe_fields(model.config.to_dict(), "model"))
+        super().save(model, out_dir, recipe)
+
     def load(self, model_dir: Path) -> nn.Module:
         config_file = Path(model_dir) / "config.json"
         if not config_file.is_file():
@@ -171,6 +173,25 @@ class ClipFamily(Family):
     def encode_texts(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = _unwrap(model).get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return F.normalize(_features(out), dim=-1)
+
+
+def check_continued(model: nn.Module, recipe: ClipRecipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
+    """The ``init_from`` model, to train on; UserError naming both sides where the run's images, text length or
+    tokenizer do not fit it."""
+    vision = model.config.vision_config
+    text = getattr(model.config, "text_config", None)
+    if vision.image_size != recipe.image_size:
+        raise UserError(f"init_from '{recipe.init_from}' takes {vision.image_size} px images; this recipe's "
+                        f"image_size is {recipe.image_size} (--set image_size={vision.image_size})")
+    if text is not None and getattr(text, "model_type", "") == "clip_text_model":
+        if recipe.max_text_length > text.max_position_embeddings:
+            raise UserError(f"init_from '{recipe.init_from}' reads {text.max_position_embeddings} tokens; this recipe's "
+                            f"max_text_length is {recipe.max_text_length}")
+        if vocab_size > text.vocab_size or (text.eos_token_id != 2 and special_ids.get("eos") != text.eos_token_id):
+            raise UserError(f"init_from '{recipe.init_from}' embeds {text.vocab_size} tokens ending at id "
+                            f"{text.eos_token_id}; this run's tokenizer has {vocab_size} ending at id "
+                            f"{special_ids.get('eos')} (train with the model's own tokenizer)")
+    return model
 
 
 def _features(out: torch.Tensor | object) -> torch.Tensor:

@@ -36,6 +36,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import logging as hf_logging
 
+from vlforge.components.models.common.pretrained import ImageTextPreTrainedModel
 from vlforge.errors import UserError
 
 MODEL_TYPE = "vlforge_hf_text_clip"
@@ -119,12 +120,10 @@ def _tower_layers(tower: nn.Module, num_layers: int | None) -> nn.ModuleList:
     return max(lists, key=len)
 
 
-class HFTextCLIPModel(PreTrainedModel):
+class HFTextCLIPModel(ImageTextPreTrainedModel):
     config: HFTextCLIPConfig
     config_class = HFTextCLIPConfig
     base_model_prefix = "hf_text_clip"
-    main_input_name = "input_ids"
-    input_modalities = ("image", "text")
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True

@@ -45,31 +45,12 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 from torch import nn
-from vlforge.components.losses import lm_loss
+from vlforge.components.models.common.preflight import check_heads
 from vlforge.components.models.frozen.modeling import FrozenModel
 from vlforge.components.models.masking import batch_generator
-from vlforge.components.models.prefix_lm import (
-    IMAGE,
-    Segment,
-    caption_or_vqa_texts,
-    decode,
-    greedy_generate,
-    pack,
-    run_lm,
-    task_losses,
-    text_segment,
-    token_ids,
-)
-from vlforge.components.models.registry import (
-    Family,
-    ImageTextBatch,
-    Recipe,
-    get_family,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.prefix_lm import IMAGE, Segment, caption_or_vqa_texts, decode, greedy_generate, pack, prefix_lm_losses, prompt_texts, text_segment, token_ids
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, get_family, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 from vlforge.components.models.text_lm.family import gpt2_config, load_gpt2
 
 from vlforge.errors import UserError
@@ -132,8 +113,8 @@ class FrozenFamily(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, FrozenRecipe)
-        if recipe.vision == "vit" and recipe.vision_width % recipe.vision_heads:
-            raise UserError(f"frozen recipe: vision_width {recipe.vision_width} is not a multiple of vision_heads {recipe.vision_heads}")
+        if recipe.vision == "vit":
+            check_heads(self.name, recipe, "vision_width", "vision_heads")
         if "bos" not in special_ids or "eos" not in special_ids:
             raise UserError("frozen needs a tokenizer with <bos> and <eos> tokens")
         lm = language_model(recipe.language_model, recipe.lm_recipe, vocab_size, special_ids, self.name)
@@ -160,12 +141,7 @@ class FrozenFamily(Family):
         wte = core.language_model.get_input_embeddings()
         rows = [[Segment(prefix[i], IMAGE), text_segment(wte, inp), text_segment(wte, tgt, target=True)]
                 for i, (inp, tgt) in enumerate(texts)]
-        packed = pack(rows)
-        logits = run_lm(core.language_model, packed).logits
-        loss = lm_loss(logits, packed.labels)
-        out = {"loss": loss, "lm": loss.detach()}
-        out.update(task_losses(logits, packed.labels, is_vqa))
-        return out
+        return prefix_lm_losses(core.language_model, pack(rows), is_vqa)
 
     def load(self, model_dir: Path) -> nn.Module:
         return FrozenModel.from_pretrained(model_dir)
@@ -177,10 +153,8 @@ class FrozenFamily(Family):
         core = _unwrap(model)
         prefix = core(pixel_values)
         wte = core.language_model.get_input_embeddings()
-        bos = _ids(core, "bos")
-        rows = [[Segment(prefix[i], IMAGE),
-                 text_segment(wte, [bos, *(token_ids(tokenizer, prompts[i]) if prompts else [])])]
-                for i in range(prefix.shape[0])]
+        texts = prompt_texts(tokenizer, _ids(core, "bos"), prompts, prefix.shape[0])
+        rows = [[Segment(prefix[i], IMAGE), text_segment(wte, text)] for i, text in enumerate(texts)]
         out = greedy_generate(core.language_model, pack(rows, pad_left=True), wte, _ids(core, "eos"), max_new_tokens)
         return decode(tokenizer, out)
 

@@ -45,6 +45,8 @@ from pydantic import Field
 from torch import nn
 from transformers import ViTConfig, ViTModel
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
+from vlforge.components.models.common.config import PatchRecipe, TransformerRecipe, dropouts, recipe_sizes
+from vlforge.components.models.common.preflight import check_heads, check_patches
 from vlforge.components.models.masking import (
     IGNORE_INDEX,
     batch_generator,
@@ -52,29 +54,17 @@ from vlforge.components.models.masking import (
     patchify,
     random_patch_mask,
 )
-from vlforge.components.models.registry import (
-    Family,
-    ImageTextBatch,
-    Recipe,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 
 from vlforge.errors import UserError
 
 LABEL_RULE = "blake2b8-mod"  # the bucket rule of ``label_index`` without class_names (saved in the config)
 
 
-class ImageTeacherRecipe(Recipe):
+class ImageTeacherRecipe(PatchRecipe, TransformerRecipe):
     objective: Literal["mim", "supervised"] = Field("mim", description="mim: masked image modelling (any dataset); "
                                                     "supervised: class labels from meta['label']")
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(3, ge=1)
-    num_heads: int = Field(4, ge=1)
-    mlp_ratio: int = Field(4, ge=1)
-    patch_size: int = Field(8, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1, description="hidden and attention dropout (ViT-B pretraining: 0.1)")
     initializer_range: float = Field(0.02, gt=0)
     num_classes: int = Field(64, ge=2, description="label hash buckets (without class_names)")
@@ -129,12 +119,8 @@ class ImageTeacherModel(ViTPreTrainedModel):
 
 def vit_config(recipe: ImageTeacherRecipe) -> ViTConfig:
     config = ViTConfig(
-        hidden_size=recipe.hidden_size,
-        num_hidden_layers=recipe.num_layers,
-        num_attention_heads=recipe.num_heads,
-        intermediate_size=recipe.hidden_size * recipe.mlp_ratio,
-        hidden_dropout_prob=recipe.dropout,
-        attention_probs_dropout_prob=recipe.dropout,
+        **recipe_sizes(recipe),
+        **dropouts(recipe.dropout),
         initializer_range=recipe.initializer_range,
         image_size=recipe.image_size,
         patch_size=recipe.patch_size,
@@ -159,10 +145,8 @@ class ImageTeacherFamily(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, ImageTeacherRecipe)
-        if recipe.hidden_size % recipe.num_heads:
-            raise UserError(f"image-teacher recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
-        if recipe.image_size % recipe.patch_size:
-            raise UserError(f"image-teacher recipe: image_size {recipe.image_size} is not a multiple of patch_size {recipe.patch_size}")
+        check_heads(self.name, recipe)
+        check_patches(self.name, recipe)
         if len(set(recipe.class_names)) != len(recipe.class_names):
             raise UserError("image-teacher recipe: class_names has duplicates")
         return ImageTeacherModel(vit_config(recipe))

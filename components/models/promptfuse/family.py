@@ -46,34 +46,12 @@ import torch
 from pydantic import Field
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-from vlforge.components.losses import lm_loss
 from vlforge.components.models.frozen.family import language_model
 from vlforge.components.models.masking import batch_generator
-from vlforge.components.models.prefix_lm import (
-    IMAGE,
-    PROMPT,
-    TEXT,
-    Segment,
-    caption_or_vqa_texts,
-    decode,
-    greedy_generate,
-    pack,
-    run_lm,
-    task_losses,
-    text_segment,
-    token_ids,
-)
+from vlforge.components.models.prefix_lm import IMAGE, PROMPT, TEXT, Segment, caption_or_vqa_texts, decode, greedy_generate, pack, prefix_lm_losses, prompt_texts, text_segment
 from vlforge.components.models.promptfuse.modeling import PromptFuseModel
-from vlforge.components.models.registry import (
-    Family,
-    ImageTextBatch,
-    Recipe,
-    get_family,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, get_family, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 
 from vlforge.errors import UserError
 
@@ -167,12 +145,8 @@ class PromptFuseFamily(Family):
         texts, is_vqa = caption_or_vqa_texts(batch, int(core.special_ids["bos"]), int(core.special_ids["eos"]),
                                              recipe.vqa_prob, gen)
         image, prompts = model(batch.pixel_values)  # through the (data-parallel) wrapper: prompt gradients sync
-        packed = pack(conditioned_rows(core, image, prompts, texts))
-        logits = run_lm(core.language_model, packed, blocked(core)).logits
-        loss = lm_loss(logits, packed.labels)
-        out = {"loss": loss, "lm": loss.detach(), "prompt_norm": core.prompts.detach().norm(dim=-1).mean()}
-        out.update(task_losses(logits, packed.labels, is_vqa))
-        return out
+        out = prefix_lm_losses(core.language_model, pack(conditioned_rows(core, image, prompts, texts)), is_vqa, blocked(core))
+        return {**out, "prompt_norm": core.prompts.detach().norm(dim=-1).mean()}
 
     def load(self, model_dir: Path) -> nn.Module:
         return PromptFuseModel.from_pretrained(model_dir)
@@ -183,8 +157,7 @@ class PromptFuseFamily(Family):
                        prompts: list[str] | None, max_new_tokens: int) -> list[str]:
         core = _unwrap(model)
         image, soft = core(pixel_values)
-        bos = int(core.special_ids["bos"])
-        texts = [([bos, *(token_ids(tokenizer, prompts[i]) if prompts else [])], []) for i in range(image.shape[0])]
+        texts = [(ids, []) for ids in prompt_texts(tokenizer, int(core.special_ids["bos"]), prompts, image.shape[0])]
         packed = pack(conditioned_rows(core, image, soft, texts), pad_left=True)
         wte = core.language_model.get_input_embeddings()
         out = greedy_generate(core.language_model, packed, wte, int(core.special_ids["eos"]), max_new_tokens, blocked(core))

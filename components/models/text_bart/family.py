@@ -30,26 +30,20 @@ from pydantic import Field
 from torch import nn
 from transformers import BartConfig, BartForConditionalGeneration
 from vlforge.components.losses import lm_loss
+from vlforge.components.models.common.config import VocabRecipe
+from vlforge.components.models.common.preflight import check_multiple, check_vocab_size, require_special_ids
 from vlforge.components.models.heads import mean_pool
 from vlforge.components.models.infilling import text_infilling
 from vlforge.components.models.masking import IGNORE_INDEX, batch_generator
-from vlforge.components.models.registry import (
-    Family,
-    ImageTextBatch,
-    Recipe,
-    load_pretrained,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, load_pretrained, register_family, special_token_ids
+from vlforge.components.models.registry import unwrap as _unwrap
 
 from vlforge.errors import UserError
 
 REQUIRED_SPECIALS = ("pad", "mask", "bos", "eos")
 
 
-class TextBartRecipe(Recipe):
+class TextBartRecipe(VocabRecipe):
     d_model: int = Field(128, ge=8)
     encoder_layers: int = Field(2, ge=1)
     decoder_layers: int = Field(2, ge=1)
@@ -57,7 +51,6 @@ class TextBartRecipe(Recipe):
     ffn_dim: int = Field(512, ge=8)
     max_positions: int = Field(128, ge=4, description="learned positions; VLKD puts its image prefix before the "
                                "caption in this encoder, so leave room for (image tokens + max_text_length)")
-    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
     dropout: float = Field(0.1, ge=0, lt=1)
     attention_dropout: float = Field(0.0, ge=0, lt=1)
     init_std: float = Field(0.02, gt=0)
@@ -90,9 +83,7 @@ def bart_config(recipe: TextBartRecipe, vocab_size: int, special_ids: dict[str, 
 
 
 def check_specials(special_ids: dict[str, int], who: str) -> None:
-    missing = [s for s in REQUIRED_SPECIALS if s not in special_ids]
-    if missing:
-        raise UserError(f"{who} needs a tokenizer with {', '.join(missing)} token(s) (text infilling and decoding)")
+    require_special_ids(who, special_ids, REQUIRED_SPECIALS, "text infilling and decoding")
 
 
 def decoder_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -120,19 +111,15 @@ class TextBartFamily(Family):
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, TextBartRecipe)
         check_specials(special_ids, "text-bart")
-        if recipe.d_model % recipe.attention_heads:
-            raise UserError(f"text-bart recipe: d_model {recipe.d_model} is not a multiple of attention_heads {recipe.attention_heads}")
+        check_multiple(self.name, "d_model", recipe.d_model, "attention_heads", recipe.attention_heads)
         if recipe.max_positions < recipe.max_text_length:
             raise UserError(f"text-bart recipe: max_positions {recipe.max_positions} is below max_text_length {recipe.max_text_length}")
         return BartForConditionalGeneration(bart_config(recipe, vocab_size, special_ids))
 
     def preflight(self, recipe: Recipe, tokenizer: object) -> None:
         assert isinstance(recipe, TextBartRecipe)
-        from vlforge.components.models.registry import special_token_ids
-
         check_specials(special_token_ids(tokenizer), "text-bart")
-        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
+        check_vocab_size(tokenizer, recipe.vocab_size)
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, TextBartRecipe)

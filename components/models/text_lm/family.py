@@ -37,30 +37,24 @@ from pydantic import Field
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from vlforge.components.losses import lm_loss
+from vlforge.components.models.common.config import VocabRecipe
+from vlforge.components.models.common.preflight import check_heads, check_text_fits, check_vocab_size
 from vlforge.components.models.heads import mean_pool
 from vlforge.components.models.masking import batch_generator
 from vlforge.components.models.prefix_lm import IGNORE_INDEX, token_ids, vqa_prompt
-from vlforge.components.models.registry import (
-    Family,
-    ImageTextBatch,
-    Recipe,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 
 from vlforge.components.sources.scene_tasks import vqa_questions
 from vlforge.errors import UserError
 
 
-class TextLMRecipe(Recipe):
+class TextLMRecipe(VocabRecipe):
     hidden_size: int = Field(128, ge=8, description="GPT-2 n_embd")
     num_layers: int = Field(3, ge=1, description="GPT-2 n_layer")
     num_heads: int = Field(4, ge=1, description="GPT-2 n_head")
     n_positions: int = Field(128, ge=4, description="learned positions; room for image prefixes, prompts and "
                              "few-shot examples in front of the text, not only max_text_length")
-    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
     dropout: float = Field(0.1, ge=0, lt=1, description="GPT-2's resid/embd/attn dropout")
     context_qa_prob: float = Field(0.0, ge=0, le=1, description="chance a sample with scene facts becomes 'caption "
                                    "<bos> question: q answer: a <eos>' (reading the text in front of <bos>)")
@@ -133,16 +127,13 @@ class TextLMFamily(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, TextLMRecipe)
-        if recipe.hidden_size % recipe.num_heads:
-            raise UserError(f"text-lm recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
-        if recipe.max_text_length > recipe.n_positions:
-            raise UserError(f"text-lm recipe: max_text_length {recipe.max_text_length} exceeds n_positions {recipe.n_positions}")
+        check_heads(self.name, recipe)
+        check_text_fits(self.name, recipe, "n_positions")
         return GPT2LMHeadModel(gpt2_config(recipe, vocab_size, special_ids))
 
     def preflight(self, recipe: Recipe, tokenizer: object) -> None:
         assert isinstance(recipe, TextLMRecipe)
-        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
+        check_vocab_size(tokenizer, recipe.vocab_size)
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, TextLMRecipe)

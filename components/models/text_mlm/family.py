@@ -32,45 +32,28 @@ from pydantic import Field
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 from vlforge.components.losses import mlm_loss
+from vlforge.components.models.common.config import MaskedLMRecipe, TransformerRecipe, VocabRecipe, dropouts, recipe_sizes
+from vlforge.components.models.common.preflight import check_heads, check_text_fits, check_token, check_vocab_size, require_mask_id
 from vlforge.components.models.heads import mean_pool
 from vlforge.components.models.masking import batch_generator, mask_tokens
-from vlforge.components.models.registry import (
-    Family,
-    ImageTextBatch,
-    Recipe,
-    load_pretrained,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
-
-from vlforge.errors import UserError
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, load_pretrained, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 
 
-class TextMlmRecipe(Recipe):
-    hidden_size: int = Field(128, ge=8)
+class TextMlmRecipe(MaskedLMRecipe, VocabRecipe, TransformerRecipe):
     num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
     mlp_ratio: int = Field(4, ge=1, description="intermediate size = mlp_ratio x hidden_size")
-    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
     max_position_embeddings: int = Field(512, ge=4, description="BERT's 512, so students with longer texts fit")
     dropout: float = Field(0.1, ge=0, lt=1, description="hidden and attention dropout (BERT: 0.1)")
     initializer_range: float = Field(0.02, gt=0)
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
-    whole_word_masking: bool = True
 
 
 def bert_config(recipe: TextMlmRecipe, vocab_size: int, special_ids: dict[str, int]) -> BertConfig:
     return BertConfig(
         vocab_size=recipe.vocab_size or vocab_size,
-        hidden_size=recipe.hidden_size,
-        num_hidden_layers=recipe.num_layers,
-        num_attention_heads=recipe.num_heads,
-        intermediate_size=recipe.hidden_size * recipe.mlp_ratio,
+        **recipe_sizes(recipe),
         max_position_embeddings=recipe.max_position_embeddings,
-        hidden_dropout_prob=recipe.dropout,
-        attention_probs_dropout_prob=recipe.dropout,
+        **dropouts(recipe.dropout),
         initializer_range=recipe.initializer_range,
         pad_token_id=special_ids.get("pad", 0),
         tie_word_embeddings=True,
@@ -89,22 +72,17 @@ class TextMlmFamily(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, TextMlmRecipe)
-        if recipe.hidden_size % recipe.num_heads:
-            raise UserError(f"text-mlm recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
-        if "mask" not in special_ids:
-            raise UserError("text-mlm needs a tokenizer with a mask token (MLM)")
-        if recipe.max_text_length > recipe.max_position_embeddings:
-            raise UserError(f"text-mlm recipe: max_text_length {recipe.max_text_length} exceeds max_position_embeddings {recipe.max_position_embeddings}")
+        check_heads(self.name, recipe)
+        require_mask_id(self.name, special_ids)
+        check_text_fits(self.name, recipe)
         config = bert_config(recipe, vocab_size, special_ids)
         config.vlforge_special_ids = dict(special_ids)  # saved with the checkpoint: masking needs them
         return BertForMaskedLM(config)
 
     def preflight(self, recipe: Recipe, tokenizer: object) -> None:
         assert isinstance(recipe, TextMlmRecipe)
-        if getattr(tokenizer, "mask_token_id", None) is None:
-            raise UserError("text-mlm: the tokenizer has no mask token, which MLM needs")
-        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
+        check_token(self.name, tokenizer, "mask")
+        check_vocab_size(tokenizer, recipe.vocab_size)
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, TextMlmRecipe)

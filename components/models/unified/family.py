@@ -63,6 +63,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from vlforge.components.losses import feature_distill_loss, kd_kl_loss, mlm_loss
+from vlforge.components.models.common.config import MaskedLMRecipe, PatchRecipe, TransformerRecipe, VocabRecipe, dropouts, recipe_sizes
+from vlforge.components.models.common.preflight import check_heads, check_patches, check_per_worker_batch, check_text_fits, check_token, check_vocab_size, require_mask_id
 from vlforge.components.models.teachers import attach_teacher, attached_teacher
 from vlforge.components.models.heads import mean_pool
 from vlforge.components.models.image_teacher.family import batch_labels
@@ -74,18 +76,8 @@ from vlforge.components.models.masking import (
     patchify,
     random_patch_mask,
 )
-from vlforge.components.models.registry import (
-    FAMILY_FILE,
-    Family,
-    ImageTextBatch,
-    Recipe,
-    get_family,
-    load_pretrained,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import FAMILY_FILE, Family, ImageTextBatch, Recipe, get_family, load_pretrained, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 from vlforge.components.models.unified.modeling import (
     MODEL_TYPE,
     UnifiedConfig,
@@ -103,7 +95,7 @@ from vlforge.errors import UserError
 
 
 
-class UnifiedRecipe(Recipe):
+class UnifiedRecipe(MaskedLMRecipe, VocabRecipe, PatchRecipe, TransformerRecipe):
     text_teacher: str | None = Field(None, description="a text-mlm model directory (or catalog:REF); empty: the "
                                      "train flow trains one first")
     image_teacher: str | None = Field(None, description="an image-teacher model directory (or catalog:REF); empty: "
@@ -112,17 +104,9 @@ class UnifiedRecipe(Recipe):
         "auto", description="the objective of the image teacher the train flow trains when image_teacher is empty: "
         "supervised on the source's labels, as the paper's ViT teacher (auto: when the training split has labels, "
         "else mim)")
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(3, ge=1)
-    num_heads: int = Field(4, ge=1)
-    mlp_ratio: int = Field(4, ge=1)
-    patch_size: int = Field(8, ge=1)
-    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
     max_position_embeddings: int = Field(512, ge=4)
     dropout: float = Field(0.1, ge=0, lt=1)
     initializer_range: float = Field(0.02, gt=0)
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
-    whole_word_masking: bool = True
     mlm_weight: float = Field(1.0, ge=0)
     text_kd_weight: float = Field(1.0, ge=0, description="KD on the text teacher's MLM logits (masked positions)")
     text_feature_kd_weight: float = Field(0.0, ge=0, description="hidden-state distillation from the text teacher")
@@ -183,12 +167,8 @@ def unified_config(recipe: UnifiedRecipe, vocab_size: int, special_ids: dict[str
     classes = image_t["vlforge_num_classes"] if supervised and (recipe.image_logit_kd_weight or recipe.image_label_weight) else 0
     config = UnifiedConfig(
         vocab_size=vocab,
-        hidden_size=recipe.hidden_size,
-        num_hidden_layers=recipe.num_layers,
-        num_attention_heads=recipe.num_heads,
-        intermediate_size=recipe.hidden_size * recipe.mlp_ratio,
-        hidden_dropout_prob=recipe.dropout,
-        attention_probs_dropout_prob=recipe.dropout,
+        **recipe_sizes(recipe),
+        **dropouts(recipe.dropout),
         max_position_embeddings=recipe.max_position_embeddings,
         image_size=recipe.image_size,
         patch_size=recipe.patch_size,
@@ -247,14 +227,10 @@ class UnifiedFamily(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, UnifiedRecipe)
-        if recipe.hidden_size % recipe.num_heads:
-            raise UserError(f"unified recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
-        if recipe.image_size % recipe.patch_size:
-            raise UserError(f"unified recipe: image_size {recipe.image_size} is not a multiple of patch_size {recipe.patch_size}")
-        if recipe.max_text_length > recipe.max_position_embeddings:
-            raise UserError(f"unified recipe: max_text_length {recipe.max_text_length} exceeds max_position_embeddings {recipe.max_position_embeddings}")
-        if "mask" not in special_ids:
-            raise UserError("unified needs a tokenizer with a mask token (MLM)")
+        check_heads(self.name, recipe)
+        check_patches(self.name, recipe)
+        check_text_fits(self.name, recipe)
+        require_mask_id(self.name, special_ids)
         return UnifiedModel(unified_config(recipe, vocab_size, special_ids))
 
     def teacher_overrides(self, field: str, recipe: Recipe, offers: frozenset[str]) -> dict[str, Any]:
@@ -273,12 +249,9 @@ class UnifiedFamily(Family):
 
     def preflight(self, recipe: Recipe, tokenizer: object) -> None:
         assert isinstance(recipe, UnifiedRecipe)
-        if getattr(tokenizer, "mask_token_id", None) is None:
-            raise UserError("unified: the tokenizer has no mask token, which MLM needs")
-        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
-        if recipe.batch_size // recipe.num_workers < 2:
-            raise UserError(f"unified: batch_size {recipe.batch_size} over {recipe.num_workers} workers leaves fewer than 2 samples per worker; the unpaired split needs two")
+        check_token(self.name, tokenizer, "mask")
+        check_vocab_size(tokenizer, recipe.vocab_size)
+        check_per_worker_batch(self.name, recipe, "samples", "the unpaired split needs two")
         image_t = _read_config(recipe.image_teacher, "image_teacher", "image-teacher")
         _read_config(recipe.text_teacher, "text_teacher", "text-mlm")
         if recipe.mim_weight == 0 and (image_t is None or not (recipe.image_feature_kd_weight or (

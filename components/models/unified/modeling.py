@@ -22,7 +22,6 @@ from transformers import (
     AutoModel,
     BertConfig,
     PreTrainedConfig,
-    PreTrainedModel,
     ViTConfig,
 )
 from transformers import initialization as init
@@ -34,6 +33,7 @@ from transformers.models.bert.modeling_bert import (
     BertOnlyMLMHead,
 )
 from transformers.models.vit.modeling_vit import ViTEmbeddings
+from vlforge.components.models.common.pretrained import ImageTextPreTrainedModel
 
 MODEL_TYPE = "vlforge_unified"
 
@@ -77,12 +77,10 @@ class UnifiedConfig(PreTrainedConfig):
         )
 
 
-class UnifiedModel(PreTrainedModel):
+class UnifiedModel(ImageTextPreTrainedModel):
     config: UnifiedConfig
     config_class = UnifiedConfig
     base_model_prefix = "unified"
-    main_input_name = "input_ids"
-    input_modalities = ("image", "text")
     _supports_sdpa = True
     _tied_weights_keys = {  # noqa: RUF012 (transformers reads this class attribute)
         "mlm_head.predictions.decoder.weight": "text_embeddings.word_embeddings.weight",

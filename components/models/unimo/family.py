@@ -58,22 +58,16 @@ import torch
 from pydantic import Field
 from torch import nn
 from vlforge.components.losses import gather_objects
+from vlforge.components.models.common.config import MaskedLMRecipe, PatchRecipe, TransformerRecipe, VocabRecipe, dropouts, recipe_sizes
+from vlforge.components.models.common.preflight import check_heads, check_patches, check_token, check_vocab_size, per_worker_batch, require_special_ids
 from vlforge.components.models.masking import (
     IGNORE_INDEX,
     batch_generator,
     mask_tokens,
     random_patch_mask,
 )
-from vlforge.components.models.registry import (
-    Family,
-    ImageTextBatch,
-    Recipe,
-    load_pretrained,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, load_pretrained, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 from vlforge.components.models.unimo.modeling import MODEL_TYPE, UnimoConfig, UnimoModel
 from vlforge.components.models.unimo.rewrites import (
     holds,
@@ -88,21 +82,13 @@ STREAMS = {"P": "paired", "I": "image", "T": "text"}
 TASK_MLM, TASK_CAPTION, TASK_VQA = 0, 1, 2
 
 
-class UnimoRecipe(Recipe):
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(3, ge=1)
-    num_heads: int = Field(4, ge=1)
-    mlp_ratio: int = Field(4, ge=1)
-    patch_size: int = Field(8, ge=1)
+class UnimoRecipe(MaskedLMRecipe, VocabRecipe, PatchRecipe, TransformerRecipe):
     dropout: float = Field(0.1, ge=0, lt=1)
     initializer_range: float = Field(0.02, gt=0, description="std of the Linear/Embedding initialisation")
-    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
     max_position_embeddings: int | None = Field(
         None, ge=4, description="text positions (prompt + generated); None: 2 x max_text_length")
     stream_pattern: str = Field("PPIT", pattern="^[PIT]*P[PIT]*$", description="sample i is paired (P), image-only (I) "
                                 "or text-only (T) by pattern[i % len]; needs at least one P")
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
-    whole_word_masking: bool = True
     mim_mask_ratio: float = Field(0.15, gt=0, lt=1, description="share of an image-only sample's patches masked")
     positive_rewrites: int = Field(1, ge=0, description="captions regenerated from the facts per paired sample")
     negative_rewrites: list[Literal["color", "shape", "relation"]] = Field(
@@ -122,12 +108,8 @@ class UnimoRecipe(Recipe):
 def unimo_config(recipe: UnimoRecipe, vocab_size: int, special_ids: dict[str, int]) -> UnimoConfig:
     return UnimoConfig(
         vocab_size=recipe.vocab_size or vocab_size,
-        hidden_size=recipe.hidden_size,
-        num_hidden_layers=recipe.num_layers,
-        num_attention_heads=recipe.num_heads,
-        intermediate_size=recipe.hidden_size * recipe.mlp_ratio,
-        hidden_dropout_prob=recipe.dropout,
-        attention_probs_dropout_prob=recipe.dropout,
+        **recipe_sizes(recipe),
+        **dropouts(recipe.dropout),
         max_position_embeddings=recipe.max_position_embeddings or 2 * recipe.max_text_length,
         type_vocab_size=2,  # 0 text, 1 image
         initializer_range=recipe.initializer_range,
@@ -309,13 +291,9 @@ class UnimoFamily(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, UnimoRecipe)
-        if recipe.hidden_size % recipe.num_heads:
-            raise UserError(f"unimo recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
-        if recipe.image_size % recipe.patch_size:
-            raise UserError(f"unimo recipe: image_size {recipe.image_size} is not a multiple of patch_size {recipe.patch_size}")
-        missing = [t for t in ("mask", "bos", "eos") if t not in special_ids]
-        if missing:
-            raise UserError(f"unimo needs a tokenizer with {', '.join(missing)} token(s) (MLM and generation)")
+        check_heads(self.name, recipe)
+        check_patches(self.name, recipe)
+        require_special_ids(self.name, special_ids, ("mask", "bos", "eos"), "MLM and generation")
         config = unimo_config(recipe, vocab_size, special_ids)
         config.vlforge_special_ids = dict(special_ids)  # saved with the checkpoint: masking and generation need them
         return UnimoModel(config)
@@ -323,11 +301,9 @@ class UnimoFamily(Family):
     def preflight(self, recipe: Recipe, tokenizer: Any) -> None:
         assert isinstance(recipe, UnimoRecipe)
         for role in ("mask", "bos", "eos"):
-            if getattr(tokenizer, f"{role}_token_id", None) is None:
-                raise UserError(f"unimo: the tokenizer has no {role} token (MLM and generation need mask, bos and eos)")
-        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")
-        per_worker = recipe.batch_size // recipe.num_workers
+            check_token(self.name, tokenizer, role, " (MLM and generation need mask, bos and eos)")
+        check_vocab_size(tokenizer, recipe.vocab_size)
+        per_worker = per_worker_batch(recipe)
         if per_worker < len(recipe.stream_pattern):
             raise UserError(f"unimo: batch_size {recipe.batch_size} over {recipe.num_workers} workers gives {per_worker} "
                             f"samples per worker, fewer than stream_pattern '{recipe.stream_pattern}' needs for every stream")

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, BertConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, BertConfig
 from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
 from vlforge.components.losses import gather_ragged_with_grad, info_nce, lm_loss, mlm_loss
@@ -31,6 +31,8 @@ from vlforge.components.models.attention import (
     seq2seq_attention_mask,
     to_attention_bias,
 )
+from vlforge.components.models.common.patch_embed import PatchEmbedding, init_vit_weights
+from vlforge.components.models.common.pretrained import ImageTextPreTrainedModel
 from vlforge.components.models.heads import TiedLMHead
 from vlforge.components.models.masking import masked_patch_loss, patchify
 
@@ -46,33 +48,30 @@ class UnimoConfig(BertConfig):
     logit_scale_init: float = math.log(1 / 0.07)
 
 
-class ImageEmbeddings(nn.Module):
+class ImageEmbeddings(PatchEmbedding):
     """[IMG] + ViT patch projection, learned positions, token type 1, LayerNorm (text's embedding recipe)."""
 
     def __init__(self, config: UnimoConfig):
-        super().__init__()
-        self.num_patches = (config.image_size // config.patch_size) ** 2
-        self.proj = nn.Conv2d(3, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
+        super().__init__(config.hidden_size, config.image_size, config.patch_size)
         self.img_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_patches + 1, config.hidden_size))
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def learned_tokens(self) -> tuple[nn.Parameter, ...]:
+        return self.img_token, self.mask_token, self.position_embeddings
+
     def forward(self, pixel_values: torch.Tensor, type_embedding: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.proj(pixel_values).flatten(2).transpose(1, 2)
-        if patch_mask is not None:
-            x = torch.where(patch_mask[..., None], self.mask_token.to(x.dtype).expand_as(x), x)
+        x = self.patches(pixel_values, patch_mask)
         x = torch.cat([self.img_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         return self.dropout(self.LayerNorm(x + self.position_embeddings + type_embedding))
 
 
-class UnimoModel(PreTrainedModel):
+class UnimoModel(ImageTextPreTrainedModel):
     config: UnimoConfig
     config_class = UnimoConfig
     base_model_prefix = "unimo"
-    main_input_name = "input_ids"
-    input_modalities = ("image", "text")
     _supports_sdpa = True
     _tied_weights_keys = {"lm_head.decoder.weight": "embeddings.word_embeddings.weight"}  # noqa: RUF012 (transformers reads this class attribute)
 
@@ -87,23 +86,8 @@ class UnimoModel(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):  # ViT/timm leave the patch projection at a fan-in scale
-            init.normal_(module.weight, std=module.weight[0].numel() ** -0.5)
-            init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.trunc_normal_(module.weight, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, ImageEmbeddings):
-            for p in (module.img_token, module.mask_token, module.position_embeddings):
-                init.trunc_normal_(p, std=std)
-        elif isinstance(module, BertEmbeddings):  # non-persistent buffers, rebuilt after a meta-device build
+        if not init_vit_weights(module, self.config.initializer_range) and isinstance(module, BertEmbeddings):
+            # non-persistent buffers, rebuilt after a meta-device build
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
             init.zeros_(module.token_type_ids)
         if module is self:

@@ -40,17 +40,11 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
+from vlforge.components.models.common.config import VocabRecipe, checked_task_weights
+from vlforge.components.models.common.preflight import check_multiple, check_per_worker_batch, check_vocab_size
 from vlforge.components.models.masking import batch_generator
-from vlforge.components.models.registry import (
-    Family,
-    ImageTextBatch,
-    Recipe,
-    load_pretrained,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, load_pretrained, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 from vlforge.components.models.unit.modeling import MODEL_TYPE, UnitConfig, UnitModel
 from vlforge.components.models.unit.tasks import (
     TASKS,
@@ -64,7 +58,7 @@ from vlforge.components.sources.shapes import SHAPES
 from vlforge.errors import UserError
 
 
-class UnitRecipe(Recipe):
+class UnitRecipe(VocabRecipe):
     task_weights: dict[str, float] = Field(
         default_factory=lambda: {"vqa": 1.0, "itm": 1.0, "text_cls": 1.0},
         description="sampling weight of each task (vqa, itm, text_cls); one task is drawn per step")
@@ -86,7 +80,6 @@ class UnitRecipe(Recipe):
     text_layers: int = Field(2, ge=1)
     text_heads: int = Field(4, ge=1)
     text_intermediate_size: int = Field(512, ge=8)
-    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
     max_text_positions: int | None = Field(None, ge=4, description="BERT positions; None: max_text_length")
     # shared decoder
     decoder_hidden_size: int = Field(128, ge=8)
@@ -102,12 +95,7 @@ class UnitRecipe(Recipe):
     @field_validator("task_weights")
     @classmethod
     def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task '{unknown[0]}' (tasks: {', '.join(TASKS)})")
-        if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
-            raise ValueError("weights must be >= 0 and at least one positive")
-        return v
+        return checked_task_weights(v, TASKS, "weights must be >= 0 and at least one positive", quote=lambda t: f"'{t}'")
 
     @field_validator("text_classes")
     @classmethod
@@ -153,19 +141,17 @@ class UnitFamily(Family):
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, UnitRecipe)
         for part in ("encoder", "text", "decoder"):
-            width, heads = getattr(recipe, f"{part}_hidden_size"), getattr(recipe, f"{part}_heads")
-            if width % heads:
-                raise UserError(f"unit recipe: {part}_hidden_size {width} is not a multiple of {part}_heads {heads}")
+            check_multiple(self.name, f"{part}_hidden_size", getattr(recipe, f"{part}_hidden_size"),
+                           f"{part}_heads", getattr(recipe, f"{part}_heads"))
         if recipe.encoder_hidden_size % 4:
             raise UserError(f"unit recipe: encoder_hidden_size {recipe.encoder_hidden_size} must be a multiple of 4 (2-D sine positions)")
         return UnitModel(unit_config(recipe, vocab_size, special_ids))
 
     def preflight(self, recipe: Recipe, tokenizer: object) -> None:
         assert isinstance(recipe, UnitRecipe)
-        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
-        if recipe.task_weights.get("itm", 0) > 0 and recipe.batch_size // recipe.num_workers < 2:
-            raise UserError(f"unit: batch_size {recipe.batch_size} over {recipe.num_workers} workers leaves fewer than 2 pairs per worker; ITM needs another image")
+        check_vocab_size(tokenizer, recipe.vocab_size)
+        if recipe.task_weights.get("itm", 0) > 0:
+            check_per_worker_batch(self.name, recipe, "pairs", "ITM needs another image")
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, UnitRecipe)

@@ -35,7 +35,6 @@ from transformers import (
     BertModel,
     DetrConfig,
     PreTrainedConfig,
-    PreTrainedModel,
     ResNetConfig,
     ResNetModel,
 )
@@ -47,6 +46,7 @@ from transformers.models.detr.modeling_detr import (
     DetrSinePositionEmbedding,
 )
 from vlforge.components.losses import itm_loss
+from vlforge.components.models.common.pretrained import ImageTextPreTrainedModel
 from vlforge.components.models.heads import ITMHead
 
 MODEL_TYPE = "vlforge_unit"
@@ -94,12 +94,10 @@ def _detr_config(d_model: int, heads: int, ffn: int, dropout: float) -> DetrConf
     return cfg
 
 
-class UnitModel(PreTrainedModel):
+class UnitModel(ImageTextPreTrainedModel):
     config: UnitConfig
     config_class = UnitConfig
     base_model_prefix = "unit"
-    main_input_name = "input_ids"
-    input_modalities = ("image", "text")
 
     def __init__(self, config: UnitConfig):
         super().__init__(config)

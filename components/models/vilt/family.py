@@ -54,33 +54,18 @@ from transformers.models.vilt.modeling_vilt import (
     ViltPreTrainedModel,
 )
 from vlforge.components.losses import itm_loss, mlm_loss, word_patch_alignment_loss
+from vlforge.components.models.common.config import MaskedLMRecipe, PatchRecipe, TransformerRecipe, VocabRecipe, recipe_sizes
+from vlforge.components.models.common.preflight import check_heads, check_per_worker_batch, check_token, check_vocab_size, require_mask_id
 from vlforge.components.models.heads import ITMHead, not_negative_mask, same_sample_mask, sample_negatives
-from vlforge.components.models.teachers import image_teacher_vit
 from vlforge.components.models.masking import batch_generator, mask_tokens
-from vlforge.components.models.registry import (
-    Family,
-    ImageTextBatch,
-    Recipe,
-    load_pretrained,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
-
+from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, load_pretrained, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
+from vlforge.components.models.teachers import image_teacher_vit
 from vlforge.errors import UserError
 
 
-class ViltRecipe(Recipe):
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(3, ge=1)
-    num_heads: int = Field(4, ge=1)
-    mlp_ratio: int = Field(4, ge=1)
-    patch_size: int = Field(8, ge=1)
-    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
+class ViltRecipe(MaskedLMRecipe, VocabRecipe, PatchRecipe, TransformerRecipe):
     max_position_embeddings: int | None = Field(None, ge=4, description="text positions; None: max_text_length")
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
-    whole_word_masking: bool = True
     itm_negative_prob: float = Field(0.5, ge=0, le=1, description="chance a pair's image is swapped for another")
     mlm_weight: float = Field(1.0, ge=0)
     itm_weight: float = Field(1.0, ge=0)
@@ -98,10 +83,7 @@ class ViltRecipe(Recipe):
 def vilt_config(recipe: ViltRecipe, vocab_size: int, special_ids: dict[str, int]) -> ViltConfig:
     return ViltConfig(
         vocab_size=recipe.vocab_size or vocab_size,
-        hidden_size=recipe.hidden_size,
-        num_hidden_layers=recipe.num_layers,
-        num_attention_heads=recipe.num_heads,
-        intermediate_size=recipe.hidden_size * recipe.mlp_ratio,
+        **recipe_sizes(recipe),
         max_position_embeddings=recipe.max_position_embeddings or recipe.max_text_length,
         image_size=recipe.image_size,
         patch_size=recipe.patch_size,
@@ -220,10 +202,8 @@ class ViltFamily(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, ViltRecipe)
-        if recipe.hidden_size % recipe.num_heads:
-            raise UserError(f"vilt recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
-        if "mask" not in special_ids:
-            raise UserError("vilt needs a tokenizer with a mask token (MLM)")
+        check_heads(self.name, recipe)
+        require_mask_id(self.name, special_ids)
         model = ViltPretrainingModel(vilt_config(recipe, vocab_size, special_ids))
         model.config.vlforge_special_ids = dict(special_ids)  # saved with the checkpoint: masking needs them
         if recipe.vit_teacher:
@@ -232,12 +212,9 @@ class ViltFamily(Family):
 
     def preflight(self, recipe: Recipe, tokenizer: object) -> None:
         assert isinstance(recipe, ViltRecipe)
-        if getattr(tokenizer, "mask_token_id", None) is None:
-            raise UserError("vilt: the tokenizer has no mask token, which MLM needs")
-        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
-        if recipe.batch_size // recipe.num_workers < 2:
-            raise UserError(f"vilt: batch_size {recipe.batch_size} over {recipe.num_workers} workers leaves fewer than 2 pairs per worker; ITM needs another image to swap in")
+        check_token(self.name, tokenizer, "mask")
+        check_vocab_size(tokenizer, recipe.vocab_size)
+        check_per_worker_batch(self.name, recipe, "pairs", "ITM needs another image to swap in")
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, ViltRecipe)

@@ -69,18 +69,12 @@ from vlforge.components.losses import (
     kd_kl_loss,
     mlm_loss,
 )
+from vlforge.components.models.common.config import MaskedLMRecipe, TransformerRecipe, VocabRecipe
+from vlforge.components.models.common.preflight import check_heads, check_token, check_vocab_size, require_mask_id
 from vlforge.components.models.heads import same_sample_mask
 from vlforge.components.models.masking import IGNORE_INDEX, batch_generator, mask_tokens
-from vlforge.components.models.registry import (
-    FAMILY_FILE,
-    Family,
-    ImageTextBatch,
-    Recipe,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import FAMILY_FILE, Family, ImageTextBatch, Recipe, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 from vlforge.components.models.teachers import seeded_rng
 from vlforge.components.models.vk_transfer.modeling import (
     TEACHER_DIM_ATTR,
@@ -100,7 +94,7 @@ TEACHER_OBJECTIVES = frozenset({"voken", "mlm_visual", "xmodal_contrastive", "xm
 DEFAULT_TEACHER_DIM = 512  # CLIP ViT-B/32's joint space, for a model built without a teacher (parameter counts)
 
 
-class VkTransferRecipe(Recipe):
+class VkTransferRecipe(MaskedLMRecipe, VocabRecipe, TransformerRecipe):
     objectives: dict[str, float] = Field(
         default_factory=lambda: {"mlm": 1.0, "voken": 1.0, "xmodal_contrastive": 1.0},
         description=f"objective -> loss weight (0 or absent: off); of {', '.join(OBJECTIVES)}. Also a list or a "
@@ -108,16 +102,10 @@ class VkTransferRecipe(Recipe):
     teacher: str | None = Field(None, description="the frozen CLIP teacher's directory (catalog:REF)")
     text_init: str | None = Field(None, description="a BertForMaskedLM (text-mlm) checkpoint to start from "
                                   "(catalog:REF); its architecture replaces the recipe's")
-    hidden_size: int = Field(128, ge=8)
     num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    mlp_ratio: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1, description="BERT's hidden and attention dropout (SimCSE's noise)")
-    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
     max_position_embeddings: int | None = Field(None, ge=4, description="None: max_text_length + 1 (the visual prefix)")
     teacher_embed_dim: int | None = Field(None, ge=1, description="None: the teacher's projection_dim (512 without one)")
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
-    whole_word_masking: bool = True
     simcse_temperature: float = Field(0.05, gt=0)
     voken_target: Literal["contextual", "paired"] = "contextual"
     voken_temperature: float = Field(0.07, gt=0)
@@ -180,8 +168,7 @@ class VkTransferFamily(Family):
     # ---- model -------------------------------------------------------------------------------------------
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, VkTransferRecipe)
-        if "mask" not in special_ids:
-            raise UserError("vk-transfer needs a tokenizer with a mask token (MLM)")
+        require_mask_id(self.name, special_ids)
         teacher_dim = recipe.teacher_embed_dim
         if teacher_dim is None:
             teacher_dim = teacher_config(recipe.teacher)["projection_dim"] if recipe.teacher else DEFAULT_TEACHER_DIM
@@ -190,8 +177,7 @@ class VkTransferFamily(Family):
             config = text_init_config(recipe.text_init)
             setattr(config, TEACHER_DIM_ATTR, teacher_dim)
         else:
-            if recipe.hidden_size % recipe.num_heads:
-                raise UserError(f"vk-transfer recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
+            check_heads(self.name, recipe)
             config = student_config(
                 vocab_size=recipe.vocab_size or vocab_size, hidden_size=recipe.hidden_size, num_layers=recipe.num_layers,
                 num_heads=recipe.num_heads, intermediate_size=recipe.hidden_size * recipe.mlp_ratio,
@@ -232,10 +218,9 @@ class VkTransferFamily(Family):
         assert isinstance(recipe, VkTransferRecipe)
         from vlforge.components.tokenizer import load_tokenizer
 
-        if getattr(tokenizer, "mask_token_id", None) is None:
-            raise UserError("vk-transfer: the tokenizer has no mask token, which MLM needs")
-        if recipe.vocab_size is not None and recipe.text_init is None and len(tokenizer) > recipe.vocab_size:
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")
+        check_token(self.name, tokenizer, "mask")
+        if recipe.text_init is None:
+            check_vocab_size(tokenizer, recipe.vocab_size)
         vocab = tokenizer.get_vocab()
         for field in ("teacher", "text_init"):
             where = getattr(recipe, field)

@@ -63,18 +63,8 @@ from torch import nn
 from vlforge.components.losses import feature_distill_loss, info_nce
 from vlforge.components.models.infilling import text_infilling
 from vlforge.components.models.masking import batch_generator
-from vlforge.components.models.registry import (
-    FAMILY_FILE,
-    Family,
-    ImageTextBatch,
-    Recipe,
-    get_family,
-    register_family,
-    special_token_ids,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import FAMILY_FILE, Family, ImageTextBatch, Recipe, get_family, register_family, special_token_ids
+from vlforge.components.models.registry import unwrap as _unwrap
 from vlforge.components.models.text_bart.family import check_specials, decoder_labels
 from vlforge.components.models.vlkd.modeling import (
     CONFIG_FILE,

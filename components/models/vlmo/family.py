@@ -39,23 +39,16 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 from torch import nn
+from vlforge.components.models.common.config import MaskedLMRecipe, PatchRecipe, TransformerRecipe, VocabRecipe
+from vlforge.components.models.common.preflight import check_heads, check_per_worker_batch, check_token, check_vocab_size, require_mask_id
 from vlforge.components.models.heads import not_negative_mask
 from vlforge.components.models.masking import (
     batch_generator,
     mask_tokens,
     random_patch_mask,
 )
-from vlforge.components.models.registry import (
-    FAMILY_FILE,
-    Family,
-    ImageTextBatch,
-    Recipe,
-    load_pretrained,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import FAMILY_FILE, Family, ImageTextBatch, Recipe, load_pretrained, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 from vlforge.components.models.vlmo.modeling import MODEL_TYPE, VlmoConfig, VlmoModel
 
 from vlforge.errors import UserError
@@ -68,20 +61,12 @@ _ARCH_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention
                 "vlffn_start_layer", "image_size", "patch_size", "max_text_positions")
 
 
-class VlmoRecipe(Recipe):
+class VlmoRecipe(MaskedLMRecipe, VocabRecipe, PatchRecipe, TransformerRecipe):
     stage: Literal[1, 2, 3] = Field(3, description="1: image-only MIM, 2: text-only MLM (frozen attention, V-FFN), 3: image-text")
     init_from: str | None = Field(None, description="the previous stage's VLMo model: a directory or catalog:REF")
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(3, ge=1)
-    num_heads: int = Field(4, ge=1)
-    mlp_ratio: int = Field(4, ge=1)
     vlffn_start_layer: int = Field(2, ge=0, description="layers with this index and above get the VL-FFN")
-    patch_size: int = Field(8, ge=1)
-    vocab_size: int | None = Field(None, ge=8, description="None: the tokenizer's size")
     layer_scale_init: float = Field(0.1, gt=0, description="BEiT's layer scale (gamma) initial value")
     initializer_range: float = Field(0.02, gt=0, description="std of the Linear/Embedding initialisation")
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
-    whole_word_masking: bool = True
     mim_mask_ratio: float = Field(0.4, gt=0, lt=1, description="share of patches masked in stage 1 (BEiT: 40%)")
     itm_random_negative_steps: int = Field(0, ge=0, description="ITM negatives are drawn uniformly (ViLT's random "
                                            "ones) for this many steps, then by softmax(ITC similarity), the paper's "
@@ -152,12 +137,10 @@ class VlmoFamily(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, VlmoRecipe)
-        if recipe.hidden_size % recipe.num_heads:
-            raise UserError(f"vlmo recipe: hidden_size {recipe.hidden_size} is not a multiple of num_heads {recipe.num_heads}")
+        check_heads(self.name, recipe)
         if recipe.vlffn_start_layer >= recipe.num_layers:
             raise UserError(f"vlmo recipe: vlffn_start_layer {recipe.vlffn_start_layer} leaves no VL-FFN layer in {recipe.num_layers} layers")
-        if "mask" not in special_ids:
-            raise UserError("vlmo needs a tokenizer with a mask token (MLM)")
+        require_mask_id(self.name, special_ids)
         config = vlmo_config(recipe, vocab_size)
         config.vlforge_special_ids = dict(special_ids)  # saved with the checkpoint: masking needs them
         model = VlmoModel(config)
@@ -173,14 +156,12 @@ class VlmoFamily(Family):
 
     def preflight(self, recipe: Recipe, tokenizer: object) -> None:
         assert isinstance(recipe, VlmoRecipe)
-        if getattr(tokenizer, "mask_token_id", None) is None:
-            raise UserError("vlmo: the tokenizer has no mask token, which MLM needs")
-        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:  # type: ignore[arg-type]
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")  # type: ignore[arg-type]
+        check_token(self.name, tokenizer, "mask")
+        check_vocab_size(tokenizer, recipe.vocab_size)
         if recipe.init_from is not None:
             read_vlmo_dir(recipe.init_from)
-        if recipe.stage == 3 and recipe.batch_size // recipe.num_workers < 2:
-            raise UserError(f"vlmo stage 3: batch_size {recipe.batch_size} over {recipe.num_workers} workers leaves fewer than 2 pairs per worker; ITM needs negatives")
+        if recipe.stage == 3:
+            check_per_worker_batch("vlmo stage 3", recipe, "pairs", "ITM needs negatives")
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, VlmoRecipe)

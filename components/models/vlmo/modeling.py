@@ -29,9 +29,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedConfig
 from transformers import initialization as init
 from vlforge.components.losses import gather_with_grad, info_nce, itm_loss, mlm_loss
+from vlforge.components.models.common.patch_embed import PatchEmbedding, init_vit_weights
+from vlforge.components.models.common.pretrained import ImageTextPreTrainedModel
 from vlforge.components.models.heads import ITMHead, TiedLMHead, sample_negatives
 from vlforge.components.models.masking import masked_patch_loss, patchify
 
@@ -72,21 +74,20 @@ class TextEmbeddings(nn.Module):
         return self.LayerNorm(x)
 
 
-class ImageEmbeddings(nn.Module):
+class ImageEmbeddings(PatchEmbedding):
     """ViT patch projection + [CLS] + learned positions; masked patches (stage 1) become a learned mask embedding."""
 
     def __init__(self, config: VlmoConfig):
-        super().__init__()
-        self.num_patches = (config.image_size // config.patch_size) ** 2
-        self.proj = nn.Conv2d(3, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
+        super().__init__(config.hidden_size, config.image_size, config.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, config.hidden_size))
 
+    def learned_tokens(self) -> tuple[nn.Parameter, ...]:
+        return self.cls_token, self.mask_token, self.pos_embed
+
     def forward(self, pixel_values: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.proj(pixel_values).flatten(2).transpose(1, 2)
-        if patch_mask is not None:
-            x = torch.where(patch_mask[..., None], self.mask_token.to(x.dtype).expand_as(x), x)
+        x = self.patches(pixel_values, patch_mask)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed
 
@@ -156,12 +157,10 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))
 
 
-class VlmoModel(PreTrainedModel):
+class VlmoModel(ImageTextPreTrainedModel):
     config: VlmoConfig
     config_class = VlmoConfig
     base_model_prefix = "vlmo"
-    main_input_name = "input_ids"
-    input_modalities = ("image", "text")
     _tied_weights_keys = {"mlm_head.decoder.weight": "text_embeddings.word_embeddings.weight"}  # noqa: RUF012 (transformers reads this class attribute)
 
     def __init__(self, config: VlmoConfig):
@@ -187,24 +186,9 @@ class VlmoModel(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):  # BEiT/timm leave the patch projection at a fan-in scale, not 0.02
-            fan_in = module.weight[0].numel()
-            init.normal_(module.weight, std=fan_in**-0.5)
-            init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.trunc_normal_(module.weight, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, ImageEmbeddings):
-            for p in (module.cls_token, module.mask_token, module.pos_embed):
-                init.trunc_normal_(p, std=std)
-        elif isinstance(module, MultiwayBlock):
+        if init_vit_weights(module, self.config.initializer_range):
+            return
+        if isinstance(module, MultiwayBlock):
             init.constant_(module.gamma_1, self.config.layer_scale_init)
             init.constant_(module.gamma_2, self.config.layer_scale_init)
         elif module is self:

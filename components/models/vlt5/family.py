@@ -63,18 +63,12 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 from transformers import BartConfig, T5Config
+from vlforge.components.models.common.config import VocabRecipe, checked_task_weights
+from vlforge.components.models.common.preflight import check_patches, check_token, check_vocab_size
 from vlforge.components.models.masking import batch_generator
 from vlforge.components.models.teachers import image_teacher_vit
-from vlforge.components.models.registry import (
-    FAMILY_FILE,
-    Family,
-    ImageTextBatch,
-    Recipe,
-    register_family,
-)
-from vlforge.components.models.registry import (
-    unwrap as _unwrap,
-)
+from vlforge.components.models.registry import FAMILY_FILE, Family, ImageTextBatch, Recipe, register_family
+from vlforge.components.models.registry import unwrap as _unwrap
 from vlforge.components.models.vlt5.modeling import (
     VLBartForConditionalGeneration,
     VLT5ForConditionalGeneration,
@@ -99,7 +93,7 @@ from vlforge.errors import UserError
 DEFAULT_TASK_WEIGHTS = {"lm": 1.0, "caption": 1.0, "vqa": 1.0, "itm": 1.0, "grounding": 0.5, "grounded_caption": 0.5}
 
 
-class VLSeq2SeqRecipe(Recipe):
+class VLSeq2SeqRecipe(VocabRecipe):
     d_model: int = Field(128, ge=8)
     num_layers: int = Field(2, ge=1, description="encoder layers")
     num_decoder_layers: int = Field(2, ge=1)
@@ -131,12 +125,7 @@ class VLSeq2SeqRecipe(Recipe):
     @field_validator("task_weights")
     @classmethod
     def _known_tasks(cls, weights: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(weights) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task {unknown[0]!r} (tasks: {', '.join(TASKS)})")
-        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
-            raise ValueError("task weights must be >= 0 with at least one positive")
-        return weights
+        return checked_task_weights(weights, TASKS, "task weights must be >= 0 with at least one positive")
 
     def prompt_length(self) -> int:
         return self.max_prompt_length or self.max_text_length + 16
@@ -282,8 +271,7 @@ class VLSeq2SeqFamily(Family):
                                    ("vision_width", recipe.vision_width, recipe.vision_heads)):
             if width % heads:
                 raise UserError(f"{self.name} recipe: {what} {width} is not a multiple of its heads {heads}")
-        if recipe.image_size % recipe.patch_size:
-            raise UserError(f"{self.name} recipe: image_size {recipe.image_size} is not a multiple of patch_size {recipe.patch_size}")
+        check_patches(self.name, recipe)
         for role in ("eos", "mask"):
             if role not in special_ids:
                 raise UserError(f"{self.name} needs a tokenizer with a{'n' if role == 'eos' else ''} {role} token")
@@ -339,10 +327,8 @@ class VLSeq2SeqFamily(Family):
     def preflight(self, recipe: Recipe, tokenizer: Any) -> None:
         assert isinstance(recipe, VLSeq2SeqRecipe)
         for role in ("eos", "mask"):
-            if getattr(tokenizer, f"{role}_token_id", None) is None:
-                raise UserError(f"{self.name}: the tokenizer has no {role} token, which the text-to-text tasks need")
-        if recipe.vocab_size is not None and len(tokenizer) > recipe.vocab_size:
-            raise UserError(f"the tokenizer has {len(tokenizer)} tokens, more than the recipe's vocab_size {recipe.vocab_size}")
+            check_token(self.name, tokenizer, role, ", which the text-to-text tasks need")
+        check_vocab_size(tokenizer, recipe.vocab_size)
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, VLSeq2SeqRecipe)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from vlforge.components.models.registry import ImageTextBatch, apply_freeze, family_names, get_family, special_token_ids
+from conftest import SPECIALS, paper_size_model, parameter_count, train_steps
+from vlforge.components.models.registry import ImageTextBatch, apply_freeze, family_names, get_family
 
 from vlforge.errors import UserError
 
@@ -22,25 +23,6 @@ PAPER_PARAMS = {
     # pixel-regression MIM head (768 x 768 + 768 for 16x16x3 pixels) = 4,164,668.
     "vlmo": ("base", 175_000_000 + 4_164_668),
 }
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
-
-
-@pytest.fixture(scope="module")
-def scene_tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    """A real WordPiece tokenizer trained on builtin-scene captions and the scene-task words (questions, answers)."""
-    from vlforge.components.sources.scene_tasks import vqa_questions
-    from vlforge.components.sources.shapes import make_scene, sample_key
-    from vlforge.components.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
-
-    texts = []
-    for i in range(300):
-        scene = make_scene(0, i)
-        texts.append(scene.caption)
-        texts += [f"{q.question} {q.answer}" for q in vqa_questions(sample_key(0, i), scene.facts())]
-    path = train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok", TokenizerConfig(kind="wordpiece", vocab_size=160))
-    tokenizer = load_tokenizer(path)
-    assert special_token_ids(tokenizer) == SPECIALS
-    return tokenizer
 
 
 def fixed_batch(recipe, tokenizer, n: int = 8) -> ImageTextBatch:
@@ -62,17 +44,7 @@ def fixed_batch(recipe, tokenizer, n: int = 8) -> ImageTextBatch:
 
 def fit(family, model, recipe, batch, steps: int = 25) -> list[float]:
     """``steps`` AdamW steps on the fixed batch (lr 2e-3, or the recipe's when higher: prompt tuning runs hot)."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=max(2e-3, recipe.lr))
-    losses = []
-    for step in range(steps):
-        batch.step = step
-        out = family.training_step(model, batch, recipe)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        family.after_optimizer_step(model, recipe)
-        losses.append(float(out["loss"].detach()))
-    return losses
+    return train_steps(family, model, batch, recipe, steps, lr=max(2e-3, recipe.lr))[0]
 
 
 def teacher_overrides(family, tokenizer, out: Path, overrides: dict) -> dict:
@@ -131,10 +103,7 @@ def test_family_learns_a_fixed_batch_and_round_trips(name: str, tmp_path: Path, 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
 def test_paper_size_parameter_count(name: str) -> None:
     recipe_name, expected = PAPER_PARAMS[name]
-    family = get_family(name)
-    with torch.device("meta"):
-        model = family.build_model(family.recipe(recipe_name), 49408, SPECIALS)
-    count = sum(p.numel() for p in model.parameters())
+    count = parameter_count(paper_size_model(name, 49408, recipe_name))
     assert abs(count - expected) / expected < 0.02, (count, expected)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SPECIALS, save_untrained
 from vlforge.components.models.masking import batch_generator
 from vlforge.components.models.registry import ImageTextBatch, apply_freeze, get_family
 from vlforge.components.models.prefix_lm import (
@@ -22,35 +23,14 @@ from vlforge.components.models.prefix_lm import (
 )
 from vlforge.components.sources.scene_tasks import vqa_questions
 from vlforge.components.sources.shapes import make_scene, sample_key
-from vlforge.components.tokenizer import (
-    TokenizerConfig,
-    load_tokenizer,
-    train_tokenizer,
-)
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 LM = {"image_size": 32, "max_text_length": 16, "hidden_size": 32, "num_layers": 2, "num_heads": 2}
 SMALL = {"image_size": 32, "max_text_length": 16, "vision_width": 32, "vision_layers": 1, "vision_heads": 2}
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    texts = []
-    for i in range(100):
-        scene = make_scene(0, i)
-        texts += [scene.caption] + [f"{vqa_prompt(q.question)} {q.answer}" for q in vqa_questions(sample_key(0, i), scene.facts())]
-    return load_tokenizer(train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok",
-                                          TokenizerConfig(kind="wordpiece", vocab_size=160)))
-
-
-@pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
-    text_lm = get_family("text-lm")
-    recipe = text_lm.recipe("tiny", LM)
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("lm") / "lm"
-    text_lm.save(text_lm.build_model(recipe, len(tokenizer), SPECIALS), out, recipe)
-    return out
+    return save_untrained("text-lm", LM, len(tokenizer), tmp_path_factory.mktemp("lm") / "lm")
 
 
 def scene_batch(tokenizer, n: int = 4, size: int = 32, length: int = 16) -> ImageTextBatch:

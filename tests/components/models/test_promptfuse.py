@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SPECIALS, save_untrained, train_steps
 from vlforge.components.models.promptfuse.family import blocked, conditioned_rows
 from vlforge.components.models.registry import ImageTextBatch, apply_freeze, get_family
 from vlforge.components.models.prefix_lm import (
@@ -15,29 +16,12 @@ from vlforge.components.models.prefix_lm import (
     pack,
     run_lm,
 )
-from vlforge.components.sources.scene_tasks import vqa_questions
 from vlforge.components.sources.shapes import make_scene, sample_key
-from vlforge.components.tokenizer import (
-    TokenizerConfig,
-    load_tokenizer,
-    train_tokenizer,
-)
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 LM = {"image_size": 32, "max_text_length": 16, "hidden_size": 32, "num_layers": 2, "num_heads": 2}
 CLIP = {"image_size": 32, "max_text_length": 16, "vision_width": 32, "vision_layers": 1, "vision_heads": 2,
         "text_width": 32, "text_layers": 1, "text_heads": 2, "embed_dim": 32}
 SMALL = {"image_size": 32, "max_text_length": 16, "n_prompts": 5}
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    texts = []
-    for i in range(100):
-        scene = make_scene(0, i)
-        texts += [scene.caption] + [f"question: {q.question} answer: {q.answer}" for q in vqa_questions(sample_key(0, i), scene.facts())]
-    return load_tokenizer(train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok",
-                                          TokenizerConfig(kind="wordpiece", vocab_size=160)))
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +30,7 @@ def teachers(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> dict[str, s
     dirs = {}
     for field, name, overrides in (("language_model", "text-lm", LM), ("image_encoder", "clip", CLIP),
                                    ("narrow_clip", "clip", {**CLIP, "embed_dim": 16})):
-        family = get_family(name)
-        recipe = family.recipe("tiny", overrides)
-        torch.manual_seed(1)
-        family.save(family.build_model(recipe, len(tokenizer), SPECIALS), out / field, recipe)
-        dirs[field] = str(out / field)
+        dirs[field] = str(save_untrained(name, overrides, len(tokenizer), out / field))
     return dirs
 
 
@@ -100,14 +80,7 @@ def test_only_prompts_train_and_teachers_stay_put(teachers, tokenizer, clip_fiel
     prompts = model.prompts.detach().clone()
     model.train()
     assert not model.language_model.training and not model.image_encoder.training
-    opt = torch.optim.AdamW([model.prompts], lr=1e-2)
-    batch = scene_batch(tokenizer)
-    for step in range(3):
-        batch.step = step
-        out = family.training_step(model, batch, recipe)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
+    train_steps(family, model, scene_batch(tokenizer), recipe, 3, lr=1e-2, params=[model.prompts])
     for n, p in model.named_parameters():
         if n != "prompts":
             assert torch.equal(p, frozen[n]), n

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import SPECIALS, paper_size_model, parameter_count
 from vlforge.components.models.registry import ImageTextBatch, get_family
 from vlforge.components.models.text_bart.family import decoder_labels
 from vlforge.components.models.infilling import (
@@ -11,27 +12,18 @@ from vlforge.components.models.infilling import (
     text_infilling,
 )
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 SPECIAL_SET = set(SPECIALS.values())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two fighting other processes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bart_base_parameter_count() -> None:
     # BART-base: 140M in Lewis et al. 2020 (fairseq's bart.base listing); the released model has 139,420,416
     # parameters with the 50,265-token vocabulary, counting the tied input/output embedding table once and the
     # 1,026 x 768 learned positions of encoder and decoder (final_logits_bias is a buffer, not counted).
-    family = get_family("text-bart")
-    with torch.device("meta"):
-        model = family.build_model(family.recipe("base"), 50265, SPECIALS)
-    count = sum(p.numel() for p in model.parameters())
+    model = paper_size_model("text-bart", 50265)
+    count = parameter_count(model)
     assert count == 139_420_416
     assert abs(count - 140_000_000) / 140_000_000 < 0.01
     assert model.lm_head.weight is model.model.shared.weight  # tied, as in BART

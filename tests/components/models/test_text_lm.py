@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SPECIALS, paper_size_model, parameter_count
 import torch.nn.functional as F
 from vlforge.components.models.registry import ImageTextBatch, get_family
 from vlforge.components.models.text_lm import load_gpt2
@@ -15,7 +16,6 @@ from vlforge.components.tokenizer import (
 
 from vlforge.errors import UserError
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 SMALL = {"image_size": 32, "max_text_length": 16, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "dropout": 0.0}
 CAPTIONS = ["a red circle left of a blue square", "a green triangle", "two yellow stars above a red circle"]
 
@@ -36,10 +36,8 @@ def test_paper_size_is_gpt2_small() -> None:
     # GPT-2 small as released (openai-community/gpt2): 124,439,808 parameters with the LM head tied to the 50,257 x
     # 768 token embeddings (counted once) and 1,024 x 768 positions. Radford et al. 2019, Table 2 lists it as 117M,
     # a figure OpenAI later corrected to 124M.
-    family = get_family("text-lm")
-    with torch.device("meta"):
-        model = family.build_model(family.recipe("base"), 49408, SPECIALS)
-    count = sum(p.numel() for p in model.parameters())
+    model = paper_size_model("text-lm", 49408)
+    count = parameter_count(model)
     assert abs(count - 124_439_808) / 124_439_808 < 0.01, count
     assert model.lm_head.weight is model.transformer.wte.weight
 

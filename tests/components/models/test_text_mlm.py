@@ -2,11 +2,11 @@
 size, the objective ignores images, and ``encode_texts`` pools only real tokens."""
 import pytest
 import torch
+from conftest import SPECIALS, paper_size_model, parameter_count
 from vlforge.components.models.registry import ImageTextBatch, get_family
 
 from vlforge.errors import UserError
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 SMALL = {"image_size": 32, "max_text_length": 12, "hidden_size": 32, "num_layers": 1}
 
 
@@ -21,10 +21,8 @@ def test_base_is_bert_base_size() -> None:
     # BERT-base: 110M parameters (Devlin et al. 2019, section 3). Counted: embeddings (30,522-token vocabulary,
     # 512 positions), 12 layers, and BertForMaskedLM's MLM head (transform + LayerNorm + output bias; the decoder
     # is tied to the word embeddings); no pooler. 109,514,298 here.
-    family = get_family("text-mlm")
-    with torch.device("meta"):
-        model = family.build_model(family.recipe("base"), 30522, SPECIALS)
-    count = sum(p.numel() for p in model.parameters())
+    model = paper_size_model("text-mlm", 30522)
+    count = parameter_count(model)
     assert abs(count - 110_000_000) / 110_000_000 < 0.01, count
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SPECIALS, paper_size_model, parameter_count, save_untrained
 from safetensors import safe_open
 from vlforge.components.models.teachers import attached_teacher
 from vlforge.components.models import unified as unified_pkg
@@ -19,7 +20,6 @@ from vlforge.components.training.gradient_masking import (
 
 from vlforge.errors import UserError
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 VOCAB = 64
 SMALL = {"image_size": 32, "max_text_length": 12, "hidden_size": 32, "num_layers": 2, "num_heads": 4}
 
@@ -40,11 +40,8 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     dirs = {}
     for name, family_name, over in (("text", "text-mlm", {}), ("mim", "image-teacher", {}),
                                     ("supervised", "image-teacher", {"objective": "supervised", "num_classes": 16})):
-        family = get_family(family_name)
-        recipe = family.recipe("tiny", {**SMALL, "hidden_size": 24, "num_layers": 1, "num_heads": 2, **over})
-        torch.manual_seed(1)
-        family.save(family.build_model(recipe, VOCAB, SPECIALS), out / name, recipe)
-        dirs[name] = str(out / name)
+        overrides = {**SMALL, "hidden_size": 24, "num_layers": 1, "num_heads": 2, **over}
+        dirs[name] = str(save_untrained(family_name, overrides, VOCAB, out / name))
     return dirs
 
 
@@ -60,10 +57,8 @@ def test_base_is_bert_base_plus_vit_embeddings() -> None:
     # BERT-base's 110M (Devlin et al. 2019) + ViT-B/16's patch projection, [CLS] and 197 positions (742,656;
     # Dosovitskiy et al. 2021). Counted without teachers (no distillation heads): text embeddings, ViT embeddings,
     # 12 shared layers, the MLM head (decoder tied); 110,256,954 here.
-    family = get_family("unified")
-    with torch.device("meta"):
-        model = family.build_model(family.recipe("base"), 30522, SPECIALS)
-    count = sum(p.numel() for p in model.parameters())
+    model = paper_size_model("unified", 30522)
+    count = parameter_count(model)
     expected = 110_000_000 + 742_656
     assert abs(count - expected) / expected < 0.02, count
     assert len(model.encoder.layer) == 12 and model.config.hidden_size == 768

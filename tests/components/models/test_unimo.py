@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SPECIALS, scene_texts, wordpiece
 from vlforge.components.models.registry import ImageTextBatch, get_family
 from vlforge.components.models.unimo.family import (
     cmcl_texts,
@@ -31,24 +32,12 @@ from vlforge.components.sources.shapes import (
 
 from vlforge.errors import UserError
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 SMALL = {"image_size": 32, "max_text_length": 16}
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    from vlforge.components.sources.scene_tasks import vqa_questions
-    from vlforge.components.tokenizer import (
-        TokenizerConfig,
-        load_tokenizer,
-        train_tokenizer,
-    )
-
-    texts = []
-    for i in range(200):
-        scene = make_scene(0, i)
-        texts += [scene.caption] + [f"question: {q.question} answer: {q.answer}" for q in vqa_questions(sample_key(0, i), scene.facts())]
-    return load_tokenizer(train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok", TokenizerConfig(kind="wordpiece", vocab_size=160)))
+    return wordpiece(tmp_path_factory, scene_texts(200, "prompted"))
 
 
 def scene_batch(tokenizer, n: int = 8, facts: bool = True, start: int = 0) -> ImageTextBatch:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SPECIALS, scene_texts, wordpiece
 from vlforge.components.models.registry import ImageTextBatch, get_family
 from vlforge.components.models.unit.tasks import (
     ANSWER_INDEX,
@@ -23,7 +24,6 @@ from vlforge.components.training.multitask import sample_task, task_counts
 
 from vlforge.errors import UserError
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 # a smaller tiny model, so each head's learning check takes seconds
 SMALL = {"image_size": 32, "max_text_length": 16, "backbone_embedding_size": 16, "backbone_hidden_sizes": [16, 32, 64],
          "encoder_hidden_size": 64, "encoder_layers": 1, "encoder_ffn_dim": 128, "text_hidden_size": 64, "text_layers": 1,
@@ -33,19 +33,7 @@ SMALL = {"image_size": 32, "max_text_length": 16, "backbone_embedding_size": 16,
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    from vlforge.components.tokenizer import (
-        TokenizerConfig,
-        load_tokenizer,
-        train_tokenizer,
-    )
-
-    texts = []
-    for i in range(100):
-        scene = make_scene(0, i)
-        texts.append(scene.caption)
-        texts += [f"{q.question} {q.answer}" for q in vqa_questions(sample_key(0, i), scene.facts())]
-    return load_tokenizer(train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok",
-                                          TokenizerConfig(kind="wordpiece", vocab_size=160)))
+    return wordpiece(tmp_path_factory, scene_texts(100))
 
 
 def scene_batch(tokenizer, n: int = 8, facts: bool = True, labels: bool = True, keys: list[str] | None = None) -> ImageTextBatch:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SPECIALS
 from vlforge.components.models.heads import same_sample_mask, sample_negatives
 from vlforge.components.models.masking import IGNORE_INDEX, batch_generator, mask_tokens
 from vlforge.components.models.registry import ImageTextBatch, get_family
@@ -11,7 +12,6 @@ from vlforge.components.models.vilt.family import swap_images
 from vlforge.components.tokenizer import TokenizerConfig, train_tokenizer
 from vlforge.components.training.loop import word_id_tensor
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 
 
 def test_whole_word_masking_masks_every_piece_of_a_chosen_word(tmp_path: Path) -> None:

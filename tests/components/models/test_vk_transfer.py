@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from test_families import SMALL, SPECIALS, fixed_batch
+from conftest import SPECIALS, save_untrained, scene_texts, train_steps, wordpiece
+from test_families import SMALL, fixed_batch
 from transformers import BertConfig, BertForMaskedLM, BertModel
 from vlforge.components.models.masking import IGNORE_INDEX
 from vlforge.components.models.registry import apply_freeze, get_family
@@ -28,27 +29,13 @@ FAMILY = get_family("vk-transfer")
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    from vlforge.components.sources.shapes import make_scene
-    from vlforge.components.tokenizer import (
-        TokenizerConfig,
-        load_tokenizer,
-        train_tokenizer,
-    )
-
-    texts = [make_scene(0, i).caption for i in range(200)]
-    return load_tokenizer(train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok",
-                                          TokenizerConfig(kind="wordpiece", vocab_size=160)))
+    return wordpiece(tmp_path_factory, scene_texts(200, questions=None))
 
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     """An untrained tiny CLIP at 32 px, saved as the catalog saves one (no tokenizer beside it)."""
-    clip = get_family("clip")
-    recipe = clip.recipe("tiny", SMALL)
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("teacher") / "clip"
-    clip.save(clip.build_model(recipe, len(tokenizer), SPECIALS), out, recipe)
-    return out
+    return save_untrained("clip", SMALL, len(tokenizer), tmp_path_factory.mktemp("teacher") / "clip")
 
 
 def _recipe(teacher_dir: Path, objectives, **extra):
@@ -60,15 +47,7 @@ def _train(recipe, tokenizer, steps: int, lr: float = 2e-3):
     model = FAMILY.build_model(recipe, len(tokenizer), SPECIALS)
     apply_freeze(FAMILY, model, recipe)
     batch = fixed_batch(recipe, tokenizer)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for step in range(steps):
-        batch.step = step
-        out = FAMILY.training_step(model, batch, recipe)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(float(out["loss"].detach()))
+    losses, out = train_steps(FAMILY, model, batch, recipe, steps, lr)
     return model, batch, losses, out
 
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import SPECIALS, paper_size_model, train_steps
 from vlforge.components.models.registry import ImageTextBatch, apply_freeze, get_family
 from vlforge.components.models.vlkd.family import with_answer_mask
 from vlforge.components.stages import check_teacher
@@ -14,24 +15,15 @@ from vlforge.components.training.loop import _param_groups, word_id_tensor
 
 from vlforge.errors import UserError
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 SMALL = {"image_size": 32, "max_text_length": 16}
 WEIGHTS = ("ttdm_weight", "itc_weight", "iti_weight", "vqa_weight")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two fighting other processes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_paper_size_counts_student_and_teacher_apart() -> None:
-    family = get_family("vlkd")
-    with torch.device("meta"):
-        model = family.build_model(family.recipe("base"), 50265, SPECIALS)
+    model = paper_size_model("vlkd", 50265)
     part = {k: sum(p.numel() for n, p in model.named_parameters() if n.startswith(k))
             for k in ("bart.", "clip_vision.", "image_prefix.", "text_proj.")}
     # The student: BART-base, 139,420,416 parameters (Lewis et al. 2020: 140M; tied embeddings counted once).
@@ -137,13 +129,7 @@ def test_each_objective_alone_is_finite_and_falls(setup, objective: str) -> None
     first = eval_loss()
     assert set(first) - {"loss", "logit_scale"} == {objective}
     assert math.isfinite(float(first["loss"]))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-    for step in range(8):
-        batch.step = step
-        loss = family.training_step(model, batch, recipe)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(family, model, batch, recipe, 8, lr=2e-3)
     assert float(eval_loss()["loss"]) < 0.9 * float(first["loss"])
 
 

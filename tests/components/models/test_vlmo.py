@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SPECIALS, paper_size_model
 from vlforge.components.models.heads import same_sample_mask, sample_negatives
 from vlforge.components.models.registry import (
     ImageTextBatch,
@@ -14,7 +15,6 @@ from vlforge.components.models.registry import (
 
 from vlforge.errors import UserError
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 SMALL = {"image_size": 32, "max_text_length": 12}
 
 
@@ -26,13 +26,12 @@ def batch(n: int = 6) -> ImageTextBatch:
 
 
 def test_vl_ffn_only_in_the_top_layers() -> None:
-    family = get_family("vlmo")
-    with torch.device("meta"):
-        model = family.build_model(family.recipe("base"), 30522, SPECIALS)
+    model = paper_size_model("vlmo", 30522)
     assert len(model.blocks) == 12
     for i, block in enumerate(model.blocks):
         assert block.with_vlffn == (i >= 10) == hasattr(block, "mlp_vl"), i
         assert hasattr(block, "mlp_text") and hasattr(block, "mlp_imag")
+    family = get_family("vlmo")
     with pytest.raises(UserError, match="vlffn_start_layer 3 leaves no VL-FFN"):
         family.build_model(family.recipe("tiny", {**SMALL, "vlffn_start_layer": 3}), 64, SPECIALS)
 

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import SPECIALS, scene_texts, train_steps, wordpiece
 from vlforge.components.models.masking import batch_generator
 from vlforge.components.models.registry import ImageTextBatch, get_family
 from vlforge.components.models.vlt5.family import decode_generated, task_context
@@ -24,32 +25,18 @@ from vlforge.components.models.vlt5.tasks import (
     supported_tasks,
     vqa_prompt,
 )
-from vlforge.components.sources.scene_tasks import vqa_questions
 from vlforge.components.sources.shapes import make_scene, sample_key
 
 from vlforge.errors import UserError
 
-SPECIALS = {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4}
 SMALL = {"image_size": 32, "max_text_length": 16}
 FAMILIES = ("vl-t5", "vl-bart")
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    from vlforge.components.tokenizer import (
-        TokenizerConfig,
-        load_tokenizer,
-        train_tokenizer,
-    )
-
-    texts = []
-    for i in range(100):
-        scene = make_scene(0, i)
-        texts.append(scene.caption)
-        texts += [f"{q.question} {q.answer}" for q in vqa_questions(sample_key(0, i), scene.facts())]
-    texts += ["caption: image text match: true false span prediction: denoise text: visual grounding: caption region:"]
-    return load_tokenizer(train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok",
-                                          TokenizerConfig(kind="wordpiece", vocab_size=200)))
+    task_words = "caption: image text match: true false span prediction: denoise text: visual grounding: caption region:"
+    return wordpiece(tmp_path_factory, [*scene_texts(100), task_words], vocab_size=200)
 
 
 def scene_batch(recipe, tokenizer, n: int = 8, with_facts: bool = True) -> ImageTextBatch:
@@ -309,14 +296,8 @@ def test_region_encoder_is_a_frozen_image_teacher_and_the_checkpoint_keeps_it(na
     counts = apply_freeze(family, model, recipe)
     assert counts["trainable_params"] == counts["total_params"] - sum(p.numel() for p in encoder.parameters())
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = scene_batch(recipe, tokenizer)
-    for step in range(2):
-        batch.step = step
-        loss = family.training_step(model, batch, recipe)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(family, model, batch, recipe, 2, lr=1e-2)
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
     family.save(model.eval(), tmp_path / "student", recipe)
     reloaded = family.load(tmp_path / "student").eval()
