@@ -1,6 +1,13 @@
 """``vlforge catalog export``: write one artifact out of the catalog as a plain folder a person can hand on,
 for a model a Hugging Face ``save_pretrained`` directory plus a model card (``README.md``).
 
+A model's ``hf`` export is what plain transformers loads without vlforge: besides the weights and the tokenizer
+files, a ``preprocessor_config.json`` (``components/models/convert/hf_processor.py``) that makes
+``CLIPProcessor.from_pretrained(DIR)`` / ``AutoImageProcessor`` give vlforge's pixels, and a tokenizer whose
+``model_max_length`` is the model's text length, so ``truncation=True, padding="max_length"`` gives vlforge's
+tokens. The ``open_clip`` export (CLIP models) is ``open_clip_config.json`` + ``open_clip_model.safetensors``
+(``components/models/convert/open_clip.py``) beside the same tokenizer files.
+
 Where it sits: the end of the DAG, after evaluation. The card is assembled from the catalog alone: what the
 model is (family, recipe), the data it was trained on (its dataset ancestors), the training config, its metrics
 and those of every evaluation made from it, its lineage, the environment that made it and the data's licence.
@@ -15,10 +22,13 @@ import shutil
 import uuid
 from pathlib import Path
 
-from vlforge.catalog.store import Artifact, Catalog, _remove_tree
+from vlforge.catalog.blobs import remove_tree
+from vlforge.catalog.store import Artifact, Catalog
 from vlforge.errors import UserError
 
-__all__ = ["export", "model_card"]
+FORMATS = ("hf", "open_clip")
+
+__all__ = ["FORMATS", "export", "model_card"]
 
 _UNKNOWN_LICENCE = ("not recorded by the source: the images and captions keep their owners' terms; check them "
                     "before redistributing this model or its data")
@@ -52,9 +62,11 @@ def model_card(catalog: Catalog, artifact: Artifact) -> str:
              f"A `{artifact.kind}` artifact from the vlforge catalog, id `{artifact.id}`."]
     if artifact.family:
         recipe = artifact.config.get("recipe") if isinstance(artifact.config, dict) else None
-        lines.append(f"A **{artifact.family}** vision-language model" + (f", recipe `{recipe}`" if recipe else "")
-                     + ", pretrained from scratch by vlforge's Ray Train loop. Load it with the family's "
-                       "`from_pretrained` on this folder (weights are safetensors).")
+        origin = artifact.config.get("origin") if isinstance(artifact.config, dict) else None
+        made = (f", imported from a {origin.get('format')} checkpoint (`{origin.get('path')}`)" if isinstance(origin, dict)
+                else (f", recipe `{recipe}`" if recipe else "") + ", pretrained from scratch by vlforge's Ray Train loop")
+        lines.append(f"A **{artifact.family}** vision-language model{made}. Load it with the family's "
+                     "`from_pretrained` on this folder (weights are safetensors).")
     lines += ["", "## Data", ""]
     if datasets:
         lines += ["| dataset | version | id | samples | source |", "|---|---|---|---|---|"]
@@ -80,16 +92,47 @@ def model_card(catalog: Catalog, artifact: Artifact) -> str:
     return "\n".join(lines)
 
 
-def export(catalog: Catalog, ref: str, target: Path | str) -> Path:
+def _model_extras(family: str, view: Path, building: Path, fmt: str) -> None:
+    """Write what a model's export adds beside its files: the preprocessing, the tokenizer's text length, and for
+    ``open_clip`` the converted checkpoint in place of the Hugging Face one."""
+    from vlforge.components.models.convert.hf_processor import (
+        PREPROCESSOR_FILE,
+        image_processor_config,
+        model_preprocessing,
+        takes_images,
+    )
+    from vlforge.components.models.registry import FAMILY_FILE
+
+    pre = model_preprocessing(view)
+    if takes_images(family):
+        (building / PREPROCESSOR_FILE).write_text(json.dumps(image_processor_config(pre), indent=2, sort_keys=True) + "\n")
+    recipe = json.loads((view / FAMILY_FILE).read_text()).get("recipe", {})
+    tok_config = building / "tokenizer_config.json"
+    if tok_config.is_file() and "max_text_length" in recipe:
+        config = json.loads(tok_config.read_text())
+        config["model_max_length"] = recipe["max_text_length"]
+        tok_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if fmt == "open_clip":
+        from vlforge.components.models.convert.open_clip import write_open_clip
+
+        write_open_clip(view, building, pre)
+
+
+def export(catalog: Catalog, ref: str, target: Path | str, fmt: str = "hf") -> Path:
     """Copy the artifact ``ref`` names into ``target`` (which must not exist or be empty) with a model card
-    as ``README.md`` (an artifact's own README is kept below the card). Every file is checked against its
-    recorded hash on the way out. Returns the folder."""
+    as ``README.md`` (an artifact's own README is kept below the card); a model gets its ``fmt`` extras (module
+    docstring). Every file is checked against its recorded hash on the way out. Returns the folder."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format '{fmt}' is not one of {', '.join(FORMATS)}")
     artifact = catalog.get(ref)
     target = Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"cannot export {ref!r} to '{target}': it exists and is not an empty folder")
     if not target.parent.is_dir():
         raise UserError(f"cannot export {ref!r} to '{target}': the parent folder '{target.parent}' does not exist")
+    if fmt == "open_clip" and artifact.family != "clip":
+        raise UserError(f"cannot export {ref!r} as open_clip: it is a {artifact.family or artifact.kind} "
+                        f"{artifact.kind}, not a clip model")
     view = catalog.path(artifact.id)  # verifies the blobs
     building = target.parent / f".{target.name}.export-{uuid.uuid4().hex[:8]}"
     try:
@@ -99,6 +142,8 @@ def export(catalog: Catalog, ref: str, target: Path | str) -> Path:
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(view / entry.path, out)
             os.chmod(out, 0o644)
+        if artifact.kind == "model" and (view / "vlforge_family.json").is_file():
+            _model_extras(artifact.family or "", view, building, fmt)
         card = model_card(catalog, artifact)
         original = building / "README.md"
         if original.exists():
@@ -108,5 +153,5 @@ def export(catalog: Catalog, ref: str, target: Path | str) -> Path:
             target.rmdir()
         os.rename(building, target)
     finally:
-        _remove_tree(building)
+        remove_tree(building)
     return target

@@ -85,7 +85,7 @@ def test_teacher_of_the_wrong_kind_or_family_and_unknown_recipe(home: Path, seed
 
 def test_pipeline_stages_that_cannot_continue_a_model(home: Path, seeded: Catalog, tmp_path: Path) -> None:
     cases = {
-        "train: {family: clip, then: [{recipe: tiny}]}": "train.then[0]: family 'clip' cannot continue a model",
+        "train: {family: text-lm, then: [{recipe: tiny}]}": "train.then[0]: family 'text-lm' cannot continue a model",
         "train: {family: vl-t5, then: [{recipe: tiny-caption, overrides: {init_from: x}}]}":
             "train.then[0]: overrides.init_from is the previous stage's model",
         "train: {family: vl-t5, then: [{recipe: tiny-caption}, {recipe: tiny-nope}]}":

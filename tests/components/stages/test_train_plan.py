@@ -63,8 +63,8 @@ def test_a_teacher_two_stages_need_is_trained_once(dataset_dir: Path) -> None:
 
 
 def test_requests_that_do_not_fit_fail_before_any_work(dataset_dir: Path) -> None:
-    with pytest.raises(UserError, match=r"train.then\[0\]: family 'clip' cannot continue a model"):
-        plan_training("clip", "tiny", {}, dataset_dir, [ContinueStageConfig(recipe="tiny")])
+    with pytest.raises(UserError, match=r"train.then\[0\]: family 'text-lm' cannot continue a model"):
+        plan_training("text-lm", "tiny", {}, dataset_dir, [ContinueStageConfig(recipe="tiny")])
     with pytest.raises(UserError, match="has no recipe 'nope'"):
         plan_training("clip", "nope", {}, dataset_dir)
 
