@@ -51,7 +51,7 @@ def fill(catalog: Catalog, entries: int) -> None:
         aliases[name] = artifact_id
         if seq % 97 == 0:
             tags.append((artifact_id, "paper"))
-    with catalog._connect() as conn, catalog._transaction(conn):
+    with catalog.index.connect() as conn, catalog.index.transaction(conn):
         conn.executemany("INSERT INTO artifacts (id, kind, name, version, family, config, metrics, cache_key,"
                          " code_version, packages, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)", artifacts)
         conn.executemany("INSERT INTO files VALUES (?,?,?,?)", files)

@@ -48,7 +48,7 @@ def main() -> None:
     configure_environment()  # as the CLI: offline, Prefect's home under VLFORGE_HOME, its telemetry off
     from vlforge.components.data.crawl import CrawlConfig
     from vlforge.components.data.shard import ShardConfig
-    from vlforge.components.evaluation.tasks import TASKS
+    from vlforge.components.evaluation.headline import headline_metrics, untrained_value
     from vlforge.components.models.registry import family_names, get_family
     from vlforge.components.pipeline_config import SourceConfig
     from vlforge.components.stages import eval_suite, run_ingest, run_tokenizer
@@ -72,10 +72,11 @@ def main() -> None:
 
     def add_rows(name: str, model: str, report, tasks: list[str], seconds: float | None) -> None:
         for task in tasks:
-            metric = TASKS[task].headline
-            trained, untrained = report.metrics.get(metric), report.metrics.get(f"baseline_{metric}")
-            if trained is None:
+            headline = headline_metrics(report.metrics, [task], most=0)
+            if not headline:
                 continue
+            (metric, trained), = headline
+            untrained = untrained_value(report.metrics, metric)
             ratio = trained / untrained if untrained and untrained >= 1e-3 else None  # no ratio against ~0
             rows.append({"family": name, "task": task, "metric": metric, "trained": trained, "untrained": untrained,
                          "ratio": ratio, "model": model, "seconds": seconds})

@@ -1,10 +1,10 @@
 """Keeping a catalog trustworthy: ``verify`` re-hashes every stored file and reports corruption, ``gc`` removes
 what no artifact can reach (orphan blobs from killed registrations, scratch files of dead writers).
 
-Where it sits: beside the store (:mod:`vlforge.catalog.store`), run by hand or from cron through
-``vlforge catalog verify`` / ``vlforge catalog gc``; no pipeline stage calls it. Neither ever deletes or rewrites
-anything an artifact references: entries are immutable, and ``gc`` decides what is unreferenced while holding
-the index's write lock, which registration also takes before it references a blob.
+Where it sits: beside the catalog (:mod:`vlforge.catalog.store`), over its blob store and index, run by hand or
+from cron through ``vlforge catalog verify`` / ``vlforge catalog gc``; no pipeline stage calls it. Neither ever
+deletes or rewrites anything an artifact references: entries are immutable, and ``gc`` decides what is
+unreferenced while holding the index's write lock, which registration also takes before it references a blob.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlforge.catalog.store import Catalog, _hash_file, _remove_tree
+from vlforge.catalog.blobs import CheckRow, hash_file, remove_tree, scratch_owner
+from vlforge.catalog.store import Catalog
 
 __all__ = ["GcReport", "Problem", "VerifyReport", "gc", "verify"]
 
@@ -64,7 +65,8 @@ def verify(catalog: Catalog) -> VerifyReport:
     and report each that is missing or changed, with the artifacts that hold it. With a remote, a blob missing
     locally is fine if the remote holds it (it is fetched, and its hash checked, when loaded)."""
     report = VerifyReport()
-    with catalog._connect() as conn:
+    blobs, index = catalog.blobs, catalog.index
+    with index.connect() as conn:
         holders: dict[str, list[str]] = {}
         for sha256, name, version, artifact_id, relpath in conn.execute(
                 "SELECT f.sha256, a.name, a.version, a.id, f.path FROM files f JOIN artifacts a ON a.id = f.artifact_id"
@@ -72,41 +74,38 @@ def verify(catalog: Catalog) -> VerifyReport:
             holders.setdefault(sha256, []).append(f"{name}:{version} ({artifact_id[:12]}) {relpath}")
         view_files = conn.execute("SELECT artifact_id, path, sha256 FROM files WHERE artifact_id IN"
                                   " (SELECT id FROM artifacts)").fetchall()
-    good: list[tuple[str, str, int, int, int]] = []
+    good: list[CheckRow] = []
 
     def check(path: Path, sha256: str, who: list[str]) -> None:
-        rel = path.relative_to(catalog.root).as_posix()
+        rel = blobs.relative(path)
         if not path.is_file():
-            if catalog.remote is not None and path == catalog._blob_path(sha256) \
+            if catalog.remote is not None and path == blobs.path(sha256) \
                     and catalog.remote.size(sha256) is not None:
                 report.remote_only += 1
                 return
             report.problems.append(Problem("missing", rel, sha256, None, who))
             return
-        actual, size = _hash_file(path)
+        actual, size = hash_file(path)
         report.files += 1
         report.bytes += size
         if actual != sha256:
             report.problems.append(Problem("corrupt", rel, sha256, actual, who))
         else:
-            good.append(catalog._check_row(path, sha256))
+            good.append(blobs.check_row(path, sha256))
 
     for sha256, who in holders.items():
-        check(catalog._blob_path(sha256), sha256, who)
+        check(blobs.path(sha256), sha256, who)
     for artifact_id, relpath, sha256 in view_files:
-        target = catalog.root / "views" / artifact_id / relpath
+        target = blobs.view(artifact_id) / relpath
         if not target.exists():
             continue  # views are made on demand; an absent one is rebuilt from the (checked) blobs
         try:
-            if os.path.samefile(target, catalog._blob_path(sha256)):
+            if os.path.samefile(target, blobs.path(sha256)):
                 continue
         except OSError:
             pass
         check(target, sha256, [who for who in holders.get(sha256, []) if f"({artifact_id[:12]})" in who])
-    if good:
-        with catalog._connect() as conn, catalog._transaction(conn):
-            conn.executemany("INSERT OR REPLACE INTO file_checks (path, sha256, size, mtime_ns, inode)"
-                             " VALUES (?, ?, ?, ?, ?)", good)
+    index.record_checks(good)
     return report
 
 
@@ -117,9 +116,7 @@ def _writer_is_dead(name: str, now: float, mtime: float) -> bool:
         return True
     owner = name.removeprefix(".building-").split("-", 1)[0]
     host, _, pid = owner.rpartition(".")
-    from vlforge.catalog.store import _scratch_owner
-
-    if not pid.isdigit() or host != _scratch_owner().rpartition(".")[0]:
+    if not pid.isdigit() or host != scratch_owner().rpartition(".")[0]:
         return False
     try:
         os.kill(int(pid), 0)
@@ -135,28 +132,27 @@ def gc(catalog: Catalog, *, dry_run: bool = False) -> GcReport:
     report them. Runs under the index's write lock so no registration can reference a blob mid-sweep."""
     report = GcReport(dry_run=dry_run)
     now = time.time()
-    with catalog._connect() as conn, catalog._transaction(conn):
+    with catalog.index.connect() as conn, catalog.index.transaction(conn):
         referenced = {row[0] for row in conn.execute("SELECT DISTINCT sha256 FROM files")}
-        for blob in sorted(catalog._blobs.glob("*/*")):
-            if blob.is_file() and blob.name not in referenced:
-                report.blobs.append(blob.relative_to(catalog.root).as_posix())
+        for blob in catalog.blobs.stored():
+            if blob.name not in referenced:
+                report.blobs.append(catalog.blobs.relative(blob))
                 report.bytes += blob.stat().st_size
                 if not dry_run:
                     blob.unlink(missing_ok=True)
                     conn.execute("DELETE FROM file_checks WHERE path = ?", (report.blobs[-1],))
-        scratch = [*catalog._tmp.iterdir(), *catalog._views.glob(".building-*")]
-        for leftover in sorted(scratch):
+        for leftover in catalog.blobs.scratch():
             try:
                 st = leftover.lstat()
             except FileNotFoundError:
                 continue
             if not _writer_is_dead(leftover.name, now, st.st_mtime):
                 continue
-            report.scratch.append(leftover.relative_to(catalog.root).as_posix())
+            report.scratch.append(catalog.blobs.relative(leftover))
             report.bytes += st.st_size if leftover.is_file() else 0
             if not dry_run:
                 if leftover.is_dir():
-                    _remove_tree(leftover)
+                    remove_tree(leftover)
                 else:
                     leftover.unlink(missing_ok=True)
     return report

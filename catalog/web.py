@@ -1,10 +1,17 @@
 """``vlforge catalog serve``: a read-only web browser of the catalog, on the standard library's HTTP server.
 
-Where it sits: beside the CLI, over the same :class:`~vlforge.catalog.store.Catalog`; it never writes. Pages:
+Where it sits: beside the CLI, over the same :class:`~vlforge.catalog.store.Catalog`; it never writes. It reads
+the evaluation layer for two things: the headline rule (``components/evaluation/headline.py``) and the leaderboard
+(``components/evaluation/leaderboard.py``). Pages:
 
-* ``/``                  index with search and filters (kind, family, tag, alias, sort by a metric)
-* ``/a/<id>``            one artifact: card, metrics, plots (its PNG files), samples of a dataset, config, files
-                         with sizes and hashes, and its lineage both ways as nested lists of links
+* ``/``                  index with search and filters (kind, family, tag, alias, sort by a metric); an eval shows
+                         its tasks' headline metrics beside the untrained baseline's
+* ``/a/<id>``            one artifact: its card (markdown rendered, raw HTML shown as text), metrics, for a model
+                         its training plot, its training and validation curves (``loss`` and ``val_*`` of
+                         ``train_log.jsonl``) and the evaluations made of it, other plots (its PNG files), samples
+                         of a dataset, config, files with sizes and hashes, and its lineage both ways
+* ``/leaderboard``       every evaluated model on every task, headline metric beside the untrained baseline, and
+                         its chart (``/leaderboard/chart.png``)
 * ``/compare?id=..&id=..`` artifacts side by side (config keys, metrics, parents)
 * ``/file/<id>/<path>``  one file of an artifact, looked up in the index by exact path (never joined onto the
                          filesystem from the URL, so no traversal), checked against its hash, served with its type
@@ -17,14 +24,19 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import mimetypes
 import re
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import markdown
 from vlforge.catalog.store import Artifact, Catalog, Query
+from vlforge.components.evaluation.headline import headline_metrics, untrained_value
+from vlforge.components.evaluation.leaderboard import chart_png, leaderboard_rows
 
 from vlforge.errors import UserError
 
@@ -37,7 +49,11 @@ _CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-acti
 _STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;max-width:1200px}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}pre{background:#f6f6f6;padding:8px;
 overflow:auto;white-space:pre-wrap}img.plot{max-width:480px;border:1px solid #ddd;margin:4px}code{font-size:12px}
-.kind{font-weight:bold;color:#555}nav a{margin-right:1em}"""
+.kind{font-weight:bold;color:#555}nav a{margin-right:1em}#card{border:1px solid #ddd;padding:0 1em;max-width:900px}
+svg.curve{border:1px solid #ddd;margin:4px;background:#fff}"""
+_TRAIN_LOG = "train_log.jsonl"  # written by components/training/loop.py beside a model's weights
+_CURVE_W, _CURVE_H, _CURVE_PAD = 320, 150, 34
+_CHART_LOCK = threading.Lock()  # pyplot is not thread-safe and the server is threaded
 
 
 def _e(value: Any) -> str:
@@ -53,7 +69,8 @@ def _link(artifact: Artifact) -> str:
 
 def _page(title: str, body: str) -> bytes:
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{_e(title)}</title><style>{_STYLE}</style>'
-            f'</head><body><nav><a href="/">catalog</a></nav><h1>{_e(title)}</h1>{body}</body></html>').encode()
+            f'</head><body><nav><a href="/">catalog</a><a href="/leaderboard">leaderboard</a></nav><h1>{_e(title)}</h1>'
+            f'{body}</body></html>').encode()
 
 
 def _table(headers: list[str], rows: list[list[str]], css_id: str = "") -> str:
@@ -70,6 +87,89 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
             flat |= flatten(item, f"{prefix}{key}.")
         return flat
     return {prefix.rstrip("."): value}
+
+
+class _SafeLinks(markdown.treeprocessors.Treeprocessor):
+    """Drop link targets and image sources a card could use to leave the page: links may be relative, http(s) or
+    mailto; images only relative (the page's CSP allows images from this server alone)."""
+
+    def run(self, root: Any) -> None:
+        for element in root.iter():
+            for attribute, allowed in (("href", ("", "http", "https", "mailto")), ("src", ("",))):
+                value = element.get(attribute)
+                if value is None:
+                    continue
+                plain = "".join(ch for ch in html.unescape(value) if ch.isprintable() and not ch.isspace())
+                if urlsplit(plain).scheme.lower() not in allowed or plain.startswith("//"):
+                    del element.attrib[attribute]
+
+
+def render_markdown(text: str) -> str:
+    """A card's markdown as HTML (headings, lists, tables, code, emphasis, links). Raw HTML in the card is shown
+    as text, never passed through: cards quote captions from the internet."""
+    md = markdown.Markdown(extensions=["tables", "fenced_code", "sane_lists"], output_format="html")
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    md.treeprocessors.register(_SafeLinks(md), "safe_links", 5)  # after the inline patterns (20) made the links
+    return md.convert(text)
+
+
+def _headline_cell(artifact: Artifact, most: int = 4) -> str:
+    """An artifact's headline metrics for the index: an eval's per task (with the untrained baseline), anything
+    else's own numeric metrics."""
+    tasks = artifact.config.get("tasks", []) if artifact.kind == "eval" else []
+    shown = []
+    for key, value in headline_metrics(artifact.metrics, tasks if isinstance(tasks, list) else [], most=most):
+        baseline = untrained_value(artifact.metrics, key)
+        shown.append(f"{key}={value:.4g}" + ("" if baseline is None else f" (untrained {baseline:.4g})"))
+    return _e(", ".join(shown))
+
+
+def _curve_svg(name: str, points: list[tuple[float, float]]) -> str:
+    """One series by step as an inline SVG line chart (no script, so the page's CSP is unchanged)."""
+    w, h, pad = _CURVE_W, _CURVE_H, _CURVE_PAD
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (pad + (x - x0) / ((x1 - x0) or 1) * (w - 2 * pad),
+                h - pad - (y - y0) / ((y1 - y0) or 1) * (h - 2 * pad))
+
+    line = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in (at(x, y) for x, y in points))
+    last_x, last_y = at(*points[-1])
+    marks = f'<circle cx="{last_x:.1f}" cy="{last_y:.1f}" r="2" fill="#4477aa"/>'
+    return (f'<svg class="curve" data-series="{_e(name)}" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+            f'role="img" aria-label="{_e(name)} by step"><text x="{pad}" y="14" font-size="12">{_e(name)}</text>'
+            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#999"/>'
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#999"/>'
+            f'<text x="2" y="{pad + 4}" font-size="9">{y1:.3g}</text>'
+            f'<text x="2" y="{h - pad}" font-size="9">{y0:.3g}</text>'
+            f'<text x="{pad}" y="{h - pad + 14}" font-size="9">step {x0:g}</text>'
+            f'<text x="{w - pad}" y="{h - pad + 14}" font-size="9" text-anchor="end">{x1:g}</text>'
+            f'<polyline fill="none" stroke="#4477aa" stroke-width="1.5" points="{line}"/>{marks}</svg>')
+
+
+def training_curves(log_text: str) -> dict[str, list[tuple[float, float]]]:
+    """``{series: [(step, value), ...]}`` from a training log (JSON lines): the training ``loss`` and every
+    ``val_*`` metric an in-training evaluation logged. Lines that are not JSON objects are skipped."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for line in log_text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+            continue
+        for key, value in row.items():
+            if (key == "loss" or key.startswith("val_")) and isinstance(value, (int, float)) \
+                    and not isinstance(value, bool) and math.isfinite(value):
+                curves.setdefault(key, []).append((float(row["step"]), float(value)))
+    return curves
+
+
+def _figure(artifact: Artifact, relpath: str) -> str:
+    return (f'<figure style="display:inline-block"><img class="plot" alt="{_e(relpath)}" '
+            f'src="/file/{artifact.id}/{quote(relpath)}"><figcaption>{_e(relpath)}</figcaption></figure>')
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -92,6 +192,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "text/html; charset=utf-8", self._artifact(match.group(1)))
             elif url.path == "/compare":
                 self._send(200, "text/html; charset=utf-8", self._compare(params.get("id", [])))
+            elif url.path == "/leaderboard":
+                self._send(200, "text/html; charset=utf-8", self._leaderboard())
+            elif url.path == "/leaderboard/chart.png":
+                self._leaderboard_chart()
             elif match := re.fullmatch(r"/file/([0-9a-f]{64})/(.+)", url.path):
                 self._file(match.group(1), unquote(match.group(2)))
             else:
@@ -136,11 +240,12 @@ class _Handler(BaseHTTPRequestHandler):
                 f'<button type="submit">search</button></form>')
         rows = [[f'<input type="checkbox" name="id" value="{a.id}" form="compare">', _link(a), _e(a.family or ""),
                  _e(", ".join(a.aliases)), _e(", ".join(a.tags)), _e(a.created_at[:19]),
-                 _e(", ".join(f"{k}={v}" for k, v in sorted(a.metrics.items())[:4]))] for a in artifacts]
+                 _headline_cell(a)] for a in artifacts]
         body = (f'{form}<p id="count">{total} artifact(s){f", first {_PAGE_SIZE} shown" if total > _PAGE_SIZE else ""}'
                 f'</p><form method="get" action="/compare" id="compare"><button type="submit">compare selected'
                 f'</button></form>'
-                + _table(["", "artifact", "family", "aliases", "tags", "created", "metrics"], rows, "artifacts"))
+                + _table(["", "artifact", "family", "aliases", "tags", "created", "headline metrics"], rows,
+                         "artifacts"))
         return _page("vlforge catalog", body)
 
     def _tree(self, node: dict[str, Any], key: str) -> str:
@@ -160,15 +265,16 @@ class _Handler(BaseHTTPRequestHandler):
         card = next((f for f in a.files if f.path.lower() == "readme.md"), None)
         view = self.catalog.path(a.id) if a.files else None
         if card and view is not None:
-            parts.append('<h2>Card</h2><pre id="card">'
-                         + _e((view / card.path).read_text(encoding="utf-8", errors="replace")) + "</pre>")
+            parts.append('<h2>Card</h2><div id="card">'
+                         + render_markdown((view / card.path).read_text(encoding="utf-8", errors="replace")) + "</div>")
         parts.append("<h2>Metrics</h2>" + _table(["metric", "value"], [[_e(k), _e(v)] for k, v in
                                                                         sorted(a.metrics.items())], "metrics"))
         plots = [f for f in a.files if f.path.lower().endswith(".png")]
+        if a.kind == "model":
+            parts.append(self._training(a, view, [f for f in plots if f.path == "loss.png"]))
+            plots = [f for f in plots if f.path != "loss.png"]
         if plots:
-            parts.append("<h2>Plots and samples</h2>" + "".join(
-                f'<figure style="display:inline-block"><img class="plot" alt="{_e(f.path)}" '
-                f'src="/file/{a.id}/{quote(f.path)}"><figcaption>{_e(f.path)}</figcaption></figure>' for f in plots[:24]))
+            parts.append("<h2>Plots and samples</h2>" + "".join(_figure(a, f.path) for f in plots[:24]))
         if view is not None and any(f.path == "samples.parquet" for f in a.files):
             parts.append("<h2>Samples</h2>" + self._samples(view / "samples.parquet"))
         parts.append('<h2>Lineage</h2><h3>Made from</h3><div id="ancestors">'
@@ -182,6 +288,53 @@ class _Handler(BaseHTTPRequestHandler):
         parts.append("<h2>Environment</h2>" + _table(["package", "version"], [[_e(k), _e(v)] for k, v in
                                                                             sorted(a.packages.items())]))
         return _page(f"{a.kind} {a.name}:{a.version}", "".join(parts))
+
+    def _training(self, model: Artifact, view: Any, loss_plot: list[Any]) -> str:
+        """A model's training plot, its curves from the training log, and the evaluations made of it."""
+        parts = ['<h2>Training</h2><div id="training">']
+        parts.extend(_figure(model, f.path) for f in loss_plot)
+        log = next((f for f in model.files if f.path == _TRAIN_LOG), None)
+        curves = training_curves((view / log.path).read_text(encoding="utf-8", errors="replace")) \
+            if log is not None and view is not None else {}
+        if curves:
+            validation = sorted(k for k in curves if k != "loss")
+            parts.append('<div id="curves">' + "".join(_curve_svg(k, curves[k]) for k in ["loss", *validation]
+                                                        if k in curves) + "</div>")
+            if not validation:
+                parts.append("<p>No validation curves: the run logged no <code>val_*</code> metrics.</p>")
+        parts.append("</div>")
+        evals = [e for e in self.catalog.descendants(model.id) if e.kind == "eval" and e.parents[:1] == [model.id]]
+        if evals:
+            rows = [[_link(e), _e(e.config.get("split", "")), _headline_cell(e, most=8)] for e in evals]
+            parts.append("<h2>Evaluations</h2>" + _table(["eval", "split", "headline metrics"], rows, "evaluations"))
+        return "".join(parts)
+
+    def _leaderboard(self) -> bytes:
+        rows = leaderboard_rows(self.catalog)
+        if not rows:
+            return _page("leaderboard", "<p>No eval reports yet: run <code>vlforge run eval</code> or "
+                                        "<code>vlforge run pipeline</code>.</p>")
+        table = _table(["family", "model", "task", "metric", "value", "untrained", "data", "split", "config", "code",
+                        "eval"], [[
+                            _e(r["family"]), f'<a href="/a/{r["model_id"]}">{_e(r["model"])}</a>', _e(r["task"]),
+                            _e(r["metric"]), f'{r["value"]:.4f}',
+                            "-" if r["baseline"] is None else f'{r["baseline"]:.4f}',
+                            f'<a href="/a/{r["data_id"]}">{_e(r["data"])}</a>', _e(r["split"]), _e(r["config"]),
+                            f'<code>{_e(r["code_version"][:12] or "-")}</code>',
+                            f'<a href="/a/{r["eval_id"]}">{r["eval_id"][:12]}</a>'] for r in rows], "leaderboard")
+        return _page("leaderboard", "<p>Each value is the task's headline metric on the named data split; "
+                     "<em>untrained</em> is the same metric for an untrained model of the same family and recipe.</p>"
+                     + table + '<p><img class="plot" id="leaderboard-chart" alt="headline metric per task" '
+                     'src="/leaderboard/chart.png"></p>')
+
+    def _leaderboard_chart(self) -> None:
+        rows = leaderboard_rows(self.catalog)
+        if not rows:
+            self._send(404, "text/html; charset=utf-8", _page("not found", "<p>no eval reports yet</p>"))
+            return
+        with _CHART_LOCK:
+            png = chart_png(rows)
+        self._send(200, "image/png", png, {"Cache-Control": "no-cache"})
 
     def _samples(self, path: Any) -> str:
         import pyarrow.parquet as pq

@@ -14,6 +14,7 @@ import time
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
+from vlforge.components.evaluation.headline import headline_metrics, untrained_value
 from vlforge.components.pipeline_config import PipelineConfig
 from vlforge.components.stages import eval_plan, ingest_key, plan_training, tokenizer_key
 from vlforge.flows.common import open_catalog, run_cached
@@ -55,16 +56,19 @@ def pipeline_flow(config: PipelineConfig) -> dict:
     seconds["eval"] = time.perf_counter() - t
 
     ids = {"dataset": dataset, "tokenizer": tokenizer, "model": model, "eval": report}
-    metrics = catalog.get(report).metrics
+    evaluation = catalog.get(report)
+    metrics = evaluation.metrics
+    headline = headline_metrics(metrics, evaluation.config.get("tasks", []))
     rows = [{"stage": k, "artifact": v[:12], "cached": cached[k], "seconds": round(seconds[k], 2)} for k, v in ids.items()]
     rows[2:2] = [{"stage": f"model:{s['recipe']}", "artifact": s["model"][:12], "cached": s["cached"], "seconds": None}
                  for s in stages[:-1]]  # the earlier train stages, before the last (the "model" row)
-    numbers = [f"{k} {v:.3f}" for k, v in sorted(metrics.items())
-               if isinstance(v, (int, float)) and not k.startswith("baseline_")]  # the trained model's figures
-    create_table_artifact(key="vlforge-pipeline-summary", table=rows, description=", ".join(numbers[:8]))
+    numbers = [f"{k} {v:.3f}" + ("" if (b := untrained_value(metrics, k)) is None else f" (untrained {b:.3f})")
+               for k, v in headline]
+    create_table_artifact(key="vlforge-pipeline-summary", table=rows, description=", ".join(numbers))
     cached.update({k: v for k, v in trained["cached"].items() if k != "model"})  # teacher:FIELD -> cache hit
     extra = {"teachers": trained["teachers"]} if trained["teachers"] else {}
-    return {**ids, **extra, "stages": stages, "cached": cached, "seconds": seconds, "metrics": metrics}
+    return {**ids, **extra, "stages": stages, "cached": cached, "seconds": seconds, "metrics": metrics,
+            "headline": headline}
 
 
 if __name__ == "__main__":

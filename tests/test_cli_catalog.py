@@ -53,7 +53,7 @@ def test_list_show_lineage_diff(home: Path, seeded: dict) -> None:
     diff = cli_json(["catalog", "diff", "clip-shapes-mini:1", "clip-shapes-mini:2"], home)
     assert diff["config"] == {"values.lr": [0.001, 0.0003]}
     assert diff["metrics"]["i2t_r1"] == {"a": 0.25, "b": 0.5, "delta": 0.25}
-    assert diff["files"]["changed"] == ["model.safetensors"] and diff["parents"]["only_a"] == []
+    assert diff["files"]["changed"] == ["model.safetensors", "train_log.jsonl"] and diff["parents"]["only_a"] == []
 
 
 def test_alias_tag_verify_gc_export(home: Path, seeded: dict, tmp_path: Path) -> None:

@@ -9,8 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_harness import REPO, cli_json, run_cli
+from cli_harness import REPO, cli_json as shared_cli_json, run_cli as shared_run_cli
 from vlforge.catalog import Catalog
+
+
+# these tests start, use and stop their own Prefect server: never the tests' shared one
+def run_cli(args: list[str], home: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return shared_run_cli(args, home, timeout, embedded=True)
+
+
+def cli_json(args: list[str], home: Path, timeout: float = 600) -> dict | list:
+    return shared_cli_json(args, home, timeout, embedded=True)
+
 
 SCHEDULE = """
 deployments:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_harness import REPO, cli_json
+from cli_harness import REPO, cli_env, cli_json
 from vlforge.catalog import Catalog
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ eval: {tasks: [retrieval]}
 def test_killed_pipeline_resumes_training(home: Path, tmp_path: Path) -> None:
     config = tmp_path / "p.yaml"
     config.write_text(CONFIG)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"VLFORGE_HOME": str(home)}
+    env = cli_env(home)
     proc = subprocess.Popen([sys.executable, "-m", "vlforge.cli", "run", "pipeline", "--config", str(config), "--json"],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 400

@@ -3,6 +3,7 @@
     vlforge run pipeline [--config FILE] [--json]
     vlforge run ingest --source SOURCE [--name NAME] [--allow-host HOST[:PORT] ...] [--timeout S] [--retries N]
                        [--max-bytes N] [--min-side PX] [--set crawl.image_size=64 ...] [--json]
+                       [--images DIR] [--classnames FILE] [--templates FILE]   (benchmark layouts)
     vlforge run filter --data REF [--config FILE] [--json]
     vlforge run tokenizer --data REF [--set vocab_size=1024] [--json]
     vlforge run train --family clip --data REF [--recipe tiny] [--steps N] [--set KEY=VALUE ...] [--json]
@@ -24,6 +25,7 @@ from rich.table import Table
 
 from vlforge import cli_catalog, cli_orchestration  # noqa: F401  (register their commands)
 from vlforge import cli_eval  # noqa: F401  (registers the leaderboard command)
+from vlforge import cli_import  # noqa: F401  (registers `vlforge import model`)
 from vlforge.cli_common import (
     JsonOpt,
     RayAddressOpt,
@@ -69,14 +71,13 @@ def run_pipeline(
 
     def human() -> None:
         out.print(artifacts_table(result, "vlforge pipeline"))
-        m = result["metrics"]
-        headline = ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "zs_top1")  # the CLIP demo's; else what the eval measured
-        keys = [k for k in headline if k in m] or [k for k, v in sorted(m.items())
-                                                    if isinstance(v, (int, float)) and not k.startswith("baseline_")][:8]
+        from vlforge.components.evaluation.headline import untrained_value
+
         summary = Table(title=f"evaluation ({cfg.eval.split} split)")
-        for col in (*keys, "wall time"):
+        for col in (*(k for k, _v in result["headline"]), "wall time"):
             summary.add_column(col)
-        summary.add_row(*(f"{m[k]:.3f}" for k in keys), f"{wall:.1f} s")
+        summary.add_row(*(f"{v:.3f}" + ("" if (b := untrained_value(result["metrics"], k)) is None
+                                         else f" (untrained {b:.3f})") for k, v in result["headline"]), f"{wall:.1f} s")
         out.print(summary)
 
     emit(out, as_json, payload, human)
@@ -86,7 +87,7 @@ def run_pipeline(
 @command
 def run_ingest(
     out: Console,
-    source: Annotated[str, typer.Option(help="builtin:shapes[?n=..], a URL list (.parquet/.csv/.tsv/.jsonl), a local-paths table, an image folder, or `mix` with --mix.")],
+    source: Annotated[str, typer.Option(help="builtin:shapes[?n=..], a URL list (.parquet/.csv/.tsv/.jsonl), a local-paths table, an image folder, `mix` with --mix, or a benchmark layout: karpathy:FILE.json, imagefolder:DIR, vqav2:QUESTIONS.json,ANNOTATIONS.json, nlvr2:FILE.json, glue:DIR.")],
     name: Annotated[Optional[str], typer.Option(help="Dataset name in the catalog.")] = None,
     url_col: str = "url",
     caption_col: str = "caption",
@@ -99,13 +100,17 @@ def run_ingest(
     max_bytes: Annotated[Optional[int], typer.Option(help="Largest download in bytes (crawl.max_bytes).")] = None,
     min_side: Annotated[Optional[int], typer.Option(help="Smallest original image side in pixels (crawl.min_image_size).")] = None,
     mix: Annotated[Optional[list[str]], typer.Option(help="With --source mix: SOURCE=WEIGHT (repeatable), sources mixed by weight.")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Image root of a karpathy:, vqav2: or nlvr2: source (default: the file's folder).")] = None,
+    classnames: Annotated[Optional[str], typer.Option(help="imagefolder: class names, one a line in folder order (default: the folder names).")] = None,
+    templates: Annotated[Optional[str], typer.Option(help="imagefolder: zero-shot prompt templates, one a line with {}.")] = None,
     ray_address: RayAddressOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Crawl a source with img2dataset and shard it into a catalogued webdataset.
 
-    With --json: {"dataset": ID, "samples": N, "failures": {reason: count}, "cached": {...}}."""
+    With --json: {"dataset": ID, "samples": N, "failures": {reason: count}, "cached": {...}}, plus "captions": N
+    where images have several captions."""
     from pydantic import ValidationError
 
     from vlforge.components.pipeline_config import (
@@ -135,7 +140,8 @@ def run_ingest(
         if not sep or not spec or parts[-1]["weight"] <= 0:
             raise UserError(f"--mix '{item}' is not SOURCE=WEIGHT with a positive weight")
     src = SourceConfig(spec=source, name=name, url_col=url_col, caption_col=caption_col, path_col=path_col,
-                       label_col=label_col, key_col=key_col, mix=parts)
+                       label_col=label_col, key_col=key_col, mix=parts, images=images, classnames=classnames,
+                       templates=templates)
     validated = {}
     for section, model in (("crawl", defaults.crawl), ("shard", defaults.shard)):
         try:
@@ -151,10 +157,13 @@ def run_ingest(
     manifest = json.loads((open_catalog().path(result["dataset"]) / "manifest.json").read_text())
     failures = manifest["failures_by_reason"]
     payload = artifact_ids(result) | {"samples": manifest["samples"], "failures": failures}
+    if "captions" in manifest:  # several captions per image (a benchmark layout)
+        payload["captions"] = manifest["captions"]
 
     def human() -> None:
         out.print(artifacts_table(result, "vlforge ingest"))
-        out.print(f"{manifest['samples']} samples of {manifest['attempted']} rows; failures: "
+        captions = f" ({manifest['captions']} captions)" if "captions" in manifest else ""
+        out.print(f"{manifest['samples']} samples{captions} of {manifest['attempted']} rows; failures: "
                   + (", ".join(f"{k}={v}" for k, v in failures.items()) or "none"))
 
     emit(out, as_json, payload, human)
@@ -282,7 +291,7 @@ def run_eval(
     task: Annotated[Optional[list[str]], typer.Option(help="Task (repeatable); `vlforge families` lists each family's.")] = None,
     suite: Annotated[Optional[str], typer.Option(help="Run every task of a suite that fits the model and data "
                                                  "(default when no --task is given): default.")] = None,
-    split: Annotated[str, typer.Option(help="validation, train or all.")] = "validation",
+    split: Annotated[str, typer.Option(help="validation, train, all, or a benchmark's own split (test).")] = "validation",
     ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

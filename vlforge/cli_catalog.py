@@ -68,9 +68,13 @@ def catalog_list(
         for col in ("id", "kind", "name", "version", "family", "aliases", *(["tags"] if show_tags else []), "created",
                     "headline"):
             table.add_column(col)
-        keys = ("i2t_r1", "t2i_r1", "final_loss", "samples", "vocab_size", *([sort] if sort else []))
+        keys = ("final_loss", "samples", "vocab_size")  # what a dataset, tokenizer or model run measured
+        if any(a.kind == "eval" for a in arts):
+            from vlforge.components.evaluation.headline import headline_metrics  # loads the task registry
         for a in arts:
-            headline = ", ".join(f"{k}={a.metrics[k]:.3g}" for k in dict.fromkeys(keys)
+            shown = [k for k, _v in headline_metrics(a.metrics, a.config.get("tasks", []))] if a.kind == "eval" \
+                else list(keys)
+            headline = ", ".join(f"{k}={a.metrics[k]:.3g}" for k in dict.fromkeys([*shown, *([sort] if sort else [])])
                                  if isinstance(a.metrics.get(k), (int, float)))
             table.add_row(a.short_id, a.kind, a.name, str(a.version), a.family or "", ",".join(a.aliases),
                           *([",".join(a.tags)] if show_tags else []), a.created_at[:19], headline)
@@ -315,9 +319,11 @@ def catalog_pull(out: Console, refs: Annotated[list[str], typer.Argument(help="A
 @command
 def catalog_export(out: Console, ref: Annotated[str, typer.Argument(help="Artifact REF.")],
                    target: Annotated[Path, typer.Argument(help="Folder to create (must not exist or be empty).")],
+                   fmt: Annotated[str, typer.Option("--format", help="hf (transformers loads it, processor "
+                                                    "included) or open_clip (CLIP models).")] = "hf",
                    as_json: JsonOpt = False) -> None:
     """Write an artifact out as a plain folder (a model: a Hugging Face directory) with a model card."""
-    folder = export_artifact(open_catalog(), ref, target)
+    folder = export_artifact(open_catalog(), ref, target, fmt)
     emit(out, as_json, {"path": str(folder.resolve())}, lambda: out.print(f"exported to {folder}", markup=False))
 
 

@@ -99,9 +99,11 @@ def write_dataset_card(out: Path, name: str, source: str, manifest: dict) -> str
     and return the markdown."""
     index = read_parquet(out / "samples.parquet").to_pylist()
     words = [len(r["caption"].split()) for r in index]
-    sides = [max(r.get("original_width") or r["width"], r.get("original_height") or r["height"]) for r in index]
+    sides = [max(r.get("original_width") or r["width"], r.get("original_height") or r["height"]) for r in index
+             if "width" in r]  # a text-only dataset (GLUE) has no images
     if index:
         _histogram(words, out / "card_captions.png", "caption length (words)", f"{name}: caption length")
+    if sides:
         _histogram(sides, out / "card_image_sizes.png", "original image, longer side (px)", f"{name}: image size")
         shards = manifest["splits"]["train"]["shards"] + manifest["splits"]["validation"]["shards"]
         sample_grid(_first_samples(out, shards, GRID_SAMPLES), out / "card_grid.png")
@@ -115,11 +117,13 @@ def write_dataset_card(out: Path, name: str, source: str, manifest: dict) -> str
         ordered = sorted(values)
         return f"min {ordered[0]}, median {ordered[len(ordered) // 2]}, max {ordered[-1]}"
 
-    figures = ("![caption length](card_captions.png)\n![image size](card_image_sizes.png)\n"
-               "![samples](card_grid.png)\n") if index else ""
+    figures = ("![caption length](card_captions.png)\n" if index else "") + (
+        "![image size](card_image_sizes.png)\n![samples](card_grid.png)\n" if sides else "")
+    how = ("Text only: no images, no shards; the task's own splits." if manifest.get("format") == "text" else
+           "Crawled with img2dataset into webdataset shards; split deterministically by sample key, or as the source "
+           "splits it (a benchmark layout).")
     markdown = (
-        f"# Dataset card: {name}\n\nSource: `{source}`.\n"
-        f"Crawled with img2dataset into webdataset shards; split deterministically by sample key.\n\n"
+        f"# Dataset card: {name}\n\nSource: `{source}`.\n{how}\n\n"
         f"| split | samples | shards |\n|---|---|---|\n{splits}\n\n"
         f"Attempted {manifest['attempted']} rows; kept {manifest['samples']}.\n\n"
         f"## Failures by reason\n\n| reason | count |\n|---|---|\n{failures}\n\n"

@@ -143,7 +143,8 @@ def crawl(rows: SourceRows, out_dir: Path, config: CrawlConfig, log_path: Path |
             "input_format": "parquet",
             "url_col": "url",
             "caption_col": "caption",
-            "save_additional_columns": ["source_key", "label", "facts"],
+            # a source's ``extra`` (its own split, several captions, benchmark fields) rides along to the shard stage
+            "save_additional_columns": ["source_key", "label", "facts", *(["extra"] if "extra" in table.column_names else [])],
             "output_format": "webdataset",
             "image_size": config.image_size,
             "resize_mode": config.resize_mode,

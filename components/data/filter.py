@@ -6,6 +6,8 @@ order, each on what the previous ones kept, so the funnel reads top to bottom:
 1. ``undecodable`` — a sample whose image does not decode (a corrupt image inside a shard) is a counted skip;
 2. caption rules — empty, too few / too many words, not text (too small a share of letters);
 3. image rules — original image side below ``min_side``, aspect ratio over ``max_aspect_ratio``;
+   ``column_below_min`` — a source's own column of ``samples.parquet`` (a shard sidecar's CLIP score, an
+   original size, ...) missing or below its ``min_columns`` value;
 4. ``exact_duplicate`` — the same image bytes (sha256) as an earlier sample;
 5. ``near_duplicate`` — a 64-bit difference hash (dHash: 9x8 greyscale thumbnail, one bit per horizontal
    gradient) within ``near_duplicate_distance`` bits of an earlier kept sample's;
@@ -32,7 +34,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vlforge.components.data.loader import IMAGE_EXTS, RawSample
-from vlforge.components.data.shard import SPLITS, read_tar_groups, _SplitWriter
+from vlforge.components.data.shard import _SplitWriter, dataset_splits, read_tar_groups
 from vlforge.components.sources.tables import read_parquet
 
 from vlforge.errors import UserError
@@ -50,6 +52,8 @@ class FilterConfig(BaseModel):
     exact_duplicates: bool = True
     near_duplicates: bool = True
     near_duplicate_distance: int = Field(4, ge=0, le=64, description="max Hamming distance of 64-bit dHashes")
+    min_columns: dict[str, float] = Field(default_factory=dict,
+                                          description="samples.parquet column -> smallest value kept (a source's own columns)")
     clip_model: str | None = Field(None, description="model REF of a dual-encoder family; None: no CLIP-score rule")
     clip_threshold: float | None = Field(None, ge=-1.0, le=1.0)
     clip_top_fraction: float | None = Field(None, gt=0.0, le=1.0)
@@ -99,7 +103,16 @@ def image_rule(width: int, height: int, cfg: FilterConfig) -> str | None:
 
 
 RULES = ("undecodable", "caption_empty", "caption_too_short", "caption_too_long", "caption_not_text",
-         "image_too_small", "image_bad_aspect", "exact_duplicate", "near_duplicate", "clip_score")
+         "image_too_small", "image_bad_aspect", "column_below_min", "exact_duplicate", "near_duplicate", "clip_score")
+
+
+def column_rule(row: dict, cfg: FilterConfig) -> str | None:
+    """``column_below_min`` when a ``min_columns`` column is missing (None) or below its minimum."""
+    for name, lowest in cfg.min_columns.items():
+        value = row.get(name)
+        if not isinstance(value, (int, float)) or value < lowest:
+            return "column_below_min"
+    return None
 
 
 class ClipScorer:
@@ -140,7 +153,7 @@ def _samples(dataset_dir: Path) -> list[tuple[str, RawSample | None]]:
     A shard that is not a readable tar makes the whole input unusable (UserError)."""
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
     out: list[tuple[str, RawSample | None]] = []
-    for split in SPLITS:
+    for split in dataset_splits(manifest["splits"]):
         for name in manifest["splits"].get(split, {}).get("shards", []):
             try:
                 groups = list(read_tar_groups(dataset_dir / name))
@@ -162,7 +175,13 @@ def _samples(dataset_dir: Path) -> list[tuple[str, RawSample | None]]:
 def filter_dataset(dataset_dir: Path, out_dir: Path, cfg: FilterConfig, model_dir: Path | None = None) -> dict:
     """Apply the rules to the dataset in ``dataset_dir`` and write the filtered dataset into ``out_dir``."""
     source_manifest = json.loads((dataset_dir / "manifest.json").read_text())
-    index = {r["key"]: r for r in read_parquet(dataset_dir / "samples.parquet").to_pylist()}
+    index_table = read_parquet(dataset_dir / "samples.parquet")
+    for name in cfg.min_columns:
+        if name not in index_table.column_names or not (pa.types.is_integer(index_table.schema.field(name).type)
+                                                        or pa.types.is_floating(index_table.schema.field(name).type)):
+            raise UserError(f"filter min_columns: the dataset has no numeric column '{name}' "
+                            f"(samples.parquet columns: {', '.join(index_table.column_names)})")
+    index = {r["key"]: r for r in index_table.to_pylist()}
     items = _samples(dataset_dir)
     removed: Counter[str] = Counter()
     kept: list[tuple[str, RawSample, Image.Image]] = []
@@ -181,7 +200,7 @@ def filter_dataset(dataset_dir: Path, out_dir: Path, cfg: FilterConfig, model_di
         row = index.get(sample.key, {})
         width = int(row.get("original_width") or image.width)
         height = int(row.get("original_height") or image.height)
-        rule = caption_rule(sample.caption, cfg) or image_rule(width, height, cfg)
+        rule = caption_rule(sample.caption, cfg) or image_rule(width, height, cfg) or column_rule(row, cfg)
         if rule is None and cfg.exact_duplicates:
             digest = hashlib.sha256(sample.image).hexdigest()
             rule = "exact_duplicate" if digest in exact else None
@@ -213,8 +232,11 @@ def filter_dataset(dataset_dir: Path, out_dir: Path, cfg: FilterConfig, model_di
         removed["clip_score"] += before - len(kept)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    writers = {s: _SplitWriter(out_dir, s, cfg.samples_per_shard) for s in SPLITS}
+    splits = dataset_splits(source_manifest["splits"])
+    writers = {s: _SplitWriter(out_dir, s, cfg.samples_per_shard) for s in splits}
     columns = ("key", "split", "shard", "caption", "label", "facts", "url", "width", "height", "original_width", "original_height")
+    # a source's own columns (several captions, a benchmark's fields, a shard sidecar's uid or scores) are kept
+    extra_columns = [c for c in next(iter(index.values()), {}) if c not in columns]
     new_index: dict[str, list[Any]] = {c: [] for c in columns}
     for split, sample, image in kept:
         raw = _raw_members(sample)
@@ -227,8 +249,11 @@ def filter_dataset(dataset_dir: Path, out_dir: Path, cfg: FilterConfig, model_di
                   "original_height": int(row.get("original_height") or image.height)}
         for c in columns:
             new_index[c].append(values[c])
-    shards = [s for split in SPLITS for s in writers[split].close()]
-    pq.write_table(pa.table(new_index), out_dir / "samples.parquet")
+    shards = [s for split in splits for s in writers[split].close()]
+    table = pa.table(new_index)
+    for c in extra_columns:
+        table = table.append_column(c, pa.array([index.get(k, {}).get(c) for k in new_index["key"]]))
+    pq.write_table(table, out_dir / "samples.parquet")
     pq.write_table(pa.Table.from_pylist(shards) if shards else pa.table({"shard": pa.array([], pa.string())}),
                    out_dir / "shards.parquet")
     if scores:
@@ -244,7 +269,7 @@ def filter_dataset(dataset_dir: Path, out_dir: Path, cfg: FilterConfig, model_di
         "format": "webdataset",
         "source": {"kind": "filter", "parent_samples": len(items), **{k: v for k, v in source_manifest.items() if k == "source"}},
         "samples": len(new_index["key"]),
-        "splits": {s: {"samples": counts.get(s, 0), "shards": [x["shard"] for x in shards if x["split"] == s]} for s in SPLITS},
+        "splits": {s: {"samples": counts.get(s, 0), "shards": [x["shard"] for x in shards if x["split"] == s]} for s in splits},
         "shards": shards,
         "attempted": len(items),
         "failures_by_reason": {r: removed[r] for r in RULES if removed.get(r)},
@@ -254,6 +279,8 @@ def filter_dataset(dataset_dir: Path, out_dir: Path, cfg: FilterConfig, model_di
         "has_facts": any(new_index["facts"]),
         "filter": cfg.model_dump(),
     }
+    if "captions" in extra_columns:
+        manifest["captions"] = sum(len(c or [""]) for c in table.column("captions").to_pylist())
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
 

@@ -4,7 +4,8 @@ Training streams samples without end: each epoch shuffles the shard list with (s
 data-parallel rank every ``world``-th shard (all shards, sample-strided, when there are fewer shards than
 ranks), and shuffles within a bounded buffer. The stream is a pure function of (seed, rank, world, position),
 so resuming at step ``s`` skips ``s`` batches of raw bytes without decoding them and sees exactly the samples an
-uninterrupted run would have seen. ``training_loader`` is the same stream split further across torch DataLoader
+uninterrupted run would have seen. An image with several captions (a benchmark's ``captions``) is one sample per
+pass, with one of its captions drawn from the same seeded stream each time it is read. ``training_loader`` is the same stream split further across torch DataLoader
 workers that decode, resize and normalise in parallel, with optional shard resampling (``bench/loader_bench.py``
 measures it against a bare decode loop). Evaluation reads a split in order with ``webdataset``."""
 from __future__ import annotations
@@ -68,9 +69,14 @@ def split_shards(dataset_dir: Path, split: str) -> list[Path]:
     return [dataset_dir / n for n in names]
 
 
-def _read_tar(path: Path) -> Iterator[RawSample]:
+def _read_tar(path: Path, rng: random.Random | None = None) -> Iterator[RawSample]:
+    """The raw samples of one shard; with ``rng``, a sample with several captions gets one of them at random."""
     for key, group in read_tar_groups(path):
-        yield _to_raw(key, group)
+        raw = _to_raw(key, group)
+        captions = raw.meta.get("captions")
+        if rng is not None and captions and len(captions) > 1:
+            raw.caption = captions[rng.randrange(len(captions))]
+        yield raw
 
 
 def _to_raw(key: str, group: dict[str, bytes]) -> RawSample:
@@ -99,10 +105,11 @@ def training_stream(shards: Sequence[Path], rank: int, world: int, seed: int, sh
         else:
             mine, stride = order, world
         rng = random.Random(f"{seed}:{epoch}:{rank}:buffer")
+        pick_caption = random.Random(f"{seed}:{epoch}:{rank}:captions")
         buffer: list[RawSample] = []
         index = 0
         for shard in mine:
-            for sample in _read_tar(shard):
+            for sample in _read_tar(shard, pick_caption):
                 index += 1
                 if stride > 1 and (index - 1) % stride != rank:
                     continue
@@ -117,9 +124,10 @@ def training_stream(shards: Sequence[Path], rank: int, world: int, seed: int, sh
 def _resampled_stream(shards: Sequence[Path], consumer: int, seed: int, shuffle_buffer: int) -> Iterator[RawSample]:
     pick = random.Random(f"{seed}:{consumer}:resample")
     rng = random.Random(f"{seed}:{consumer}:buffer")
+    pick_caption = random.Random(f"{seed}:{consumer}:captions")
     buffer: list[RawSample] = []
     while True:
-        for sample in _read_tar(shards[pick.randrange(len(shards))]):
+        for sample in _read_tar(shards[pick.randrange(len(shards))], pick_caption):
             buffer.append(sample)
             if len(buffer) >= shuffle_buffer:
                 yield buffer.pop(rng.randrange(len(buffer)))
@@ -207,7 +215,14 @@ def training_loader(shards: Sequence[Path], *, rank: int, world: int, seed: int,
 
 
 def read_split(dataset_dir: Path, split: str) -> list[RawSample]:
-    """Every sample of a split, in shard order, read with ``webdataset``."""
+    """Every sample of a split, in shard order, read with ``webdataset``; a text-only dataset's (format ``text``,
+    no image: ``image`` is empty) in index order from ``samples.parquet``."""
+    if json.loads((dataset_dir / "manifest.json").read_text()).get("format") == "text":
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(dataset_dir / "samples.parquet").read().to_pylist()
+        return [RawSample(r["key"], b"", r["caption"], {"label": r["label"]}) for r in rows
+                if split == "all" or r["split"] == split]
     urls = [str(p) for p in split_shards(dataset_dir, split)]
     if not urls:
         return []

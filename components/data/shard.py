@@ -1,7 +1,11 @@
 """Shard stage: turn img2dataset's crawl output into split webdataset shards plus a manifest.
 
 Each good sample gets a stable key (a hash of its source key), a split chosen deterministically from that key
-(so a sample keeps its split whatever else is crawled), and lands in ``{split}-{n:06d}.tar`` in source order.
+(so a sample keeps its split whatever else is crawled) unless its source names one (a benchmark's own splits:
+``train``, ``validation``, ``test``, ...), and lands in ``{split}-{n:06d}.tar`` in source order. A source row's
+``extra`` (a JSON object, see ``components/sources/tables.py``) travels with the sample: ``split`` picks the
+split, ``captions`` (several captions of one image; the first is the sample's ``caption``) and every other key
+become columns of ``samples.parquet`` and fields of the sample's json.
 Tars are written with fixed metadata (mtime 0, uid 0, sorted members) so the same input gives byte-identical
 shards and the dataset artifact's id is reproducible. The manifest (pyarrow) records every shard's sha256 and
 sample count, per-split totals and failures by reason; ``samples.parquet`` indexes every sample. A sample whose
@@ -21,7 +25,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from vlforge.components.data.crawl import CrawlResult, finished_crawl_shards, local_url
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation")  # every dataset has these two; a benchmark source may add more (``test``)
 
 
 class ShardConfig(BaseModel):
@@ -110,6 +114,7 @@ class CrawlSharder:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.out_dir, self.config = out_dir, config
         self.writers = {s: _SplitWriter(out_dir, s, config.samples_per_shard) for s in SPLITS}
+        self.extras: list[dict] = []  # per indexed sample: its source's extra fields (split taken out)
         self.index: dict[str, list] = {k: [] for k in ("key", "split", "shard", "caption", "label", "facts", "url", "width",
                                                        "height", "original_width", "original_height")}
         self.failures: Counter = Counter()
@@ -142,9 +147,10 @@ class CrawlSharder:
                 failures["duplicate"] += 1
                 continue
             self.seen.add(key)
-            split = split_of(key, self.config)
+            extra = json.loads(meta["extra"]) if meta.get("extra") else {}
+            split = extra.pop("split", None) or split_of(key, self.config)
             caption = members.get("txt", b"").decode("utf-8", errors="replace")
-            record = {
+            record = {**extra,
                 "caption": caption,
                 "label": meta.get("label") or "",
                 "facts": json.loads(meta["facts"]) if meta.get("facts") else None,
@@ -153,6 +159,8 @@ class CrawlSharder:
                 "width": width,
                 "height": height,
             }
+            if split not in self.writers:
+                self.writers[split] = _SplitWriter(self.out_dir, split, self.config.samples_per_shard)
             shard = self.writers[split].write(
                 key, {image_ext: members[image_ext], "txt": caption.encode(), "json": json.dumps(record, sort_keys=True).encode()}
             )
@@ -161,6 +169,7 @@ class CrawlSharder:
                              ("original_width", int(meta.get("original_width") or width)),
                              ("original_height", int(meta.get("original_height") or height))):
                 index[col].append(val)
+            self.extras.append(extra)
 
     def finish(self, crawl: CrawlResult, source: dict) -> dict:
         """Add the finished crawl shards not added yet, close the shards and write ``samples.parquet``,
@@ -172,8 +181,9 @@ class CrawlSharder:
         out_dir, index = self.out_dir, self.index
         failures = Counter(crawl.failures_by_reason)
         failures.update(self.failures)
-        shards = [s for split in SPLITS for s in self.writers[split].close()]
-        pq.write_table(pa.table(index), out_dir / "samples.parquet")
+        splits = dataset_splits(self.writers)
+        shards = [s for split in splits for s in self.writers[split].close()]
+        pq.write_table(_with_extra_columns(pa.table(index), self.extras), out_dir / "samples.parquet")
         pq.write_table(pa.Table.from_pylist(shards), out_dir / "shards.parquet")
         counts = Counter(index["split"])
         labels = sorted({lbl for lbl in index["label"] if lbl})
@@ -181,18 +191,66 @@ class CrawlSharder:
             "format": "webdataset",
             "source": source,
             "samples": len(index["key"]),
-            "splits": {s: {"samples": counts.get(s, 0), "shards": [x["shard"] for x in shards if x["split"] == s]} for s in SPLITS},
+            "splits": {s: {"samples": counts.get(s, 0), "shards": [x["shard"] for x in shards if x["split"] == s]} for s in splits},
             "shards": shards,
             "attempted": crawl.attempted,
             "failures_by_reason": dict(sorted(failures.items())),
             "labels": labels,
             "has_facts": any(index["facts"]),
         }
+        if any("captions" in e for e in self.extras):
+            manifest["captions"] = sum(len(e.get("captions") or [c]) for e, c in zip(self.extras, index["caption"]))
         failures_src = Path(crawl.failures_path)
         if failures_src.is_file():
             (out_dir / "failures.parquet").write_bytes(failures_src.read_bytes())
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         return manifest
+
+
+def write_text_dataset(table: pa.Table, out_dir: Path, source: dict) -> dict:
+    """A text-only dataset (a GLUE task: ``key``, ``split``, ``caption``, ``label``): ``samples.parquet`` and a
+    manifest of format ``text`` with no shards (``loader.read_split`` reads its samples from the index)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out_dir / "samples.parquet")
+    counts = Counter(table.column("split").to_pylist())
+    manifest = {
+        "format": "text",
+        "source": source,
+        "samples": table.num_rows,
+        "splits": {s: {"samples": counts.get(s, 0), "shards": []} for s in dataset_splits(counts)},
+        "shards": [],
+        "attempted": table.num_rows,
+        "failures_by_reason": {},
+        "labels": sorted({lbl for lbl in table.column("label").to_pylist() if lbl}),
+        "has_facts": False,
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def dataset_splits(present) -> list[str]:
+    """``train`` and ``validation``, then any other split present (a benchmark's ``test``, ...) by name."""
+    return [*SPLITS, *sorted(set(present) - set(SPLITS))]
+
+
+def _with_extra_columns(table: pa.Table, extras: list[dict]) -> pa.Table:
+    """``table`` with one column per key of the samples' extra fields (None where a sample lacks it); nested
+    values (lists of dicts, dicts) and columns whose rows disagree on a type are stored as JSON text, a list of
+    strings (``captions``) as a list column."""
+    for name in sorted({k for e in extras for k in e}):
+        if name in table.column_names:
+            continue
+        values = [e.get(name) for e in extras]
+        as_json = [None if v is None else json.dumps(v, sort_keys=True) for v in values]
+        if any(isinstance(v, dict) or (isinstance(v, list) and not all(isinstance(x, str) for x in v)) for v in values):
+            column = pa.array(as_json, pa.string())
+        else:
+            try:
+                column = pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                column = pa.array(as_json, pa.string())
+        table = table.append_column(name, column)
+    return table
 
 
 def _checked_size(data: bytes) -> tuple[int, int]:

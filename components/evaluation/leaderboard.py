@@ -1,9 +1,10 @@
 """The family leaderboard: one row per (model, dataset split, task) from the eval reports in the catalog, its
 headline metric beside the untrained baseline computed the same way, and the versions that produced it.
 
-Read by ``vlforge leaderboard`` (``vlforge/cli_eval.py``) and the leaderboard flow (``flows/leaderboard.py``, which
-also publishes it as a Prefect table artifact). When a model was evaluated on the same data and task more than once
-the newest report wins. ``write_html`` renders the rows and a bar chart per task to one self-contained page."""
+Read by ``vlforge leaderboard`` (``vlforge/cli_eval.py``), the leaderboard flow (``flows/leaderboard.py``, which
+also publishes it as a Prefect table artifact) and the web catalog's ``/leaderboard`` page (``catalog/web.py``).
+When a model was evaluated on the same data and task more than once the newest report wins. ``write_html`` renders
+the rows and a bar chart per task to one self-contained page."""
 from __future__ import annotations
 
 import base64
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from vlforge.catalog import Catalog
-from vlforge.components.evaluation.runner import BASELINE_PREFIX
+from vlforge.components.evaluation.headline import headline_metrics, untrained_value
 from vlforge.components.evaluation.tasks import TASKS
 
 COLUMNS = ("family", "model", "task", "metric", "value", "baseline", "data", "split", "config", "code_version",
@@ -39,14 +40,14 @@ def leaderboard_rows(catalog: Catalog) -> list[dict]:
         for task in ev.config.get("tasks", []):
             if task not in TASKS or (model.id, data.id, split, task) in seen:
                 continue
-            metric = TASKS[task].headline
-            if metric not in ev.metrics:
+            headline = headline_metrics(ev.metrics, [task], most=0)
+            if not headline:
                 continue
+            (metric, value), = headline
             seen.add((model.id, data.id, split, task))
-            baseline = ev.metrics.get(BASELINE_PREFIX + metric)
             rows.append({
                 "family": model.family or "", "model": f"{model.name}:v{model.version}", "task": task, "metric": metric,
-                "value": float(ev.metrics[metric]), "baseline": None if baseline is None else float(baseline),
+                "value": value, "baseline": untrained_value(ev.metrics, metric),
                 "data": f"{data.name}:v{data.version}", "split": split,
                 "config": f"{model.config.get('recipe', '?')}@{config_version(model.config)}",
                 "code_version": ev.code_version or "", "model_id": model.id, "data_id": data.id, "eval_id": ev.id,
@@ -55,13 +56,14 @@ def leaderboard_rows(catalog: Catalog) -> list[dict]:
     return rows
 
 
-def _chart_png(rows: list[dict]) -> str:
+def chart_png(rows: list[dict]) -> bytes:
+    """The leaderboard's bar chart (a panel per task, trained beside untrained) as PNG bytes."""
     from vlforge.components.evaluation.plots import plot_leaderboard
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "chart.png"
         plot_leaderboard(rows, path)
-        return base64.b64encode(path.read_bytes()).decode()
+        return path.read_bytes()
 
 
 def render_html(rows: list[dict]) -> str:
@@ -76,7 +78,9 @@ def render_html(rows: list[dict]) -> str:
                 text = text[:12]
             cells.append(f"<td>{html.escape(text)}</td>")
         body.write(f"<tr>{''.join(cells)}</tr>\n")
-    chart = f'<img alt="headline metric per task" src="data:image/png;base64,{_chart_png(rows)}">' if rows else "<p>No eval reports yet.</p>"
+    encoded = base64.b64encode(chart_png(rows)).decode() if rows else ""
+    chart = f'<img alt="headline metric per task" src="data:image/png;base64,{encoded}">' if rows else \
+        "<p>No eval reports yet.</p>"
     return (
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>vlforge leaderboard</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"

@@ -4,7 +4,9 @@ Extensions on Natural Language Understanding in Vision-and-Language Models", Iki
 A vision-and-language model's text side is fine-tuned on a text-only classification task, with a constant black
 image wherever the model needs an image, and compared with a text-only model trained on the same text (the
 ``text-mlm`` family in this project: run the probe on both and the leaderboard shows the paper's table at this
-scale). The text task here is the dataset's class label predicted from the caption alone.
+scale). The text task here is the dataset's class label predicted from the caption alone; on a ``glue:`` dataset
+it is the GLUE task itself, also scored with the task's own metric (``glue_matthews_correlation`` for CoLA,
+``glue_accuracy`` and ``glue_f1`` for MRPC and QQP, ``glue_accuracy`` for the others).
 
 Procedure: a copy of the model (the evaluated checkpoint is never changed) gets a linear classifier on
 ``text_features``; both are fine-tuned end to end with AdamW for ``EPOCHS`` passes over (at most ``MAX_TRAIN``)
@@ -43,6 +45,18 @@ def black_image(ctx: EvalContext) -> torch.Tensor:
     """The constant black image (1, 3, S, S), normalised as the model's inputs are."""
     size = ctx.recipe.image_size
     return ctx.transform(Image.new("RGB", (size, size))).unsqueeze(0)
+
+
+def glue_task_metrics(task: str, predictions: list[str], labels: list[str]) -> dict[str, float]:
+    """The GLUE task's own metric(s) (``metrics.glue``) as ``glue_<name>``; labels that are class numbers as
+    written (``0``/``1``: CoLA, MRPC, QQP) keep their number, so F1 is that of class 1, others are numbered in
+    sorted order."""
+    from vlforge.components.evaluation.metrics import glue_metrics
+
+    names = sorted(set(labels) | set(predictions))
+    number = {n: int(n) for n in names} if all(n.isdigit() for n in names) else {n: k for k, n in enumerate(names)}
+    scores = glue_metrics(task, [number[p] for p in predictions], [number[t] for t in labels])
+    return {f"glue_{k}": v for k, v in scores.items()}
 
 
 def run_nlu_probe(ctx: EvalContext) -> TaskOutput:
@@ -90,6 +104,9 @@ def run_nlu_probe(ctx: EvalContext) -> TaskOutput:
     correct = [classes[p] == t for p, t in zip(preds, truth)]
     metrics = {"nlu_accuracy": sum(correct) / max(1, len(correct)), "nlu_chance": 1.0 / max(1, len(classes)),
                "nlu_train_samples": float(len(train))}
+    task = (ctx.manifest.get("source") or {}).get("glue_task")
+    if task and truth:
+        metrics |= glue_task_metrics(task, [classes[p] for p in preds], truth)
     rows = {"key": [ctx.samples[i].key for i in keep], "label": truth, "prediction": [classes[p] for p in preds]}
     return TaskOutput(metrics, rows, {"nlu_probe_confusion.png": lambda path: plot_confusion(
         [classes.index(t) for t in truth], preds, classes, path)})

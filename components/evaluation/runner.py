@@ -53,6 +53,7 @@ def evaluate(model_dir: Path, dataset_dir: Path, split: str, tasks: list[str], o
     if not samples:
         raise UserError(f"dataset '{dataset_dir.name}' has no samples in split '{split}'")
     tokenizer = load_tokenizer(model_dir)
+    manifest = json.loads((dataset_dir / "manifest.json").read_text())
     train_cache: list = []
 
     def train_samples() -> list:
@@ -69,9 +70,9 @@ def evaluate(model_dir: Path, dataset_dir: Path, split: str, tasks: list[str], o
     flat: dict[str, float] = {}
     images = None
     for which, model in models.items():
-        ctx = EvalContext(family, model, recipe, tokenizer, samples, train_samples)
+        ctx = EvalContext(family, model, recipe, tokenizer, samples, train_samples, manifest=manifest)
         ctx._images = images  # decoded once, shared by the trained and the untrained model
-        images = ctx.images()
+        images = ctx.images() if manifest.get("format") != "text" else None
         for name in tasks:
             output = run_task(name, ctx)
             entry = report["tasks"].setdefault(name, {"headline": TASKS[name].headline})

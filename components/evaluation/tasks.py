@@ -10,6 +10,7 @@ between tasks."""
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +53,13 @@ IMPLIES: dict[str, frozenset[str]] = {
 DATA_NEEDS: dict[str, str] = {
     "captions": "a non-empty caption per sample",
     "labels": "a class label on the samples (at least two classes)",
-    "train_labels": "class labels in a train split apart from the evaluated one (the linear probe fits on it: evaluate on validation)",
+    "train_labels": "class labels in a train split apart from the evaluated one (the linear probe fits on it: evaluate on validation or test)",
     "facts": "scene facts per sample (builtin:shapes datasets)",
+    "vqav2": "VQAv2 questions with their human answers on every sample (a vqav2: dataset)",
+    "nlvr2": "NLVR2 image pairs with their statements (an nlvr2: dataset)",
 }
+# a text-only dataset (a glue: task, manifest format "text") offers "text_only": it fits these tasks and no other
+TEXT_TASKS = frozenset({"nlu_probe"})
 
 
 def family_offers(family: Family) -> frozenset[str]:
@@ -67,18 +72,26 @@ def family_offers(family: Family) -> frozenset[str]:
 def dataset_offers(dataset_dir: Path, split: str) -> frozenset[str]:
     """What a dataset split carries, read from its ``samples.parquet`` index (cheap: no shard is opened)."""
     path = dataset_dir / "samples.parquet"
-    columns = [c for c in ("split", "caption", "label", "facts") if c in pq.read_schema(path).names]
-    index = [{"caption": "", "label": "", "facts": "", "split": ""} | r for r in read_parquet(path, columns=columns).to_pylist()]
+    columns = [c for c in ("split", "caption", "label", "facts", "vqa", "nlvr2_pair") if c in pq.read_schema(path).names]
+    index = [{"caption": "", "label": "", "facts": "", "split": "", "vqa": None, "nlvr2_pair": None} | r
+             for r in read_parquet(path, columns=columns).to_pylist()]
     rows = index if split == "all" else [r for r in index if r["split"] == split]
     offers: set[str] = set()
+    manifest = dataset_dir / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("format") == "text":
+        offers.add("text_only")
     if rows and all((r["caption"] or "").strip() for r in rows):
         offers.add("captions")
     if len({r["label"] for r in rows if r["label"]}) >= 2:
         offers.add("labels")
-    if split == "validation" and len({r["label"] for r in index if r["split"] == "train" and r["label"]}) >= 2:
+    if split not in ("train", "all") and len({r["label"] for r in index if r["split"] == "train" and r["label"]}) >= 2:
         offers.add("train_labels")
     if rows and all(r["facts"] for r in rows):
         offers.add("facts")
+    if rows and all(r["vqa"] for r in rows):
+        offers.add("vqav2")
+    if rows and all(r["nlvr2_pair"] for r in rows):
+        offers.add("nlvr2")
     return frozenset(offers)
 
 
@@ -121,6 +134,10 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
           [{"few_shot"}], "vqa_few_shot_accuracy", "vqa:run_vqa_few_shot"),
     _spec("captioning", "generated captions against the references: BLEU-4, CIDEr-D", {"captions"}, [{"generate"}],
           "cider", "captioning:run_captioning"),
+    _spec("vqav2", "VQAv2 questions, official accuracy over ten human answers", {"vqav2"},
+          [{"vqa_answer"}, {"generate"}, {"pair_scoring"}], "vqa_accuracy", "vqav2:run_vqav2"),
+    _spec("nlvr2", "NLVR2 statements about pairs of photographs: accuracy and consistency", {"nlvr2"},
+          [{"pair_scoring"}], "nlvr2_accuracy", "nlvr2:run_nlvr2"),
 )}
 SUITES: dict[str, tuple[str, ...]] = {"default": tuple(TASKS)}
 
@@ -137,6 +154,8 @@ def fit_gap(spec: TaskSpec, family: Family, data: frozenset[str], data_name: str
     if not any(need <= offers for need in spec.model_any):
         wanted = " or ".join("+".join(sorted(n)) for n in spec.model_any)
         return f"family '{family.name}' lacks capability {wanted} that task '{spec.name}' needs"
+    if "text_only" in data and spec.name not in TEXT_TASKS:
+        return f"dataset '{data_name}' is text-only (no images), and task '{spec.name}' needs images"
     missing = sorted(spec.data - data)
     if missing:
         return f"dataset '{data_name}' lacks {'; '.join(DATA_NEEDS[m] for m in missing)}, which task '{spec.name}' needs"
@@ -183,6 +202,7 @@ class EvalContext:
     samples: list[RawSample]
     train_samples: Callable[[], list[RawSample]] = list
     batch_size: int = 128
+    manifest: dict = field(default_factory=dict)  # the dataset's manifest: its source's classnames, templates, ...
     _image_emb: torch.Tensor | None = None
     _images: list[Image.Image] | None = None
 

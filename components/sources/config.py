@@ -28,3 +28,9 @@ class SourceConfig(BaseModel):
     key_col: str | None = None
     mix: list[MixPart] = Field(default_factory=list)
     mix_seed: int = 0
+    # benchmark layouts (karpathy:, vqav2:, nlvr2:): the image root; None: the layout file's folder
+    images: str | None = None
+    # zero-shot protocol the dataset carries (imagefolder:): class names one a line in class order, and prompt
+    # templates one a line with ``{}``; None: the folder names, and the evaluation's default templates
+    classnames: str | None = None
+    templates: str | None = None

@@ -26,7 +26,8 @@ NORMALISED_COLUMNS = ("url", "caption", "source_key", "label", "facts")
 
 @dataclass
 class SourceRows:
-    """Rows ready to crawl: url, caption, source_key (stable id), label (class or ''), facts (JSON or '')."""
+    """Rows ready to crawl: url, caption, source_key (stable id), label (class or ''), facts (JSON or ''), and
+    for a benchmark layout ``extra`` (JSON: its own split, several captions, task fields; see ``local_image_rows``)."""
 
     table: pa.Table
     files: dict[str, Path] = field(default_factory=dict)  # names a loopback server must serve (local sources)
@@ -85,6 +86,21 @@ def read_table(path: Path | str, data: bytes | None = None) -> pa.Table:
     except (pa.ArrowInvalid, OSError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"source table '{path}' cannot be read as {fmt}: {first_line}") from None
+
+
+def read_json_file(path: Path, what: str) -> object:
+    """A JSON file, or JSON lines (one value a line: ``.jsonl``, and NLVR2's ``.json``) as a list; UserError
+    naming ``what`` when it is missing or neither."""
+    if not path.is_file():
+        raise UserError(f"{what} '{path}' does not exist")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError:
+            raise UserError(f"{what} '{path}' is not valid JSON: {exc}") from None
 
 
 def _require_columns(path: Path, table: pa.Table, *names: str) -> None:
@@ -181,6 +197,80 @@ def load_local_table(
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
+def local_image_rows(images: list[Path], captions: list[str], keys: list[str], description: dict, *,
+                     labels: list[str] | None = None, extras: list[dict] | None = None, salt: str = "") -> SourceRows:
+    """Rows for existing local image files, each served by the crawl's loopback server under a numbered name.
+    ``extras`` (per row, optional) is what a benchmark layout adds: its own ``split``, several ``captions`` (the
+    first is ``caption``), fields of its task; stored as a JSON column ``extra`` that the shard stage unpacks.
+    The fingerprint covers each file's key, size and mtime and every row's text, after ``salt`` (the layout's
+    own file's hash)."""
+    labels = labels or [""] * len(images)
+    files: dict[str, Path] = {}
+    names, extra_json = [], []
+    digest = hashlib.sha256(salt.encode())
+    for i, image in enumerate(images):
+        name = f"{i:08d}{image.suffix.lower()}"
+        files[name] = image.resolve()
+        names.append(name)
+        extra_json.append(facts_json(extras[i]) if extras else "")
+        stat = image.stat()
+        digest.update(f"{keys[i]}\0{stat.st_size}\0{stat.st_mtime_ns}\0{captions[i]}\0{labels[i]}\0{extra_json[-1]}\n".encode())
+    columns = {"url": names, "caption": captions, "source_key": keys, "label": labels, "facts": [""] * len(names)}
+    if extras:
+        columns["extra"] = extra_json
+    return SourceRows(table=pa.table(columns), files=files, fingerprint=digest.hexdigest(),
+                      description={**description, "rows": len(names)})
+
+
+def image_suffix(data: bytes) -> str:
+    """The file suffix of encoded image bytes by their magic number (``.img`` when unknown: the crawl decides)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return ".gif"
+    return ".img"
+
+
+def jsonable_fields(fields: dict) -> dict:
+    """The fields whose values JSON can hold (a timestamp or raw bytes is left out)."""
+    out = {}
+    for k, v in fields.items():
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError):
+            continue
+        out[k] = v
+    return out
+
+
+@dataclass
+class EmbeddedImage:
+    """An image held inside an archive (a tar shard, a parquet cell) with what goes with it."""
+
+    data: bytes
+    caption: str
+    key: str
+    label: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def extracted_rows(images: list[EmbeddedImage], folder: Path, description: dict) -> SourceRows:
+    """Rows for images held in archives: each written to ``folder`` (the ingest stage's work folder) and served
+    like a local file, so it goes through the same crawl (decode check, resize, guard) as every other source."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"{i:08d}{image_suffix(image.data)}"
+        path.write_bytes(image.data)
+        paths.append(path)
+    return local_image_rows(paths, [im.caption for im in images], [im.key for im in images], description,
+                            labels=[im.label for im in images], extras=[im.extra for im in images])
+
+
 def load_image_folder(folder: Path) -> SourceRows:
     """Every image under ``folder`` (recursively, sorted by relative path); the caption is ``<stem>.txt`` beside the
     image when present, else the file stem with ``_``/``-`` as spaces. The sample key is the relative path."""
@@ -189,25 +279,13 @@ def load_image_folder(folder: Path) -> SourceRows:
     images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise UserError(f"source folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    files: dict[str, Path] = {}
-    names, captions, keys = [], [], []
-    digest = hashlib.sha256()
-    for i, image in enumerate(images):
-        rel = image.relative_to(folder).as_posix()
+    captions, keys = [], []
+    for image in images:
         sidecar = image.with_suffix(".txt")
-        caption = sidecar.read_text(encoding="utf-8", errors="replace").strip() if sidecar.is_file() else \
-            image.stem.replace("_", " ").replace("-", " ")
-        name = f"{i:08d}{image.suffix.lower()}"
-        files[name] = image.resolve()
-        names.append(name)
-        captions.append(caption)
-        keys.append(rel)
-        stat = image.stat()
-        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\0{caption}\n".encode())
-    rows = pa.table({"url": names, "caption": captions, "source_key": keys, "label": [""] * len(names),
-                     "facts": [""] * len(names)})
-    return SourceRows(table=rows, files=files, fingerprint=digest.hexdigest(),
-                      description={"kind": "folder", "path": str(folder), "rows": len(names)})
+        captions.append(sidecar.read_text(encoding="utf-8", errors="replace").strip() if sidecar.is_file() else
+                        image.stem.replace("_", " ").replace("-", " "))
+        keys.append(image.relative_to(folder).as_posix())
+    return local_image_rows(images, captions, keys, {"kind": "folder", "path": str(folder)})
 
 
 def sniff_table_kind(path: Path, url_col: str = "url", path_col: str = "path") -> str:

@@ -4,6 +4,7 @@ per-sample rows, plots). The tasks are checked against the family and the data b
     vlforge run eval --model clip-shapes --data shapes --suite default"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from vlforge.catalog import Artifact, Catalog
@@ -12,12 +13,15 @@ from vlforge.components.stages.base import Output, StageResult, on_cluster, requ
 from vlforge.components.stages.keys import stage_key
 from vlforge.errors import UserError
 
-SPLITS = ("train", "validation", "all")
+SPLITS = ("train", "validation", "all")  # every dataset's; a benchmark layout may add its own (``test``)
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"--split '{split}' is not one of {', '.join(SPLITS)}")
+def _check_split(split: str, dataset_dir: Path) -> None:
+    manifest = dataset_dir / "manifest.json"
+    present = list(json.loads(manifest.read_text())["splits"]) if manifest.is_file() else []
+    allowed = [*SPLITS[:2], *(s for s in present if s not in SPLITS), "all"]
+    if split not in allowed:
+        raise UserError(f"--split '{split}' is not one of {', '.join(allowed)}")
 
 
 def eval_plan(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog) -> tuple[str, Artifact, Artifact]:
@@ -28,7 +32,7 @@ def eval_plan(model_ref: str, data_ref: str, tasks: list[str], split: str, catal
     model = require_kind(catalog, model_ref, "model", "--model")
     dataset = require_kind(catalog, data_ref, "dataset", "--data")
     family = get_family(model.family or "")
-    _check_split(split)
+    _check_split(split, catalog.path(dataset.id))
     if not tasks:
         raise UserError("no evaluation task given")
     check_fit(tasks, family, dataset_offers(catalog.path(dataset.id), split), dataset.name)
@@ -44,7 +48,7 @@ def eval_suite(model_ref: str, data_ref: str, suite: str, split: str, catalog: C
 
     model = require_kind(catalog, model_ref, "model", "--model")
     dataset = require_kind(catalog, data_ref, "dataset", "--data")
-    _check_split(split)
+    _check_split(split, catalog.path(dataset.id))
     tasks, skipped = suite_tasks(suite, get_family(model.family or ""), dataset_offers(catalog.path(dataset.id), split))
     if not tasks:
         raise UserError(f"no task of suite '{suite}' fits model '{model_ref}' and dataset '{data_ref}'")

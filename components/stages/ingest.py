@@ -1,7 +1,12 @@
-"""Ingest: a source (builtin scenes, a URL list, a local table, an image folder, a weighted mix) -> a crawled,
-split, sharded and carded dataset artifact.
+"""Ingest: a source (builtin scenes, a URL list, a local table, an image folder, a weighted mix, a benchmark
+layout) -> a crawled, split, sharded and carded dataset artifact.
 
-    vlforge run ingest --source builtin:shapes"""
+    vlforge run ingest --source builtin:shapes
+    vlforge run ingest --source karpathy:dataset_flickr30k.json --images flickr30k-images/
+
+A benchmark layout or an archive of images is ``LAYOUT:PATH`` (``components/sources/layouts.py``); its samples
+keep the benchmark's own splits and, where it has them, several captions per image; a text-only layout (GLUE)
+is written without a crawl."""
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +21,16 @@ from typing import Any
 from vlforge.catalog import Catalog
 from vlforge.components.data.card import write_dataset_card
 from vlforge.components.data.crawl import CrawlConfig, check_nonempty, crawl
-from vlforge.components.data.shard import CrawlSharder, ShardConfig
+from vlforge.components.data.shard import CrawlSharder, ShardConfig, write_text_dataset
 from vlforge.components.sources.config import SourceConfig
 from vlforge.components.sources import shapes
+from vlforge.components.sources.layouts import (
+    ARCHIVE_LAYOUTS,
+    LAYOUTS,
+    TEXT_LAYOUTS,
+    check_layout_options,
+    layout_of,
+)
 from vlforge.components.sources.tables import (
     SourceRows,
     is_remote,
@@ -36,7 +48,7 @@ from vlforge.errors import UserError
 
 @dataclass
 class ResolvedSource:
-    kind: str  # builtin | url-list | local | folder | mix
+    kind: str  # builtin | url-list | local | folder | mix | a LAYOUT:PATH prefix (sources/layouts.py)
     name: str
     fingerprint: str
     describe: dict[str, Any]
@@ -52,6 +64,19 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     spec = cfg.spec.strip()
     if not spec:
         raise UserError("source is empty")
+    layout = layout_of(spec)
+    check_layout_options(cfg, layout and layout[0])
+    if layout is not None:
+        kind, path = layout
+        if not path.strip():
+            raise UserError(f"source '{spec}' names no path after '{kind}:'")
+        if kind in ARCHIVE_LAYOUTS:
+            fingerprint, description = ARCHIVE_LAYOUTS[kind][0](cfg, path.strip())
+        else:
+            rows = load_source_rows(cfg, kind, spec)
+            fingerprint, description = rows.fingerprint, rows.description
+        name = _safe_name(cfg.name or Path(path.split(",", 1)[0].rstrip("/")).stem.split("{", 1)[0].strip("-_*") or kind)
+        return ResolvedSource(kind, name, fingerprint, {"spec": spec, **description})
     if spec.startswith("builtin:"):
         params = shapes.parse_builtin_source(spec)
         code = hashlib.sha256(Path(shapes.__file__).read_bytes()).hexdigest()
@@ -74,18 +99,25 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     return ResolvedSource(kind, name, rows.fingerprint, {"spec": str(path.resolve()), **rows.description})
 
 
-def load_source_rows(cfg: SourceConfig, kind: str, spec: str) -> SourceRows:
-    """The rows (url or path, caption, label, key) of a resolved source of ``kind``."""
+def load_source_rows(cfg: SourceConfig, kind: str, spec: str, work: Path | None = None) -> SourceRows:
+    """The rows (url or path, caption, label, key) of a resolved source of ``kind``; images held in archives
+    (``ARCHIVE_LAYOUTS``) are written under ``work``."""
     if kind == "mix":
         if not cfg.mix:
             raise UserError("source 'mix' needs a list of parts under source.mix")
         parts = []
         for part in cfg.mix:
-            if part.spec.strip().startswith("builtin:") or part.spec.strip() == "mix":
+            if part.spec.strip().startswith("builtin:") or part.spec.strip() == "mix" or layout_of(part.spec.strip()):
                 raise UserError(f"source.mix part '{part.spec}': only URL lists, local tables and image folders mix")
             sub = SourceConfig(**part.model_dump(exclude={"weight"}))
             parts.append((load_source_rows(sub, resolve_source(sub).kind, part.spec.strip()), part.weight))
         return mix_sources(parts, cfg.mix_seed)
+    if kind in ARCHIVE_LAYOUTS:
+        if work is None:
+            raise ValueError(f"a {kind}: source's rows need a work folder to extract its images into")
+        return ARCHIVE_LAYOUTS[kind][1](cfg, spec.partition(":")[2].strip(), work)
+    if kind in LAYOUTS:
+        return LAYOUTS[kind](cfg, spec.partition(":")[2].strip())
     if is_remote(spec):
         return load_url_list(spec, cfg.url_col, cfg.caption_col, cfg.label_col)
     path = Path(spec).expanduser()
@@ -120,7 +152,11 @@ def run_ingest(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig
     key, src = ingest_key(cfg, crawl_cfg, shard_cfg)
 
     def work(folder: Path) -> Output:
-        rows = _builtin_rows(src.describe, folder) if src.kind == "builtin" else load_source_rows(cfg, src.kind, cfg.spec.strip())
+        if src.kind in TEXT_LAYOUTS:
+            return _text_dataset(folder)
+        rows = _builtin_rows(src.describe, folder) if src.kind == "builtin" else \
+            load_source_rows(cfg, src.kind, cfg.spec.strip(),
+                             fresh_dir(folder / "extracted") if src.kind in ARCHIVE_LAYOUTS else None)
         # each crawl shard is sharded as soon as img2dataset finishes it, while the crawl goes on; the card's
         # plotting library is imported meanwhile too (~0.5 s)
         sharder = CrawlSharder(fresh_dir(folder / "dataset"), shard_cfg)
@@ -135,12 +171,21 @@ def run_ingest(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig
         write_dataset_card(sharder.out_dir, src.name, f"{src.describe.get('spec')} ({src.kind})", manifest)
         metrics = {
             "samples": manifest["samples"],
-            "train_samples": manifest["splits"]["train"]["samples"],
-            "validation_samples": manifest["splits"]["validation"]["samples"],
+            **{f"{s}_samples": v["samples"] for s, v in manifest["splits"].items()},  # train, validation[, test]
             "attempted": manifest["attempted"],
             "failed": manifest["attempted"] - manifest["samples"],
             "shards": len(manifest["shards"]),
+            **({"captions": manifest["captions"]} if "captions" in manifest else {}),
         }
         return Output("dataset", src.name, sharder.out_dir, ingest_config(cfg, crawl_cfg, shard_cfg), metrics=metrics)
+
+    def _text_dataset(folder: Path) -> Output:
+        rows = load_source_rows(cfg, src.kind, cfg.spec.strip())
+        out = fresh_dir(folder / "dataset")
+        manifest = write_text_dataset(rows.table, out, {"kind": src.kind, **src.describe})
+        write_dataset_card(out, src.name, f"{src.describe.get('spec')} ({src.kind})", manifest)
+        metrics = {"samples": manifest["samples"], "attempted": manifest["attempted"], "failed": 0, "shards": 0,
+                   **{f"{s}_samples": v["samples"] for s, v in manifest["splits"].items()}}
+        return Output("dataset", src.name, out, ingest_config(cfg, crawl_cfg, shard_cfg), metrics=metrics)
 
     return run_stage("ingest", key, catalog, work, resume=True)

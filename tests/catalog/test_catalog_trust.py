@@ -13,7 +13,9 @@ import pytest
 from catalog_seed import XSS, seed_lineage
 from safetensors.numpy import load_file
 from vlforge.catalog import Catalog, Query
+from vlforge.catalog.blobs import scratch_owner
 from vlforge.catalog.export import export
+from vlforge.catalog.index import Index
 from vlforge.catalog.maintenance import gc, verify
 
 from vlforge.errors import UserError
@@ -132,7 +134,7 @@ def test_gc_removes_orphans_and_dead_scratch_only(seeded: tuple[Catalog, dict], 
     orphan = catalog.root / "blobs" / "sha256" / "ab" / ("ab" * 32)
     orphan.parent.mkdir(exist_ok=True)
     orphan.write_bytes(b"left by a killed registration")
-    host = __import__("vlforge.catalog.store", fromlist=["_scratch_owner"])._scratch_owner().rpartition(".")[0]
+    host = scratch_owner().rpartition(".")[0]
     dead = catalog.root / "tmp" / f"{host}.999999999-abc-x.part"
     live = catalog.root / "tmp" / f"{host}.{os.getpid()}-abc-y.part"
     dead_view = catalog.root / "views" / f".building-{host}.999999999-abc-1"
@@ -158,15 +160,15 @@ def test_registration_survives_gc_between_blob_and_commit(tmp_path: Path, monkey
     src = tmp_path / "src"
     src.mkdir()
     (src / "w.txt").write_text("weights")
-    real_commit = Catalog._commit
+    real_commit = Index.commit
     swept: list[list[str]] = []
 
-    def gc_then_commit(self, pending, checks=()):
+    def gc_then_commit(self, pending, checks, blob_present):
         if not swept:
-            swept.append(gc(self).blobs)  # the blob is stored but not yet referenced: gc removes it
-        return real_commit(self, pending, checks)
+            swept.append(gc(catalog).blobs)  # the blob is stored but not yet referenced: gc removes it
+        return real_commit(self, pending, checks, blob_present)
 
-    monkeypatch.setattr(Catalog, "_commit", gc_then_commit)
+    monkeypatch.setattr(Index, "commit", gc_then_commit)
     art = catalog.register(kind="model", name="m", files=src, config={})
     assert len(swept[0]) == 1
     assert (catalog.path(art.id) / "w.txt").read_text() == "weights"
@@ -210,7 +212,8 @@ def test_pickles_are_refused_and_checkpoints_are_safetensors(seeded: tuple[Catal
 def test_export_writes_hf_folder_with_card(seeded: tuple[Catalog, dict], tmp_path: Path) -> None:
     catalog, arts = seeded
     out = export(catalog, "clip-shapes-mini", tmp_path / "export")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "loss.png", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "loss.png", "model.safetensors",
+                                                     "train_log.jsonl"]
     card = (out / "README.md").read_text()
     for fragment in ("# clip-shapes-mini (version 2)", "**clip**", "## Data", "shapes-mini", "## Licence of the data",
                      '"lr": 0.0003', "| clip-shapes-mini-eval:1 | t2i_r1 | 0.4 |", "## Lineage",

@@ -370,11 +370,11 @@ def test_concurrent_registration_from_four_processes(tmp_path: Path) -> None:
 
 
 def _register_and_hang(root: str, src: str, hook: str, ready: str) -> None:
-    """Child process: register, but stop at ``hook`` and sleep until killed (`_commit`: after the blobs are
-    written, before the transaction; `_insert`: inside the transaction, rows inserted, before COMMIT)."""
-    from vlforge.catalog import store
+    """Child process: register, but stop at ``hook`` of the index and sleep until killed (`commit`: after the
+    blobs are written, before the transaction; `_insert`: inside the transaction, rows inserted, before COMMIT)."""
+    from vlforge.catalog import index, store
 
-    real = getattr(store.Catalog, hook)
+    real = getattr(index.Index, hook)
 
     def hanging(self, *args, **kwargs):
         if hook == "_insert":
@@ -383,11 +383,11 @@ def _register_and_hang(root: str, src: str, hook: str, ready: str) -> None:
         time.sleep(120)
         raise AssertionError("should have been killed")
 
-    setattr(store.Catalog, hook, hanging)
+    setattr(index.Index, hook, hanging)
     store.Catalog(root).register(kind="model", name="clip", files=Path(src), config={"lr": 1})
 
 
-@pytest.mark.parametrize("hook", ["_commit", "_insert"])
+@pytest.mark.parametrize("hook", ["commit", "_insert"])
 def test_sigkill_mid_registration_leaves_nothing_visible(tmp_path: Path, hook: str) -> None:
     root = tmp_path / "catalog"
     src = _write_tree(tmp_path / "src", {"w.bin": b"weights" * 1000})

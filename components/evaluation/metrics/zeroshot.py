@@ -13,22 +13,24 @@ Reference: LAION-AI/CLIP_benchmark, ``clip_benchmark/metrics/zeroshot_classifica
   that is only predicted, never a target, is left out); argmax takes the first of equal maxima.
 
 One deliberate difference, as this project asks: where there are fewer than 5 classes the reference reports
-acc5 as nan; here k is clipped to the number of classes (so acc5 is 1.0 there).
+acc5 as nan; here k is clipped to the number of classes (so acc5 is 1.0 there). The class-name and template
+file readers live with the sources that read them at ingest (``components/sources/class_prompts.py``).
 
 Multi-label datasets (the reference's mean average precision) are not covered here."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlforge.errors import UserError
+from vlforge.components.sources.class_prompts import read_classnames, read_templates
+
+__all__ = ["classifier_weights", "mean_per_class_recall", "read_classnames", "read_templates", "topk_accuracy",
+           "zeroshot_classification_metrics", "zeroshot_logits"]
 
 DEFAULT_LOGIT_SCALE = 100.0
-_SENTINEL = "\x00classname\x00"
 
 
 def classifier_weights(text_emb_per_class_per_template: torch.Tensor | Sequence) -> torch.Tensor:
@@ -108,48 +110,3 @@ def zeroshot_classification_metrics(
     out, y = _check(logits, targets)
     acc1, acc5 = topk_accuracy(out, y, (1, 5))
     return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": mean_per_class_recall(out.argmax(dim=1), y)}
-
-
-def _lines(path: str | Path, what: str) -> tuple[Path, list[str]]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{what} file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{what} file {path} cannot be read: {e}") from None
-    lines = [line.strip() for line in text.splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    if not lines:
-        raise UserError(f"{what} file {path} is empty")
-    return path, lines
-
-
-def read_templates(path: str | Path) -> list[str]:
-    """Prompt templates, one a line, each with one ``{}`` where the class name goes; blank lines are skipped."""
-    path, lines = _lines(path, "templates")
-    templates = []
-    for number, line in enumerate(lines, start=1):
-        if not line:
-            continue
-        if "{}" not in line:
-            raise UserError(f"{path} line {number}: template {line!r} has no {{}} for the class name")
-        try:
-            filled = line.format(_SENTINEL)
-        except (IndexError, KeyError, ValueError):
-            filled = ""
-        if _SENTINEL not in filled:
-            raise UserError(f"{path} line {number}: template {line!r} must have exactly one {{}} and no other braces")
-        templates.append(line)
-    return templates
-
-
-def read_classnames(path: str | Path) -> list[str]:
-    """Class names, one a line, line i (from 0) naming class i; trailing blank lines are ignored, a blank
-    line before the last name is an error (it would shift every class index after it)."""
-    path, lines = _lines(path, "classnames")
-    for number, line in enumerate(lines, start=1):
-        if not line:
-            raise UserError(f"{path} line {number} is blank: every line up to the last must name a class")
-    return lines

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_harness import cli_env
 from test_filter import build_dataset
 from vlforge.catalog import Catalog
 
@@ -13,9 +14,8 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def vlforge(args: list[str], home: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"VLFORGE_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=REPO, check=False)
+    return subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True,
+                          env=cli_env(home), timeout=600, cwd=REPO, check=False)
 
 
 @pytest.fixture

@@ -10,17 +10,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_harness import cli_json, run_cli
+from cli_harness import cli_env, cli_json, run_cli
 from fault_server import fault_servers  # noqa: F401 (a fixture)
 from vlforge.catalog import Catalog
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def vlforge(args: list[str], home: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"VLFORGE_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=REPO, check=False)
+def vlforge(args: list[str], home: Path, embedded: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True,
+                          env=cli_env(home, embedded), timeout=600, cwd=REPO, check=False)
 
 
 @pytest.mark.slow
@@ -36,7 +35,7 @@ def test_ingest_json_reports_samples_and_failures_by_reason(fault_servers, tmp_p
     args = ["run", "ingest", "--source", str(tmp_path / "urls.parquet"), "--name", "faulty", "--allow-host", s.allow,
             "--timeout", "5", "--retries", "0", "--max-bytes", "200000", "--min-side", "16",
             "--set", "crawl.image_size=32", "--set", "crawl.processes=1", "--json"]
-    proc = vlforge(args, home)
+    proc = vlforge(args, home, embedded=True)  # the embedded server: its store is read below
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["samples"] == 24 and out["cached"] == {"dataset": False}
@@ -47,7 +46,7 @@ def test_ingest_json_reports_samples_and_failures_by_reason(fault_servers, tmp_p
     assert {"README.md", "card_grid.png", "card_captions.png", "card_image_sizes.png", "failures.parquet"} <= files
     assert "| blocked_by_policy | 2 |" in (catalog.path(out["dataset"]) / "README.md").read_text()
 
-    again = json.loads(vlforge(args, home).stdout)
+    again = json.loads(vlforge(args, home, embedded=True).stdout)
     assert again == out | {"cached": {"dataset": True}}
     with sqlite3.connect(home / "prefect" / "prefect.db") as db:  # the embedded Prefect server's own store
         cards = db.execute("SELECT key, type, data FROM artifact WHERE key = 'dataset-card-faulty'").fetchall()

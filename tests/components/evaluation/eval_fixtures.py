@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from vlforge.components.data.crawl import CrawlResult
+from crawl_folders import write_crawl_folder
 from vlforge.components.data.shard import ShardConfig, shard_crawl
 from vlforge.components.models.registry import get_family, special_token_ids
 from vlforge.components.sources.shapes import make_scene, render_scene
@@ -26,26 +24,21 @@ CLIP_OVERRIDES = {"image_size": 32, "patch_size": 8, "max_text_length": 16, "emb
 
 
 def write_shapes_dataset(out: Path, n: int, image_size: int = 48, with_facts: bool = True, labels: bool = True,
-                         validation_fraction: float = 0.5) -> Path:
-    """Scenes 0..n-1 of seed 0, written as an img2dataset-style crawl folder and sharded by ``shard_crawl``."""
-    crawl_dir = out.parent / f"{out.name}-crawl"
-    crawl_dir.mkdir(parents=True)
-    with tarfile.open(crawl_dir / "00000.tar", "w") as tar:
-        for i in range(n):
-            scene = make_scene(0, i)
-            buf = io.BytesIO()
-            render_scene(scene, image_size).save(buf, format="PNG")
-            meta = {"source_key": f"shapes-0-{i:06d}", "url": f"file:///shapes/{i}.png",
-                    "label": scene.label if labels else "",
-                    "facts": json.dumps(scene.facts()) if with_facts else ""}
-            for ext, data in (("png", buf.getvalue()), ("txt", scene.caption.encode()), ("json", json.dumps(meta).encode())):
-                info = tarfile.TarInfo(f"{i:09d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    pq.write_table(pa.table({"key": [f"{i:09d}" for i in range(n)], "status": ["success"] * n}), crawl_dir / "00000.parquet")
-    (crawl_dir / "00000_stats.json").write_text("{}")
-    crawl = CrawlResult(output_dir=str(crawl_dir), attempted=n, succeeded=n, failures_by_reason={},
-                        failures_path=str(crawl_dir / "absent.parquet"))
+                         validation_fraction: float = 0.5, extra=None) -> Path:
+    """Scenes 0..n-1 of seed 0, written as an img2dataset-style crawl folder and sharded by ``shard_crawl``.
+    ``extra(i, scene) -> dict``: a benchmark layout's extra fields of sample i (its split, several captions)."""
+    samples = []
+    for i in range(n):
+        scene = make_scene(0, i)
+        buf = io.BytesIO()
+        render_scene(scene, image_size).save(buf, format="PNG")
+        meta = {"source_key": f"shapes-0-{i:06d}", "url": f"file:///shapes/{i}.png",
+                "label": scene.label if labels else "",
+                "facts": json.dumps(scene.facts()) if with_facts else ""}
+        if extra is not None:
+            meta["extra"] = json.dumps(extra(i, scene))
+        samples.append((buf.getvalue(), scene.caption, meta))
+    crawl = write_crawl_folder(out.parent / f"{out.name}-crawl", samples)
     shard_crawl(crawl, out, ShardConfig(samples_per_shard=64, validation_fraction=validation_fraction), {"kind": "test"})
     return out
 

@@ -36,7 +36,7 @@ def test_clip_offers_and_suite(shapes_dataset: Path) -> None:
     tasks, skipped = suite_tasks("default", clip, data)
     assert tasks == [
         "retrieval", "zero_shot_classification", "linear_probe", "vqa", "nlvr", "grounding", "nlu_probe"]
-    assert set(skipped) == {"itm", "captioning", "vqa_few_shot"} and "lacks capability itm" in skipped["itm"]
+    assert set(skipped) == {"itm", "captioning", "vqa_few_shot", "vqav2", "nlvr2"} and "lacks capability itm" in skipped["itm"]
 
 
 def test_tasks_that_do_not_fit_give_one_line(make_dataset) -> None:
