@@ -132,7 +132,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
           {"labels", "train_labels"}, [{"text_features"}], "nlu_accuracy", "nlu_probe:run_nlu_probe"),
     _spec("vqa_few_shot", "VQA by interleaved few-shot generation (k solved examples in the prompt)", {"facts"},
           [{"few_shot"}], "vqa_few_shot_accuracy", "vqa:run_vqa_few_shot"),
-    _spec("captioning", "generated captions against the references: BLEU-4, CIDEr-D", {"captions"}, [{"generate"}],
+    _spec("captioning", "generated captions against the references: BLEU-1..4, METEOR (with Java), ROUGE-L, CIDEr-D as pycocoevalcap", {"captions"}, [{"generate"}],
           "cider", "captioning:run_captioning"),
     _spec("vqav2", "VQAv2 questions, official accuracy over ten human answers", {"vqav2"},
           [{"vqa_answer"}, {"generate"}, {"pair_scoring"}], "vqa_accuracy", "vqav2:run_vqav2"),

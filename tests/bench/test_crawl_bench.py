@@ -33,6 +33,7 @@ def _check_summary(block: dict, urls: int, repeat: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_crawl_bench_tiny(tmp_path: Path) -> None:
     proc = _run("--tiny", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]

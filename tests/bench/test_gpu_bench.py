@@ -46,6 +46,7 @@ def test_no_gpu_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 @pytest.mark.timeout(1200)
 def test_dry_run_writes_a_well_formed_result(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path)], capture_output=True,

@@ -66,6 +66,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 @pytest.mark.timeout(1200)
 def test_tiny_run_writes_a_well_formed_result(tmp_path: Path) -> None:
     proc = _run("--tiny", "--profile", "--out", str(tmp_path), timeout=1200)

@@ -21,6 +21,7 @@ def check_spread(s: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_orchestration_bench_tiny(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(tmp_path)], check=False, capture_output=True,
                           text=True, cwd=REPO, timeout=2400)

@@ -12,6 +12,7 @@ STAGES = {"dataset", "tokenizer", "model", "eval"}
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_pipeline_bench_tiny(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "pipeline_bench.py"), "--tiny", "--out", str(tmp_path)],
                           check=False, capture_output=True, text=True, cwd=REPO, timeout=1500)

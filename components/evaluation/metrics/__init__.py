@@ -13,9 +13,22 @@
 * ``vqa``: VQAv2 accuracy (``normalize_answer``, ``vqa_accuracy``, ``vqa_score``) as GT-Vision-Lab/VQA
   ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``: its answer normalisation and the average over the
   leave-one-annotator-out subsets of min(#matches / 3, 1).
+* ``captioning``: COCO caption metrics (``ptb_tokenize``, ``bleu_scores``, ``rouge_l``, ``cider_d``, ``meteor``,
+  ``caption_metrics``) as pycocoevalcap 1.2 computes them: its PTB tokenisation restated in Python, BLEU-1..4
+  (option 'closest'), ROUGE-L (beta 1.2), CIDEr-D (sigma 6, idf from the evaluated references); METEOR only
+  through pycocoevalcap's own jar (``meteor_jar``).
 * ``glue``: each GLUE task's metric (``glue_metrics``) with the keys of huggingface/evaluate
   ``metrics/glue/glue.py``: Matthews correlation (cola), accuracy, F1 + accuracy (mrpc, qqp), Pearson +
   Spearman (stsb), in numpy to match scikit-learn / SciPy."""
+from vlforge.components.evaluation.metrics.captioning import (
+    bleu_scores,
+    caption_metrics,
+    cider_d,
+    meteor,
+    meteor_jar,
+    ptb_tokenize,
+    rouge_l,
+)
 from vlforge.components.evaluation.metrics.glue import glue_metrics
 from vlforge.components.evaluation.metrics.retrieval import zeroshot_retrieval_metrics
 from vlforge.components.evaluation.metrics.vqa import normalize_answer, vqa_accuracy, vqa_score
@@ -30,12 +43,19 @@ from vlforge.components.evaluation.metrics.zeroshot import (
 )
 
 __all__ = [
+    "bleu_scores",
+    "caption_metrics",
+    "cider_d",
     "classifier_weights",
     "glue_metrics",
     "mean_per_class_recall",
+    "meteor",
+    "meteor_jar",
     "normalize_answer",
+    "ptb_tokenize",
     "read_classnames",
     "read_templates",
+    "rouge_l",
     "topk_accuracy",
     "vqa_accuracy",
     "vqa_score",
