@@ -41,6 +41,14 @@ cocoeval: install
 
 .PHONY: java cocoeval
 
+# CLIP_benchmark, the retrieval / zero-shot reference (tests/test_clip_benchmark_parity.py), in its own venv
+# (.bench-venvs/clipbench: it pulls torchvision and open_clip, 5.6 GB; about 2 min once); no-op when it is there.
+# A prerequisite of `make test-bench` only: `make test` does not build it.
+clipbench: install
+	$(PY) bench/clip_benchmark_bench.py --setup-only
+
+.PHONY: clipbench
+
 # The benchmark scripts' own --tiny/--dry-run runs (marker `bench`) are minutes of repeated pipeline start-ups: they
 # run with the benchmarks (`make test-bench`, first thing `make bench` does), not in `make test`.
 test: install browser java cocoeval
@@ -49,7 +57,7 @@ test: install browser java cocoeval
 test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
-test-bench: install
+test-bench: install java cocoeval clipbench
 	$(PY) -m pytest -q -p no:cacheprovider -m bench
 
 # Every benchmark of BENCHMARKS.md, each against its peer in the same run (results in bench/results/*.json).

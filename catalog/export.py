@@ -116,6 +116,31 @@ def _model_extras(family: str, view: Path, building: Path, fmt: str) -> None:
         from vlforge.components.models.convert.open_clip import write_open_clip
 
         write_open_clip(view, building, pre)
+        _point_open_clip_at_tokenizer(building)
+
+
+# open_clip's own BPE, as an import of an open_clip checkpoint carries it (convert/open_clip.py bpe_vocab_tokenizer)
+_OPEN_CLIP_BOS = "<start_of_text>"
+
+
+def _point_open_clip_at_tokenizer(building: Path) -> None:
+    """Make open_clip's ``get_tokenizer("local-dir:DIR")`` read the export's own tokenizer files. Without
+    ``text_cfg.hf_tokenizer_name`` it falls back to its ``SimpleTokenizer`` (OpenAI's 49,408-token BPE), whose ids
+    index past a vlforge-trained model's vocabulary. With a ``local-dir:`` load the value is not read (open_clip
+    takes the folder itself), so it is "." (this folder); one pushing the folder to a hub sets the repo id. An
+    import of open_clip's own BPE keeps the fallback: SimpleTokenizer gives its exact ids, padding included."""
+    from vlforge.components.models.convert.open_clip import OPEN_CLIP_CONFIG
+
+    tok_config = building / "tokenizer_config.json"
+    if not (building / "tokenizer.json").is_file() or not tok_config.is_file():
+        return
+    bos = json.loads(tok_config.read_text()).get("bos_token")
+    if (bos.get("content") if isinstance(bos, dict) else bos) == _OPEN_CLIP_BOS:
+        return
+    path = building / OPEN_CLIP_CONFIG
+    config = json.loads(path.read_text())
+    config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "."
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def export(catalog: Catalog, ref: str, target: Path | str, fmt: str = "hf") -> Path:
