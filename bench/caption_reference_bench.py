@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reference_venv  # noqa: E402 - the shared set-up of the reference venvs
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO / ".bench-venvs" / "cocoeval"
 EMOJI = REPO.parent / "shared" / "data" / "emoji-noto" / "pairs.parquet"
@@ -90,23 +93,9 @@ def peer(in_path: Path, out_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- this side
-def peer_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
 def ensure_venv(venv: Path = DEFAULT_VENV) -> Path:
     """The reference venv's python, creating the venv and installing pycocoevalcap when it is missing."""
-    py = peer_python(venv)
-    probe = [str(py), "-c", "import pycocoevalcap.cider.cider, pycocoevalcap.meteor.meteor"]
-    if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return py
-    print(f"creating {venv} with {' '.join(PEER_PINS)} ...", file=sys.stderr)
-    for argv in ([sys.executable, "-m", "venv", str(venv)],
-                 [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PEER_PINS]):
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"could not set up {venv}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    return py
+    return reference_venv.ensure_venv(venv, PEER_PINS, "import pycocoevalcap.cider.cider, pycocoevalcap.meteor.meteor")
 
 
 def run_reference(data: dict[str, dict], venv: Path = DEFAULT_VENV) -> dict:

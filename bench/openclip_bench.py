@@ -41,6 +41,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_venv import peer_python  # noqa: E402 - shared with the other reference benchmarks
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 PEER_RUNNER = BENCH / "openclip_peer.py"
@@ -91,10 +94,6 @@ def our_versions() -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- peer
-def peer_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
 def setup_peer(venv: Path) -> None:
     """Create open_clip's venv with the pinned packages from the package indexes pip is configured with."""
     py = peer_python(venv)

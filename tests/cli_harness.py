@@ -6,10 +6,13 @@ Every CLI call talks to one real Prefect server for the whole test run (started 
 embedded server anew in each subprocess, which costs seconds per call on two cores. Each call keeps its own
 VLFORGE_HOME, so its catalog, Prefect results and cache scope stay its own. ``embedded=True`` (or
 ``VLFORGE_TEST_EMBEDDED_PREFECT=1`` for the whole run) keeps the per-call embedded server, as a user without
-``vlforge server start`` gets it."""
+``vlforge server start`` gets it.
+
+``load_module`` imports a file that is not on the path (a benchmark script, a helper in another test folder)."""
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import os
 import shutil
@@ -79,3 +82,13 @@ def cli_json(args: list[str], home: Path, timeout: float = 600, embedded: bool =
     proc = run_cli([*args, "--json"], home, timeout, embedded)
     assert proc.returncode == 0, f"vlforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout)
+
+
+def load_module(name: str, path: Path):
+    """Import the Python file ``path`` as module ``name`` (registered in ``sys.modules``, so dataclasses and
+    pickling inside it work)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,25 +2,14 @@
 verify, gc, export, and the bad-input contract (one line, exit code 2, nothing changed)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-from cli_harness import cli_json, run_cli
+from cli_harness import cli_json, load_module, run_cli
 from vlforge.catalog import Catalog
 
 
-def _load(name: str, path: Path):
-    """Import a helper module that sits in another test folder by its file."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-seed_lineage = _load("vlforge_tests_catalog_seed", Path(__file__).parent / "catalog" / "catalog_seed.py").seed_lineage
+seed_lineage = load_module("vlforge_tests_catalog_seed", Path(__file__).parent / "catalog" / "catalog_seed.py").seed_lineage
 
 
 @pytest.fixture

@@ -1,12 +1,11 @@
 """`vlforge run eval --suite default` and `vlforge leaderboard --publish` through the real CLI (Prefect flows), on a
 dataset written with the project's shard writer and a tiny CLIP registered in the catalog; and a task that does
 not fit: one line, exit code 2, nothing registered."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-from cli_harness import REPO, cli_json, run_cli
+from cli_harness import REPO, cli_json, load_module, run_cli
 from vlforge.catalog import Catalog
 from vlforge.components.models.registry import get_family, special_token_ids
 from vlforge.components.tokenizer import (
@@ -15,9 +14,7 @@ from vlforge.components.tokenizer import (
     train_tokenizer,
 )
 
-_spec = importlib.util.spec_from_file_location("eval_fixtures", REPO / "tests/components/evaluation/eval_fixtures.py")
-eval_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(eval_fixtures)
+eval_fixtures = load_module("eval_fixtures", REPO / "tests/components/evaluation/eval_fixtures.py")
 
 HEADLINES = {"retrieval": "i2t_r1", "zero_shot_classification": "zs_top1", "linear_probe": "probe_top1",
              "vqa": "vqa_accuracy", "nlvr": "nlvr_accuracy", "grounding": "grounding_accuracy",

@@ -8,23 +8,18 @@ The reference runs in its own venv, ``.bench-venvs/clipbench`` (5.6 GB), built o
 builds it first: ``make clipbench``, about 2 min), so the two comparisons are marked ``bench`` and run with
 ``make test-bench``; the export check at the end needs no venv and runs in ``make test``. About 50 s once the venv
 exists, most of it the two ingests."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from cli_harness import load_module
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "clip_benchmark_bench.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("clip_benchmark_bench_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("clip_benchmark_bench_under_test", SCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 2 steps through the project's Ray trainer and, when its venv exists, open_clip's) whose JSON must be well formed."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_harness import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu_bench.py"
@@ -17,10 +17,7 @@ VIT_B32_PARAMS = 151_277_313  # transformers' CLIPModel at the base recipe (voca
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_bench_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("gpu_bench_under_test", SCRIPT)
 
 
 def test_peak_flops_table() -> None:

@@ -2,13 +2,13 @@
 Ray trainer, and open_clip's trainer when its venv at .bench-venvs/openclip exists) whose JSON must be well formed."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_harness import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "openclip_bench.py"
@@ -16,10 +16,7 @@ PEER_VENV = REPO / ".bench-venvs" / "openclip"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("openclip_bench_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("openclip_bench_under_test", SCRIPT)
 
 
 def _run(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:

@@ -4,23 +4,18 @@
 pycocoevalcap runs in its own venv, ``.bench-venvs/cocoeval``, built here on first use (``make test`` builds it
 first, ``make cocoeval``); its tokenizer and METEOR are Java (``make java`` installs Debian's default-jre-headless).
 About 15 s once the venv exists."""
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from cli_harness import load_module
 
 REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "bench" / "caption_reference_bench.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("caption_reference_bench_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("caption_reference_bench_under_test", SCRIPT)
 
 
 @pytest.fixture(scope="module")
