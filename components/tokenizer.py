@@ -9,13 +9,16 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from vlforge.components.bpe import learn_merges
 from vlforge.errors import UserError
+
+if TYPE_CHECKING:  # transformers is imported where a tokenizer is made or loaded: configs import this module
+    from transformers import PreTrainedTokenizerBase
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<mask>", "<bos>", "<eos>"]
 
@@ -56,6 +59,8 @@ def train_tokenizer(captions: Iterable[str], out_dir: Path, config: TokenizerCon
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A <eos>", pair="<bos> $A <eos> $B:1 <eos>:1", special_tokens=[("<bos>", bos), ("<eos>", eos)]
     )
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -73,6 +78,8 @@ def _adopt_pretrained(config: TokenizerConfig, out_dir: Path) -> Path:
     src = Path(config.pretrained_dir or "")
     if not config.pretrained_dir or not src.is_dir():
         raise UserError(f"tokenizer.pretrained_dir '{config.pretrained_dir}' is not a local directory")
+    from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -83,6 +90,8 @@ def _adopt_pretrained(config: TokenizerConfig, out_dir: Path) -> Path:
 
 
 def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 

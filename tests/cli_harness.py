@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,8 +75,21 @@ def cli_env(home: Path, embedded: bool = False) -> dict[str, str]:
 
 
 def run_cli(args: list[str], home: Path, timeout: float = 600, embedded: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True,
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True,
                           env=cli_env(home, embedded), timeout=timeout, cwd=REPO)
+    _log_call(args, time.perf_counter() - start, proc.returncode)
+    return proc
+
+
+def _log_call(args: list[str], seconds: float, returncode: int) -> None:
+    """With ``VLFORGE_TEST_CLI_LOG=FILE``, one JSON line per CLI call (test, command, seconds, exit code): where the
+    suite's time goes (``make test`` time is mostly these subprocesses)."""
+    log = os.environ.get("VLFORGE_TEST_CLI_LOG")
+    if log:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"test": test, "args": args[:2], "seconds": round(seconds, 2), "rc": returncode}) + "\n")
 
 
 def cli_json(args: list[str], home: Path, timeout: float = 600, embedded: bool = False) -> dict | list:

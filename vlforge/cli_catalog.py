@@ -10,10 +10,6 @@ from rich.table import Table
 from rich.tree import Tree
 
 from vlforge.catalog import Query
-from vlforge.catalog.export import export as export_artifact
-from vlforge.catalog.maintenance import gc as gc_catalog
-from vlforge.catalog.maintenance import verify as verify_catalog
-from vlforge.catalog.web import flatten
 from vlforge.cli_common import JsonOpt, catalog_app, command, emit, open_catalog
 from vlforge.errors import UserError
 
@@ -162,6 +158,8 @@ def catalog_lineage(out: Console, ref: Annotated[str, typer.Argument(help="Artif
 # ----------------------------------------------------------------------------------------------- diff
 def diff_artifacts(a: Any, b: Any) -> dict[str, Any]:
     """What differs between two artifacts: config keys, metrics (with the change), parents and files."""
+    from vlforge.catalog.web import flatten  # the web module imports the evaluation layer (torch): only here
+
     ca, cb = flatten(a.config), flatten(b.config)
     config = {k: [ca.get(k), cb.get(k)] for k in sorted(ca.keys() | cb.keys()) if ca.get(k, ...) != cb.get(k, ...)}
     metrics: dict[str, Any] = {}
@@ -259,6 +257,8 @@ def catalog_tag(out: Console, ref: Annotated[str, typer.Argument(help="Artifact 
 @command
 def catalog_verify(out: Console, as_json: JsonOpt = False) -> None:
     """Re-hash every stored file; exit code 1 if any is missing (locally and on the remote) or corrupt."""
+    from vlforge.catalog.maintenance import verify as verify_catalog
+
     report = verify_catalog(open_catalog())
     payload = {"ok": report.ok, "files": report.files, "bytes": report.bytes, "remote_only": report.remote_only,
                "problems": [vars(p) for p in report.problems]}
@@ -280,6 +280,8 @@ def catalog_verify(out: Console, as_json: JsonOpt = False) -> None:
 def catalog_gc(out: Console, dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False,
                as_json: JsonOpt = False) -> None:
     """Remove blobs no artifact references and scratch files of dead writers."""
+    from vlforge.catalog.maintenance import gc as gc_catalog
+
     report = gc_catalog(open_catalog(), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     emit(out, as_json, vars(report),
@@ -323,6 +325,8 @@ def catalog_export(out: Console, ref: Annotated[str, typer.Argument(help="Artifa
                                                     "included) or open_clip (CLIP models).")] = "hf",
                    as_json: JsonOpt = False) -> None:
     """Write an artifact out as a plain folder (a model: a Hugging Face directory) with a model card."""
+    from vlforge.catalog.export import export as export_artifact
+
     folder = export_artifact(open_catalog(), ref, target, fmt)
     emit(out, as_json, {"path": str(folder.resolve())}, lambda: out.print(f"exported to {folder}", markup=False))
 
