@@ -244,7 +244,10 @@ def _load_builtin() -> None:
 
 
 def get_family(name: str) -> Family:
-    _load_builtin()
+    if name not in _FAMILIES and (MODELS_DIR / (pkg := name.replace("-", "_")) / "__init__.py").is_file():
+        importlib.import_module(f"vlforge.components.models.{pkg}")  # its own folder first: start-up imports one family
+    if name not in _FAMILIES:
+        _load_builtin()
     if name not in _FAMILIES:
         raise UserError(f"unknown family '{name}' (known: {', '.join(sorted(_FAMILIES))})")
     return _FAMILIES[name]
