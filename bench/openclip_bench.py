@@ -297,7 +297,7 @@ def profile_ours(data: dict, overrides: dict, *, warm: int, timed: int, profiled
     clipping, schedule), timed phase by phase, then a few steps under torch.profiler."""
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
-    from vlforge.components.data.loader import ImageTransform, training_loader
+    from vlforge.components.data.loader import training_loader
     from vlforge.components.models.registry import ImageTextBatch, get_family, special_token_ids
     from vlforge.components.tokenizer import load_tokenizer
     from vlforge.components.training.loop import _lr_lambda, make_optimizer, word_id_tensor
@@ -311,7 +311,7 @@ def profile_ours(data: dict, overrides: dict, *, warm: int, timed: int, profiled
     model.train()
     opt = make_optimizer(model, recipe, torch.device("cpu"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(recipe))
-    transform = ImageTransform(recipe.image_size, family.image_mean, family.image_std)
+    transform = family.image_transform(recipe)
     batches = iter(training_loader([Path(p) for p in data["train_shards"]], rank=0, world=1, seed=recipe.seed,
                                    shuffle_buffer=recipe.shuffle_buffer, transform=transform,
                                    batch_size=recipe.batch_size, num_workers=recipe.loader_workers))

@@ -62,7 +62,6 @@ def peer_samples_per_s(home: Path, model_id: str, dataset_id: str, tokenizer_id:
     import torch
     from vlforge.catalog import Catalog
     from vlforge.components.data.loader import (
-        ImageTransform,
         decode_image,
         split_shards,
         training_stream,
@@ -86,7 +85,7 @@ def peer_samples_per_s(home: Path, model_id: str, dataset_id: str, tokenizer_id:
     model = family.build_model(recipe, len(tokenizer), special_token_ids(tokenizer))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
     stream = training_stream(split_shards(catalog.path(dataset_id), "train"), 0, 1, recipe.seed, recipe.shuffle_buffer)
-    transform = ImageTransform(recipe.image_size, family.image_mean, family.image_std)
+    transform = family.image_transform(recipe)
     timed, samples, start = 0, 0, 0.0
     for step in range(steps + 3):
         if step == 3:  # warm-up steps excluded, as the Ray figure excludes its first window

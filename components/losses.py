@@ -76,6 +76,18 @@ def info_nce(
     return 0.5 * (loss + one_side(logits.t(), pos_mask.t())) if symmetric else loss
 
 
+def gathered_info_nce(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor | float, local_loss: bool = False) -> torch.Tensor:
+    """CLIP's symmetric ``info_nce`` over the global batch (``q``, ``k``: this rank's (n, D) rows; every rank the
+    same n). ``local_loss`` (open_clip's): this rank's rows against the gathered ones only, so the logits are
+    (n, world·n) instead of (world·n, world·n). Its mean over ranks is the global loss, and after the
+    data-parallel gradient average its gradient is the global loss's (the gather carries gradients back)."""
+    q_all, k_all = gather_with_grad(q), gather_with_grad(k)
+    if not local_loss or q_all.shape[0] == q.shape[0]:
+        return info_nce(q_all, k_all, scale)
+    target = torch.arange(q.shape[0], device=q.device) + dist.get_rank() * q.shape[0]
+    return 0.5 * (F.cross_entropy(scale * (q @ k_all.t()), target) + F.cross_entropy(scale * (k @ q_all.t()), target))
+
+
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masked-language-modelling cross-entropy over the positions whose label is not -100 (see models/masking.py)."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)

@@ -42,6 +42,11 @@ class EvalStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tasks: list[str] = Field(default_factory=lambda: ["retrieval", "zero_shot_classification"])
     split: str = Field("validation", pattern="^(train|validation|all)$")
+    # as `vlforge run eval`'s options (components/evaluation/options.py)
+    classnames: str | None = Field(None, description="zero-shot class names file, one a line in class order")
+    templates: str | None = Field(None, description="zero-shot prompt templates file, one a line with {}")
+    baseline: bool | None = Field(None, description="score an untrained model too (default: where cheap)")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
 
 
 class PipelineConfig(BaseModel):

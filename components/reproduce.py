@@ -75,9 +75,9 @@ def _rebuild(art: Artifact, new_ids: dict[str, str], scratch: Catalog, catalog: 
     stage = art.config.get("stage") or {"tokenizer": "tokenizer", "model": "train", "eval": "eval"}.get(
         art.kind, "ingest" if "source" in cfg else "filter" if art.kind == "dataset" else "")
     parents = [new_ids[p] for p in art.parents if p in new_ids]
-    if stage == "ingest":
-        return stages.run_ingest(SourceConfig(**cfg["source"]), CrawlConfig(**cfg["crawl"]), ShardConfig(**cfg["shard"]),
-                                 scratch).artifact
+    if stage in ("ingest", "ingest_retry"):  # a retry retries the rebuilt parent, the latest ingest in ``scratch``
+        run = stages.run_ingest if stage == "ingest" else stages.run_ingest_retry
+        return run(SourceConfig(**cfg["source"]), CrawlConfig(**cfg["crawl"]), ShardConfig(**cfg["shard"]), scratch).artifact
     if stage == "filter":
         config = FilterConfig(**cfg)
         if config.clip_model:  # the scoring model, rebuilt: the second parent
@@ -90,7 +90,11 @@ def _rebuild(art: Artifact, new_ids: dict[str, str], scratch: Catalog, catalog: 
         return stages.run_train(step.family, step.recipe, remap_refs(step.overrides, new_ids), parents[0], parents[1],
                                 scratch, ray_address).artifact
     if stage == "eval":
-        return stages.run_eval(parents[0], parents[1], cfg["tasks"], cfg["split"], scratch).artifact
+        from vlforge.components.evaluation.options import EvalOptions
+
+        options = EvalOptions(classnames=cfg.get("classnames"), templates=cfg.get("templates"),
+                              baseline=cfg.get("baseline"), device="cpu")  # CPU: the numbers compared exactly
+        return stages.run_eval(parents[0], parents[1], cfg["tasks"], cfg["split"], scratch, options=options).artifact
     raise UserError(f"artifact '{art.short_id}' is a {art.kind}: vlforge cannot re-run the stage that made it")
 
 

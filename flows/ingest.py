@@ -1,6 +1,7 @@
 """Ingest flow: a source (builtin, URL list or local table) -> crawled, split, catalogued webdataset.
 
     vlforge run ingest --source builtin:shapes
+    vlforge run ingest --source urls.parquet --retry-failures
 """
 from __future__ import annotations
 
@@ -11,15 +12,23 @@ from prefect.artifacts import create_markdown_artifact
 from vlforge.components.data.crawl import CrawlConfig
 from vlforge.components.data.shard import ShardConfig
 from vlforge.components.sources.config import SourceConfig
-from vlforge.components.stages import ingest_key
+from vlforge.components.stages import ingest_key, ingest_retry_plan
 from vlforge.flows.common import open_catalog, run_cached
-from vlforge.flows.stages import ingest_task
+from vlforge.flows.stages import ingest_retry_task, ingest_task
 
 
 @flow(name="ingest", log_prints=True)
-def ingest_flow(source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig, ray_address: str | None = None) -> dict:
-    key, _ = ingest_key(source, crawl, shard)
-    dataset, cached = run_cached(ingest_task, key, source=source, crawl=crawl, shard=shard, ray_address=ray_address)
+def ingest_flow(source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig, ray_address: str | None = None,
+                retry_failures: bool = False) -> dict:
+    if retry_failures:  # fetch again only what the latest ingest of this source failed for a transient reason
+        plan = ingest_retry_plan(source, crawl, shard, open_catalog())
+        if plan.retry == 0:
+            return {"dataset": plan.parent.id, "cached": {"dataset": True}}
+        dataset, cached = run_cached(ingest_retry_task, plan.key, source=source, crawl=crawl, shard=shard,
+                                     ray_address=ray_address)
+    else:
+        key, _ = ingest_key(source, crawl, shard)
+        dataset, cached = run_cached(ingest_task, key, source=source, crawl=crawl, shard=shard, ray_address=ray_address)
     publish_dataset_card(dataset)
     return {"dataset": dataset, "cached": {"dataset": cached}}
 

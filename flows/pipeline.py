@@ -15,6 +15,7 @@ import time
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from vlforge.components.evaluation.headline import headline_metrics, untrained_value
+from vlforge.components.evaluation.options import EvalOptions
 from vlforge.components.pipeline_config import PipelineConfig
 from vlforge.components.stages import eval_plan, ingest_key, plan_training, tokenizer_key
 from vlforge.flows.common import open_catalog, run_cached
@@ -50,9 +51,11 @@ def pipeline_flow(config: PipelineConfig) -> dict:
     seconds["model"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    key, *_ = eval_plan(model, dataset, config.eval.tasks, config.eval.split, catalog)
-    report, cached["eval"] = run_cached(eval_task, key, model=model, data=dataset, tasks=config.eval.tasks, split=config.eval.split,
-                                          ray_address=config.train.ray_address)
+    ev = config.eval
+    options = EvalOptions.from_files(ev.classnames, ev.templates, ev.baseline, ev.device)
+    key, *_ = eval_plan(model, dataset, ev.tasks, ev.split, catalog, options)
+    report, cached["eval"] = run_cached(eval_task, key, model=model, data=dataset, tasks=ev.tasks, split=ev.split,
+                                        ray_address=config.train.ray_address, options=options)
     seconds["eval"] = time.perf_counter() - t
 
     ids = {"dataset": dataset, "tokenizer": tokenizer, "model": model, "eval": report}

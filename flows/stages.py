@@ -8,6 +8,7 @@ from vlforge.components import stages
 from vlforge.components.data.crawl import CrawlConfig
 from vlforge.components.data.filter import FilterConfig
 from vlforge.components.data.shard import ShardConfig
+from vlforge.components.evaluation.options import EvalOptions
 from vlforge.components.sources.config import SourceConfig
 from vlforge.components.tokenizer import TokenizerConfig
 from vlforge.flows.common import TASK_OPTIONS, open_catalog
@@ -17,6 +18,12 @@ from vlforge.flows.common import TASK_OPTIONS, open_catalog
 def ingest_task(cache_key: str, source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig,
                 ray_address: str | None = None) -> str:
     return stages.run_ingest(source, crawl, shard, open_catalog(), ray_address).artifact.id
+
+
+@task(name="ingest-retry", **TASK_OPTIONS)
+def ingest_retry_task(cache_key: str, source: SourceConfig, crawl: CrawlConfig, shard: ShardConfig,
+                      ray_address: str | None = None) -> str:
+    return stages.run_ingest_retry(source, crawl, shard, open_catalog(), ray_address).artifact.id
 
 
 @task(name="filter", **TASK_OPTIONS)
@@ -38,5 +45,5 @@ def train_task(cache_key: str, family: str, recipe: str, overrides: dict[str, An
 
 @task(name="eval", **TASK_OPTIONS)
 def eval_task(cache_key: str, model: str, data: str, tasks: list[str], split: str,
-              ray_address: str | None = None) -> str:
-    return stages.run_eval(model, data, tasks, split, open_catalog(), ray_address).artifact.id
+              ray_address: str | None = None, options: EvalOptions | None = None) -> str:
+    return stages.run_eval(model, data, tasks, split, open_catalog(), ray_address, options).artifact.id

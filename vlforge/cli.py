@@ -8,6 +8,7 @@
     vlforge run tokenizer --data REF [--set vocab_size=1024] [--json]
     vlforge run train --family clip --data REF [--recipe tiny] [--steps N] [--set KEY=VALUE ...] [--json]
     vlforge run eval --model REF --data REF [--task retrieval ... | --suite default] [--split validation] [--json]
+                     [--classnames FILE] [--templates FILE] [--baseline|--no-baseline] [--device auto|cpu|cuda[:N]]
     vlforge leaderboard [--json]
     vlforge catalog list|show|lineage ...
     vlforge families
@@ -35,6 +36,7 @@ from vlforge.cli_common import (
     artifacts_table,
     command,
     emit,
+    err_console,
     open_catalog,
     run_app,
     split_sections,
@@ -103,14 +105,15 @@ def run_ingest(
     images: Annotated[Optional[str], typer.Option(help="Image root of a karpathy:, vqav2: or nlvr2: source (default: the file's folder).")] = None,
     classnames: Annotated[Optional[str], typer.Option(help="imagefolder: class names, one a line in folder order (default: the folder names).")] = None,
     templates: Annotated[Optional[str], typer.Option(help="imagefolder: zero-shot prompt templates, one a line with {}.")] = None,
+    retry_failures: Annotated[bool, typer.Option("--retry-failures", help="Fetch again only the URLs the latest ingest of this source (same settings; fetch ones such as --timeout may change) failed for a transient reason (timeout, connection error, HTTP 5xx/429); keep its samples and other failures, register a new version.")] = False,
     ray_address: RayAddressOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Crawl a source with img2dataset and shard it into a catalogued webdataset.
 
-    With --json: {"dataset": ID, "samples": N, "failures": {reason: count}, "cached": {...}}, plus "captions": N
-    where images have several captions."""
+    With --json: {"dataset": ID, "samples": N, "failures": {reason: count}, "retried": N, "recovered": N,
+    "cached": {...}}, plus "captions": N where images have several captions."""
     from pydantic import ValidationError
 
     from vlforge.components.pipeline_config import (
@@ -119,7 +122,7 @@ def run_ingest(
         parse_assignments,
         validation_message,
     )
-    from vlforge.components.stages import ingest_key
+    from vlforge.components.stages import ingest_key, ingest_retry_plan
 
     sections = split_sections(parse_assignments(set_ or []), ("crawl", "shard"))
     for field_name, value in (("allow_hosts", allow_host), ("timeout", timeout), ("retries", retries),
@@ -150,13 +153,23 @@ def run_ingest(
             raise UserError(validation_message(f"--set {section}.*", exc).replace("field '", f"field '{section}.")) from None
     crawl, shard = validated["crawl"], validated["shard"]
     ingest_key(src, crawl, shard)  # validates the source before anything starts
+    plan = ingest_retry_plan(src, crawl, shard, open_catalog()) if retry_failures else None
     check_ray_address(ray_address)
-    from vlforge.flows.ingest import ingest_flow
+    if plan is not None and plan.retry == 0:
+        result = {"dataset": plan.parent.id, "cached": {"dataset": True}}
+        err_console.print(f"nothing to retry: dataset {plan.parent.name}:{plan.parent.version} ({plan.parent.short_id}) "
+                          f"has no transient failures", highlight=False)
+    else:
+        from vlforge.flows.ingest import ingest_flow
 
-    result = ingest_flow(src, crawl, shard, ray_address)
-    manifest = json.loads((open_catalog().path(result["dataset"]) / "manifest.json").read_text())
+        result = ingest_flow(src, crawl, shard, ray_address, retry_failures)
+    dataset = open_catalog().get(result["dataset"])
+    manifest = json.loads((open_catalog().path(dataset.id) / "manifest.json").read_text())
     failures = manifest["failures_by_reason"]
-    payload = artifact_ids(result) | {"samples": manifest["samples"], "failures": failures}
+    retried = dataset.metrics.get("retried", 0) if plan is not None and plan.retry else 0
+    recovered = dataset.metrics.get("recovered", 0) if plan is not None and plan.retry else 0
+    payload = artifact_ids(result) | {"samples": manifest["samples"], "failures": failures, "retried": retried,
+                                      "recovered": recovered}
     if "captions" in manifest:  # several captions per image (a benchmark layout)
         payload["captions"] = manifest["captions"]
 
@@ -165,6 +178,8 @@ def run_ingest(
         captions = f" ({manifest['captions']} captions)" if "captions" in manifest else ""
         out.print(f"{manifest['samples']} samples{captions} of {manifest['attempted']} rows; failures: "
                   + (", ".join(f"{k}={v}" for k, v in failures.items()) or "none"))
+        if plan is not None and plan.retry:
+            out.print(f"retried {retried} URLs that had failed transiently: {recovered} recovered")
 
     emit(out, as_json, payload, human)
 
@@ -292,10 +307,18 @@ def run_eval(
     suite: Annotated[Optional[str], typer.Option(help="Run every task of a suite that fits the model and data "
                                                  "(default when no --task is given): default.")] = None,
     split: Annotated[str, typer.Option(help="validation, train, all, or a benchmark's own split (test).")] = "validation",
+    classnames: Annotated[Optional[Path], typer.Option(help="Zero-shot classification: class names, one a line, "
+                                                       "line i naming the dataset's class i (overrides its own).")] = None,
+    templates: Annotated[Optional[Path], typer.Option(help="Zero-shot classification: prompt templates, one a line "
+                                                      "with {} for the class name (overrides the dataset's).")] = None,
+    baseline: Annotated[Optional[bool], typer.Option("--baseline/--no-baseline", help="Also score an untrained model "
+                        "of the same recipe (default: when the split has at most 10,000 samples).")] = None,
+    device: Annotated[str, typer.Option(help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
     ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score a catalog model on a catalog dataset and register the eval report."""
+    from vlforge.components.evaluation.options import EvalOptions
     from vlforge.components.stages import eval_plan, eval_suite
 
     if task and suite:
@@ -305,12 +328,14 @@ def run_eval(
         tasks, skipped = eval_suite(model, data, suite or "default", split, open_catalog())
     else:
         tasks = task
-    eval_plan(model, data, tasks, split, open_catalog())
+    options = EvalOptions.from_files(classnames, templates, baseline, device)
+    eval_plan(model, data, tasks, split, open_catalog(), options)
     check_ray_address(ray_address)
     from vlforge.flows.evaluate import eval_flow
 
-    result = eval_flow(model, data, tasks, split, ray_address)
-    metrics = open_catalog().get(result["eval"]).metrics
+    result = eval_flow(model, data, tasks, split, ray_address, options)
+    evaluation = open_catalog().get(result["eval"])
+    metrics = evaluation.metrics
 
     def human() -> None:
         out.print(artifacts_table(result, "vlforge eval"))
@@ -321,7 +346,9 @@ def run_eval(
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
         out.print(table)
 
-    emit(out, as_json, artifact_ids(result) | {"tasks": sorted(tasks), "skipped": skipped, "metrics": metrics}, human)
+    emit(out, as_json, artifact_ids(result) | {"tasks": sorted(tasks), "skipped": skipped, "metrics": metrics,
+                                               "baseline": evaluation.config.get("baseline"),
+                                               "device": evaluation.config.get("device")}, human)
 
 
 @app.command("families")

@@ -22,7 +22,7 @@ def import_model(
     src: Annotated[Path, typer.Argument(help="A save_pretrained folder, a vlforge export, an open_clip hub folder, "
                                         "or an open_clip .pt/.safetensors file.")],
     family: Annotated[str, typer.Option(help="The family the model becomes: clip, text-mlm, text-lm, text-bart, "
-                                         "image-teacher for a Hugging Face folder; any family for a vlforge export.")],
+                                         "text-t5, image-teacher for a Hugging Face folder; any family for a vlforge export.")],
     name: Annotated[Optional[str], typer.Option(help="Catalog name (default: FAMILY-<source name>).")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer folder, or open_clip's BPE vocabulary "
                                                        "(.txt.gz); default: SRC's own.")] = None,

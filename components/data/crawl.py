@@ -63,6 +63,11 @@ class CrawlConfig(BaseModel):
             raise ValueError(str(exc)) from None
 
 
+# CrawlConfig fields that change how URLs are fetched, never what a sample is: a retry of a crawl may change them
+# (a longer timeout, fewer threads for a rate-limiting host) and still extend the same dataset.
+FETCH_ONLY_FIELDS = ("processes", "threads", "timeout", "retries", "samples_per_crawl_shard")
+
+
 class CrawlResult(BaseModel):
     output_dir: str
     attempted: int
@@ -84,6 +89,7 @@ FAILURE_REASONS: list[tuple[str, tuple[str, ...]]] = [
     ("redirect_loop", ("infinite loop", "redirect")),
     ("not_found", ("http error 404", "http error 410", "not found")),
     ("server_error", ("http error 5",)),
+    ("rate_limited", ("http error 429", "too many requests")),
     ("timeout", ("timed out", "timeout")),
     ("too_small", ("image too small", "too small")),
     ("bad_aspect_ratio", ("aspect ratio",)),
@@ -91,6 +97,12 @@ FAILURE_REASONS: list[tuple[str, tuple[str, ...]]] = [
     ("connection_error", ("connection", "refused", "reset", "unreachable", "name or service")),
     ("client_error", ("http error 4",)),
 ]
+
+
+# Reasons a later attempt may well not meet (the server was busy, slow or unreachable, or the crawl died before the
+# row's shard finished): ``--retry-failures`` fetches exactly these again. The others belong to the URL or the image
+# (gone, not an image, too large, cut short, refused by policy or opt-out) and stay failures.
+TRANSIENT_FAILURE_REASONS = frozenset({"timeout", "connection_error", "server_error", "rate_limited", "not_attempted"})
 
 
 def failure_reason(error_message: str) -> str:

@@ -120,7 +120,6 @@ class ClipScorer:
 
     def __init__(self, model_dir: Path, batch_size: int = 64) -> None:
         import torch
-        from vlforge.components.data.loader import ImageTransform
         from vlforge.components.models.registry import read_family_file
         from vlforge.components.tokenizer import load_tokenizer
 
@@ -130,7 +129,7 @@ class ClipScorer:
             raise UserError(f"clip_model '{model_dir.name}' is a {self.family.name} model, not a dual encoder")
         self.model = self.family.load(model_dir).eval()
         self.tokenizer = load_tokenizer(model_dir)
-        self.transform = ImageTransform(self.recipe.image_size, self.family.image_mean, self.family.image_std)
+        self.transform = self.family.image_transform(self.recipe)
         self.batch_size = batch_size
 
     def scores(self, images: list[Image.Image], captions: list[str]) -> np.ndarray:

@@ -35,17 +35,38 @@ class RawSample:
 
 
 class ImageTransform:
-    """PIL image -> normalised float tensor (3, size, size). Bicubic resize of the (already square) image."""
+    """PIL image -> normalised float tensor (3, size, size): RGB, a bicubic resize, then ``(x / 255 - mean) / std``.
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.size = size
+    ``resize``: ``squash`` (the whole image to size x size, vlforge's own way; its shards hold square images) or
+    ``shortest-crop`` (the shortest side to ``size``, the other ``int(size * long / short)``, then the centre
+    size x size, top-left at ``(excess // 2)``: transformers' ``CLIPImageProcessor``, the way CLIP and open_clip
+    preprocess). Both give the same pixels for a square image. An imported model keeps its source's way
+    (``Recipe.image_resize``)."""
+
+    RESIZE_MODES = ("squash", "shortest-crop")
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], resize: str = "squash") -> None:
+        if resize not in self.RESIZE_MODES:
+            raise ValueError(f"resize mode '{resize}' (modes: {', '.join(self.RESIZE_MODES)})")
+        self.size, self.resize = size, resize
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
+    def _resized(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        if (width, height) == (self.size, self.size):
+            return image
+        if self.resize == "squash" or width == height:
+            return image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        short, long = min(width, height), max(width, height)
+        new_long = int(self.size * long / short)
+        new = (self.size, new_long) if width < height else (new_long, self.size)
+        image = image.resize(new, Image.Resampling.BICUBIC)
+        left, top = (new[0] - self.size) // 2, (new[1] - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
-        if image.size != (self.size, self.size):
-            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        image = self._resized(image.convert("RGB"))
         array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
         return (array - self.mean) / self.std
 

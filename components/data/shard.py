@@ -26,6 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from vlforge.components.data.crawl import CrawlResult, finished_crawl_shards, local_url
 
 SPLITS = ("train", "validation")  # every dataset has these two; a benchmark source may add more (``test``)
+# the columns of ``samples.parquet`` every sample has; a source's extra fields follow them
+INDEX_COLUMNS = ("key", "split", "shard", "caption", "label", "facts", "url", "width", "height", "original_width",
+                 "original_height")
 
 
 class ShardConfig(BaseModel):
@@ -115,8 +118,7 @@ class CrawlSharder:
         self.out_dir, self.config = out_dir, config
         self.writers = {s: _SplitWriter(out_dir, s, config.samples_per_shard) for s in SPLITS}
         self.extras: list[dict] = []  # per indexed sample: its source's extra fields (split taken out)
-        self.index: dict[str, list] = {k: [] for k in ("key", "split", "shard", "caption", "label", "facts", "url", "width",
-                                                       "height", "original_width", "original_height")}
+        self.index: dict[str, list] = {k: [] for k in INDEX_COLUMNS}
         self.failures: Counter = Counter()
         self.seen: set[str] = set()
         self.added: list[str] = []
@@ -126,7 +128,7 @@ class CrawlSharder:
         if self.added and crawl_tar.stem <= self.added[-1]:
             raise ValueError(f"crawl shard {crawl_tar.name} added after {self.added[-1]}: crawl shards go in name order")
         self.added.append(crawl_tar.stem)
-        index, failures = self.index, self.failures
+        failures = self.failures
         # img2dataset writes a shard in download-completion order; its keys (row numbers) give a stable order, so
         # a resumed crawl and an uninterrupted one give byte-identical shards.
         for crawl_key, members in sorted(read_tar_groups(crawl_tar), key=lambda g: g[0]):
@@ -159,17 +161,30 @@ class CrawlSharder:
                 "width": width,
                 "height": height,
             }
-            if split not in self.writers:
-                self.writers[split] = _SplitWriter(self.out_dir, split, self.config.samples_per_shard)
-            shard = self.writers[split].write(
-                key, {image_ext: members[image_ext], "txt": caption.encode(), "json": json.dumps(record, sort_keys=True).encode()}
-            )
-            for col, val in (("key", key), ("split", split), ("shard", shard), ("caption", caption), ("label", record["label"]),
-                             ("facts", meta.get("facts") or ""), ("url", record["url"] or ""), ("width", width), ("height", height),
-                             ("original_width", int(meta.get("original_width") or width)),
-                             ("original_height", int(meta.get("original_height") or height))):
-                index[col].append(val)
-            self.extras.append(extra)
+            row = {"key": key, "split": split, "caption": caption, "label": record["label"], "facts": meta.get("facts") or "",
+                   "url": record["url"] or "", "width": width, "height": height,
+                   "original_width": int(meta.get("original_width") or width),
+                   "original_height": int(meta.get("original_height") or height)}
+            self._write(row, {image_ext: members[image_ext], "txt": caption.encode(),
+                              "json": json.dumps(record, sort_keys=True).encode()}, extra)
+
+    def keep(self, row: dict, members: dict[str, bytes], extra: dict) -> None:
+        """Add a sample of an earlier dataset unchanged: its index ``row`` (``samples.parquet``'s, whose ``split``
+        it keeps), its tar ``members`` and its source's extra fields. Samples go in source order, as ``add``'s do."""
+        if row["key"] in self.seen:
+            self.failures["duplicate"] += 1
+            return
+        self.seen.add(row["key"])
+        self._write(row, members, extra)
+
+    def _write(self, row: dict, members: dict[str, bytes], extra: dict) -> None:
+        split = row["split"]
+        if split not in self.writers:
+            self.writers[split] = _SplitWriter(self.out_dir, split, self.config.samples_per_shard)
+        row = {**row, "shard": self.writers[split].write(row["key"], members)}
+        for col, values in self.index.items():
+            values.append(row[col])
+        self.extras.append(extra)
 
     def finish(self, crawl: CrawlResult, source: dict) -> dict:
         """Add the finished crawl shards not added yet, close the shards and write ``samples.parquet``,
@@ -178,8 +193,14 @@ class CrawlSharder:
         for part in finished_crawl_shards(Path(crawl.output_dir)):
             if part.stem not in self.added:  # cut off by a kill and never resumed: its rows count as not_attempted
                 self.add(part.with_suffix(".tar"), crawl.served_from, rejected)
+        return self.close(crawl.attempted, crawl.failures_by_reason, Path(crawl.failures_path), source)
+
+    def close(self, attempted: int, crawl_failures: dict[str, int], failures_path: Path, source: dict) -> dict:
+        """Close the shards and write the index files and the manifest: ``attempted`` rows, the crawl's failures by
+        reason (those of ``failures_path``, a crawl's ``failures.parquet``) besides this sharder's own. Returns the
+        manifest."""
         out_dir, index = self.out_dir, self.index
-        failures = Counter(crawl.failures_by_reason)
+        failures = Counter(crawl_failures)
         failures.update(self.failures)
         splits = dataset_splits(self.writers)
         shards = [s for split in splits for s in self.writers[split].close()]
@@ -193,16 +214,15 @@ class CrawlSharder:
             "samples": len(index["key"]),
             "splits": {s: {"samples": counts.get(s, 0), "shards": [x["shard"] for x in shards if x["split"] == s]} for s in splits},
             "shards": shards,
-            "attempted": crawl.attempted,
+            "attempted": attempted,
             "failures_by_reason": dict(sorted(failures.items())),
             "labels": labels,
             "has_facts": any(index["facts"]),
         }
         if any("captions" in e for e in self.extras):
             manifest["captions"] = sum(len(e.get("captions") or [c]) for e, c in zip(self.extras, index["caption"]))
-        failures_src = Path(crawl.failures_path)
-        if failures_src.is_file():
-            (out_dir / "failures.parquet").write_bytes(failures_src.read_bytes())
+        if failures_path.is_file():
+            (out_dir / "failures.parquet").write_bytes(failures_path.read_bytes())
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         return manifest
 

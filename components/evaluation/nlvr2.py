@@ -4,27 +4,35 @@ set, that are judged right on every pair).
 
 A family that scores image-text pairs judges a statement by its mean score with the two images, true where that
 is above the median over the split's statements: the dual-encoder zero-shot baseline (it reads neither the
-composition nor the left/right order; a family with a two-image head would classify the statement directly)."""
+composition nor the left/right order). ``nlvr2_finetune`` (``nlvr2_finetune.py``) measures NLVR2 as the fusion
+models' papers do, by fine-tuning a head on the train split's statements."""
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vlforge.errors import UserError
 
 if TYPE_CHECKING:
+    from vlforge.components.data.loader import RawSample
     from vlforge.components.evaluation.tasks import EvalContext, TaskOutput
 
 
 def statements_for(ctx: EvalContext) -> list[tuple[int, int, dict]]:
     """(left sample index, right sample index, statement) for every statement of the split."""
-    index = {s.meta.get("source_key"): i for i, s in enumerate(ctx.samples)}
+    return statements_in(ctx.samples, "the evaluated split")
+
+
+def statements_in(samples: Sequence[RawSample], where: str) -> list[tuple[int, int, dict]]:
+    """(left index, right index, statement) for every statement of ``samples`` (``where``: their split, for errors)."""
+    index = {s.meta.get("source_key"): i for i, s in enumerate(samples)}
     out = []
-    for i, s in enumerate(ctx.samples):
+    for i, s in enumerate(samples):
         for st in s.meta.get("nlvr2") or []:
             if st["right"] not in index:
-                raise UserError(f"nlvr2 statement '{st['identifier']}': its right image is not in the evaluated split")
+                raise UserError(f"nlvr2 statement '{st['identifier']}': its right image is not in {where}")
             out.append((i, index[st["right"]], st))
     return out
 

@@ -109,7 +109,8 @@ def plot_leaderboard(rows: Sequence[dict], path: Path) -> None:
         names = [f"{r['family']}:{r['model']}" for r in mine]
         x = range(len(mine))
         ax.bar([i - 0.2 for i in x], [r["value"] for r in mine], width=0.4, color="#4477aa", label="trained")
-        ax.bar([i + 0.2 for i in x], [r["baseline"] or 0.0 for r in mine], width=0.4, color="#bbbbbb", label="untrained")
+        measured = [(i, r["baseline"]) for i, r in zip(x, mine) if r["baseline"] is not None]  # evals may skip it
+        ax.bar([i + 0.2 for i, _ in measured], [b for _, b in measured], width=0.4, color="#bbbbbb", label="untrained")
         ax.set_xticks(list(x), names, fontsize=7)
         ax.set_title(f"{task} ({mine[0]['metric']})", fontsize=9)
         ax.legend(fontsize=6)

@@ -3,9 +3,11 @@
 The eval stage (``components/stages.py``) calls ``evaluate`` after checking that every task fits the family and
 the data (``tasks.check_fit``). Every task runs twice: on the trained checkpoint and on an untrained model of the
 same family and recipe (built with the recipe's seed), so each metric has a baseline computed the same way,
-stored as ``baseline_<metric>``.
+stored as ``baseline_<metric>``; ``baseline=False`` skips that second run (the stage decides: ``options.py``).
+The models run on one device (``EvalOptions.device``: a GPU when there is one), batched by ``EvalContext``.
 
-A report folder holds ``report.json`` (per task: its metrics, the baseline's and the headline metric),
+A report folder holds ``report.json`` (per task: its metrics, the baseline's and the headline metric; the device,
+whether the baseline ran, and zero-shot classification's class names and templates where the eval gave them),
 ``per_sample/<task>.parquet`` (the trained model's output for every item: ranks, predictions, answers) and the
 tasks' PNGs (``retrieval.png``, ``retrieval_examples.png``, confusion matrices, VQA accuracy by question type,
 generated-caption samples)."""
@@ -18,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from vlforge.components.data.loader import read_split
+from vlforge.components.evaluation.options import EvalOptions, class_renames, resolve_device
 from vlforge.components.evaluation.tasks import (
     TASKS,
     EvalContext,
@@ -45,10 +48,13 @@ def untrained_model(family: Family, recipe: Recipe, tokenizer) -> torch.nn.Modul
 
 
 def evaluate(model_dir: Path, dataset_dir: Path, split: str, tasks: list[str], out_dir: Path,
-             baseline: bool = True) -> dict[str, float]:
+             baseline: bool = True, options: EvalOptions | None = None) -> dict[str, float]:
     """Run ``tasks`` and write the report to ``out_dir``; returns the flat metrics (baseline ones prefixed)."""
+    options = options or EvalOptions()
     family, recipe = read_family_file(model_dir)
     check_fit(tasks, family, dataset_offers(dataset_dir, split), dataset_dir.name)
+    device = resolve_device(options.device)
+    renames = class_renames(options, dataset_dir, dataset_dir.name)
     samples = read_split(dataset_dir, split)
     if not samples:
         raise UserError(f"dataset '{dataset_dir.name}' has no samples in split '{split}'")
@@ -66,16 +72,24 @@ def evaluate(model_dir: Path, dataset_dir: Path, split: str, tasks: list[str], o
         models["untrained"] = untrained_model(family, recipe, tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "per_sample").mkdir(exist_ok=True)
-    report: dict = {"family": family.name, "split": split, "tasks": {}, "samples": len(samples)}
+    report: dict = {"family": family.name, "split": split, "tasks": {}, "samples": len(samples),
+                    "device": str(device), "baseline": baseline}
+    if options.classnames is not None or options.templates is not None:
+        report["zero_shot"] = {k: list(v) for k, v in (("classnames", options.classnames),
+                                                        ("templates", options.templates)) if v is not None}
     flat: dict[str, float] = {}
     images = None
-    for which, model in models.items():
-        ctx = EvalContext(family, model, recipe, tokenizer, samples, train_samples, manifest=manifest)
+    for which in list(models):
+        model = models.pop(which)  # the trained model leaves the device before the untrained one comes
+        ctx = EvalContext(family, model, recipe, tokenizer, samples, train_samples, manifest=manifest,
+                          classnames=renames, templates=options.templates, device=device)
+        del model
         ctx._images = images  # decoded once, shared by the trained and the untrained model
         images = ctx.images() if manifest.get("format") != "text" else None
         for name in tasks:
             output = run_task(name, ctx)
-            entry = report["tasks"].setdefault(name, {"headline": TASKS[name].headline})
+            measured = [k for k in TASKS[name].headlines if k in output.metrics]
+            entry = report["tasks"].setdefault(name, {"headline": (measured or [TASKS[name].headline])[0]})
             if which == "trained":
                 entry["metrics"] = output.metrics
                 flat.update(output.metrics)
@@ -86,5 +100,6 @@ def evaluate(model_dir: Path, dataset_dir: Path, split: str, tasks: list[str], o
             else:
                 entry["baseline"] = output.metrics
                 flat.update({BASELINE_PREFIX + k: v for k, v in output.metrics.items()})
+        del ctx
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     return flat

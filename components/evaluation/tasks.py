@@ -39,10 +39,14 @@ CAPABILITIES: dict[str, str] = {
     "pair_scoring": "a score for any (image, text) pair: from retrieval (cosine) or itm (logit)",
     "text_features": "a trainable text representation for the NLU probe: text_features(model, ids, mask, pixels) -> "
                      "(B, D), pixels a black image where the model needs one (implied by retrieval: encode_texts)",
+    "fused_features": "the fusion encoder's pooled vector of each pair: fused_features(model, pixels, ids, mask) -> (B, D), "
+                      "differentiable, for a head fine-tuned on it (NLVR2 fine-tuning)",
     "vqa_answer": "a trained VQA answer head: answer_questions(model, pixels, questions, tokenizer) -> list[str], the "
                   "answer to question i about image i",
     "few_shot": "interleaved few-shot generation: few_shot_generate(model, shots, query_pixels, query_prompt, "
                 "tokenizer, max_new_tokens) -> str, shots a list of (pixels (3, H, W), text)",
+    "detection": "object detection: detect_objects(model, pixels) -> per image {boxes (Q, 4) normalised x0, y0, x1, "
+                 "y1; scores (Q,); labels: Q class names}",
 }
 # a capability a family lists brings these with it
 IMPLIES: dict[str, frozenset[str]] = {
@@ -55,8 +59,11 @@ DATA_NEEDS: dict[str, str] = {
     "labels": "a class label on the samples (at least two classes)",
     "train_labels": "class labels in a train split apart from the evaluated one (the linear probe fits on it: evaluate on validation or test)",
     "facts": "scene facts per sample (builtin:shapes datasets)",
+    "boxes": "object boxes in every sample's scene facts (builtin:shapes datasets)",
     "vqav2": "VQAv2 questions with their human answers on every sample (a vqav2: dataset)",
     "nlvr2": "NLVR2 image pairs with their statements (an nlvr2: dataset)",
+    "nlvr2_train": "NLVR2 statements in a train split apart from the evaluated one (the fine-tuning fits on them: "
+                   "ingest train.json and dev.json concatenated into one file and evaluate on validation or test)",
 }
 # a text-only dataset (a glue: task, manifest format "text") offers "text_only": it fits these tasks and no other
 TEXT_TASKS = frozenset({"nlu_probe"})
@@ -88,11 +95,23 @@ def dataset_offers(dataset_dir: Path, split: str) -> frozenset[str]:
         offers.add("train_labels")
     if rows and all(r["facts"] for r in rows):
         offers.add("facts")
+        if all(_facts_have_boxes(r["facts"]) for r in rows):
+            offers.add("boxes")
     if rows and all(r["vqa"] for r in rows):
         offers.add("vqav2")
     if rows and all(r["nlvr2_pair"] for r in rows):
         offers.add("nlvr2")
+    if split not in ("train", "all") and any(r["nlvr2_pair"] for r in index if r["split"] == "train"):
+        offers.add("nlvr2_train")
     return frozenset(offers)
+
+
+def _facts_have_boxes(facts: str) -> bool:
+    try:
+        objects = json.loads(facts).get("objects")
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return bool(objects) and all(isinstance(o, dict) and len(o.get("bbox") or ()) == 4 for o in objects)
 
 
 # ------------------------------------------------------------------------------------------------- tasks
@@ -106,11 +125,18 @@ class TaskSpec:
     model_any: tuple[frozenset[str], ...]
     headline: str  # the metric the leaderboard shows
     run: str  # "module:function" taking an EvalContext, returning a TaskOutput
+    # stand in, in order, where a run did not measure ``headline`` (the NLU probe on STS-B, a regression: no accuracy)
+    other_headlines: tuple[str, ...] = ()
+
+    @property
+    def headlines(self) -> tuple[str, ...]:
+        return (self.headline, *self.other_headlines)
 
 
-def _spec(name: str, description: str, data: set[str], model_any: list[set[str]], headline: str, run: str) -> TaskSpec:
+def _spec(name: str, description: str, data: set[str], model_any: list[set[str]], headline: str, run: str,
+          other_headlines: tuple[str, ...] = ()) -> TaskSpec:
     return TaskSpec(name, description, frozenset(data), tuple(frozenset(m) for m in model_any), headline,
-                    f"vlforge.components.evaluation.{run}")
+                    f"vlforge.components.evaluation.{run}", other_headlines)
 
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
@@ -128,8 +154,11 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
           "nlvr:run_nlvr"),
     _spec("grounding", "pick the object a phrase describes (boxes from scene facts)", {"facts"}, [{"pair_scoring"}],
           "grounding_accuracy", "grounding:run_grounding"),
-    _spec("nlu_probe", "fine-tune the text side on text-only classification (black image where needed)",
-          {"labels", "train_labels"}, [{"text_features"}], "nlu_accuracy", "nlu_probe:run_nlu_probe"),
+    _spec("detection", "object detection on the scene facts' boxes (class: the shape), COCO box mAP by pycocotools",
+          {"boxes"}, [{"detection"}], "det_map", "detection:run_detection"),
+    _spec("nlu_probe", "fine-tune the text side on text-only classification or STS-B regression (black image where "
+          "needed)", {"labels", "train_labels"}, [{"text_features"}], "nlu_accuracy", "nlu_probe:run_nlu_probe",
+          ("glue_score",)),
     _spec("vqa_few_shot", "VQA by interleaved few-shot generation (k solved examples in the prompt)", {"facts"},
           [{"few_shot"}], "vqa_few_shot_accuracy", "vqa:run_vqa_few_shot"),
     _spec("captioning", "generated captions against the references: BLEU-1..4, METEOR (with Java), ROUGE-L, CIDEr-D as pycocoevalcap", {"captions"}, [{"generate"}],
@@ -138,6 +167,9 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
           [{"vqa_answer"}, {"generate"}, {"pair_scoring"}], "vqa_accuracy", "vqav2:run_vqav2"),
     _spec("nlvr2", "NLVR2 statements about pairs of photographs: accuracy and consistency", {"nlvr2"},
           [{"pair_scoring"}], "nlvr2_accuracy", "nlvr2:run_nlvr2"),
+    _spec("nlvr2_finetune", "NLVR2 as the fusion papers measure it: the two pooled pairs concatenated, a head "
+          "fine-tuned on the train split's statements", {"nlvr2", "nlvr2_train"}, [{"fused_features"}],
+          "nlvr2_finetune_accuracy", "nlvr2_finetune:run_nlvr2_finetune"),
 )}
 SUITES: dict[str, tuple[str, ...]] = {"default": tuple(TASKS)}
 
@@ -193,7 +225,9 @@ class TaskOutput:
 
 @dataclass
 class EvalContext:
-    """A loaded model and the samples of one split; scoring helpers shared by every task."""
+    """A loaded model and the samples of one split; scoring helpers shared by every task. Batching and device
+    placement happen here and nowhere else: the model moves to ``device`` once, ``pixels`` and ``tokens`` hand
+    tasks batches already there, and embeddings and scores come back on the CPU, as float32."""
 
     family: Family
     model: nn.Module
@@ -203,8 +237,17 @@ class EvalContext:
     train_samples: Callable[[], list[RawSample]] = list
     batch_size: int = 128
     manifest: dict = field(default_factory=dict)  # the dataset's manifest: its source's classnames, templates, ...
+    # zero-shot classification's eval-time overrides (``vlforge run eval --classnames/--templates``): dataset class
+    # -> the name its prompts use, in class order; the templates
+    classnames: dict[str, str] | None = None
+    templates: tuple[str, ...] | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _image_emb: torch.Tensor | None = None
     _images: list[Image.Image] | None = None
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
+        self.model = self.model.to(self.device)
 
     @property
     def offers(self) -> frozenset[str]:
@@ -212,7 +255,7 @@ class EvalContext:
 
     @property
     def transform(self) -> ImageTransform:
-        return ImageTransform(self.recipe.image_size, self.family.image_mean, self.family.image_std)
+        return self.family.image_transform(self.recipe)
 
     def images(self) -> list[Image.Image]:
         if self._images is None:
@@ -221,16 +264,16 @@ class EvalContext:
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         t = self.transform
-        return torch.stack([t(im) for im in images])
+        return torch.stack([t(im) for im in images]).to(self.device)
 
     def tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.recipe.max_text_length,
                              return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        out = [self.family.encode_images(self.model, self.pixels(images[i : i + self.batch_size])).float()
+        out = [self.family.encode_images(self.model, self.pixels(images[i : i + self.batch_size])).float().cpu()
                for i in range(0, len(images), self.batch_size)]
         return torch.cat(out) if out else torch.empty(0)
 
@@ -245,7 +288,7 @@ class EvalContext:
         out = []
         for i in range(0, len(texts), 2 * self.batch_size):
             ids, mask = self.tokens(texts[i : i + 2 * self.batch_size])
-            out.append(self.family.encode_texts(self.model, ids, mask).float())
+            out.append(self.family.encode_texts(self.model, ids, mask).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
 
     @torch.no_grad()
@@ -271,7 +314,7 @@ class EvalContext:
                 chunk = pairs[k : k + self.batch_size]
                 ids, mask = self.tokens([texts[t] for _, t in chunk])
                 pixels = self.pixels([images[i] for i, _ in chunk])
-                out.append(scorer.score_pairs(self.model, pixels, ids, mask, tokenizer=self.tokenizer).float().view(-1))
+                out.append(scorer.score_pairs(self.model, pixels, ids, mask, tokenizer=self.tokenizer).float().view(-1).cpu())
             return torch.cat(out)
         raise UserError(f"family '{self.family.name}' cannot score image-text pairs")
 

@@ -56,6 +56,15 @@ class TextFeatures(Protocol):
 
 
 @runtime_checkable
+class FusedFeatures(Protocol):
+    """``fused_features``: the fusion encoder's pooled vector (B, D) of each (image i, text i) pair, differentiable,
+    for a head fine-tuned on it (NLVR2 as ViLT and VLMo fine-tune it: two pairs per statement, concatenated)."""
+
+    def fused_features(self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class QuestionAnswerer(Protocol):
     """``vqa_answer``: a trained answer head; the answer to question i about image i."""
 
@@ -71,6 +80,13 @@ class FewShotGenerator(Protocol):
                           query_prompt: str, tokenizer: Any, max_new_tokens: int = 24) -> str: ...
 
 
+@runtime_checkable
+class ObjectDetector(Protocol):
+    """``detection``: per image, boxes (Q, 4; normalised x0, y0, x1, y1), scores (Q,) and class names (Q)."""
+
+    def detect_objects(self, model: nn.Module, pixel_values: torch.Tensor) -> list[dict[str, Any]]: ...
+
+
 # the capabilities a family lists -> the protocol it must implement ("zero_shot_classification" and "pair_scoring"
 # come from retrieval or itm and add no method)
 PROTOCOLS: dict[str, type] = {
@@ -79,8 +95,10 @@ PROTOCOLS: dict[str, type] = {
     "itm": PairScorer,
     "generate": TextGenerator,
     "text_features": TextFeatures,
+    "fused_features": FusedFeatures,
     "vqa_answer": QuestionAnswerer,
     "few_shot": FewShotGenerator,
+    "detection": ObjectDetector,
 }
 
 P = TypeVar("P")

@@ -12,7 +12,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import yaml
@@ -36,13 +36,40 @@ class Recipe(BaseModel):
     grad_clip: float = Field(1.0, ge=0)
     seed: int = 0
     image_size: int = Field(64, ge=8)
+    image_resize: Literal["squash", "shortest-crop"] = Field(
+        "squash", description="how an image becomes image_size x image_size: squash (the whole image) or "
+        "shortest-crop (shortest side to image_size, then the centre: CLIP's and open_clip's); an imported model "
+        "keeps its source's")
+    image_mean: tuple[float, float, float] | None = Field(None, description="pixel normalisation mean (None: the "
+                                                          "family's); an imported model keeps its source's")
+    image_std: tuple[float, float, float] | None = Field(None, description="pixel normalisation std (None: the "
+                                                         "family's); an imported model keeps its source's")
     max_text_length: int = Field(32, ge=4)
     num_workers: int = Field(2, ge=1, description="Ray Train workers")
     threads_per_worker: int = Field(1, ge=1)
     use_gpu: bool = False
-    precision: str = Field("fp32", pattern="^(fp32|bf16)$")
+    precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$", description="fp32; bf16 autocast (CPU or GPU); "
+                           "fp16 autocast with a GradScaler (GPU only: use_gpu)")
+    accum_freq: int = Field(1, ge=1, description="micro-batches of batch_size per optimizer step (effective batch "
+                            "batch_size x accum_freq); a contrastive family's gradient equals the full batch's "
+                            "(GradCache: Family.features / loss_from_features), others sum micro-batch losses / k")
+    local_loss: bool = Field(False, description="contrastive families: each rank's features against the gathered "
+                             "ones only (memory linear in the global batch; same loss and gradient as the global loss)")
+    grad_checkpointing: bool = Field(False, description="activation checkpointing of the transformer layers "
+                                     "(recomputed in the backward pass: less memory, about a third more compute)")
+    lr_scheduler: Literal["cosine", "const", "const-cooldown"] = Field("cosine", description="after warmup_steps of "
+                                                                      "linear warmup: cosine decay to 0, constant, or "
+                                                                      "constant then a linear cooldown")
+    cooldown_steps: int = Field(0, ge=0, description="const-cooldown: the last N steps decay linearly from lr to "
+                                "lr_cooldown_end (open_clip's epochs_cooldown, in steps)")
+    lr_cooldown_end: float = Field(0.0, ge=0, description="const-cooldown: the learning rate the cooldown ends at")
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
+    eval_every: int = Field(0, ge=0, description="every N steps and at the last: the validation loss and the "
+                            "family's headline zero-shot metric as val_* (components/training/validation.py; 0: off)")
+    tracking: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list, description="log parameters, "
+                                                             "metrics and catalog ids to MLflow/TensorBoard "
+                                                             "(components/training/tracking.py)")
     shuffle_buffer: int = Field(512, ge=1)
     loader_workers: int = Field(0, ge=0, description="DataLoader processes decoding images per Ray worker (0: decode "
                                 "in the training process; the batch sequence depends on this number)")
@@ -94,6 +121,14 @@ class Family(ABC):
     objectives: ClassVar[tuple[str, ...]] = ()  # the training objectives, for `vlforge families`
     image_mean: ClassVar[tuple[float, float, float]] = (0.48145466, 0.4578275, 0.40821073)
     image_std: ClassVar[tuple[float, float, float]] = (0.26862954, 0.26130258, 0.27577711)
+
+    def image_transform(self, recipe: Recipe) -> Any:
+        """The ``data.loader.ImageTransform`` every stage feeds this family's model with under ``recipe``: its image
+        size and resize mode, and its mean and std where it names them (an imported model's), else the family's."""
+        from vlforge.components.data.loader import ImageTransform
+
+        return ImageTransform(recipe.image_size, recipe.image_mean or self.image_mean,
+                              recipe.image_std or self.image_std, recipe.image_resize)
 
     # ---- recipes -------------------------------------------------------------------------------------
     def recipe_dir(self) -> Path:
@@ -150,6 +185,21 @@ class Family(ABC):
 
     def after_optimizer_step(self, model: nn.Module, recipe: Recipe) -> None:
         """Hook for constraints applied after each update (e.g. CLIP's logit-scale clamp)."""
+
+    # ---- training at scale (recipe fields accum_freq, local_loss) -----------------------------------------
+    # True where the loss contrasts samples across the batch (summing micro-batch losses would not give the full
+    # batch's gradient); such a family trains with accum_freq > 1 only through features + loss_from_features.
+    batch_coupled_loss: ClassVar[bool] = False
+    supports_local_loss: ClassVar[bool] = False  # its contrastive loss honours recipe.local_loss
+
+    def features(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor] | None:
+        """GradCache's first half: the per-sample features (B, ...) the loss contrasts, or None where the family
+        has no such split. ``loss_from_features`` of the concatenated features must equal ``training_step``."""
+        return None
+
+    def loss_from_features(self, model: nn.Module, features: dict[str, torch.Tensor], recipe: Recipe) -> dict[str, torch.Tensor]:
+        """GradCache's second half: the losses (``training_step``'s keys) from ``features`` of a whole batch."""
+        raise NotImplementedError(f"family '{self.name}' has no feature-level loss")
 
     def save(self, model: nn.Module, out_dir: Path, recipe: Recipe) -> None:
         """A recipe's ``init_from`` (the checkpoint a stage or a fine-tuning run continues from) is kept beside the

@@ -29,7 +29,7 @@ def _lines(path: str | Path, what: str) -> tuple[Path, list[str]]:
 def read_templates(path: str | Path) -> list[str]:
     """Prompt templates, one a line, each with one ``{}`` where the class name goes; blank lines are skipped."""
     path, lines = _lines(path, "templates")
-    templates = []
+    templates, numbers = [], []
     for number, line in enumerate(lines, start=1):
         if not line:
             continue
@@ -42,6 +42,8 @@ def read_templates(path: str | Path) -> list[str]:
         if _SENTINEL not in filled:
             raise UserError(f"{path} line {number}: template {line!r} must have exactly one {{}} and no other braces")
         templates.append(line)
+        numbers.append(number)
+    _no_duplicates(path, list(zip(numbers, templates)), "template")
     return templates
 
 
@@ -52,4 +54,20 @@ def read_classnames(path: str | Path) -> list[str]:
     for number, line in enumerate(lines, start=1):
         if not line:
             raise UserError(f"{path} line {number} is blank: every line up to the last must name a class")
+    _no_duplicates(path, list(enumerate(lines, start=1)), "class name")
     return lines
+
+
+def _no_duplicates(path: Path, numbered: list[tuple[int, str]], what: str) -> None:
+    seen: dict[str, int] = {}
+    for number, item in numbered:
+        if item in seen:
+            raise UserError(f"{path} line {number}: {what} {item!r} repeats line {seen[item]}")
+        seen[item] = number
+
+
+def check_class_count(path: str | Path, names: list[str], count: int, where: str, unit: str = "classes") -> None:
+    """A classnames file must name as many classes as ``where`` (an image folder at ingest, a dataset at eval)
+    has, line i naming class i."""
+    if len(names) != count:
+        raise UserError(f"classnames file '{path}' names {len(names)} classes but {where} has {count} {unit}")

@@ -6,10 +6,10 @@ scores it with the task's own metric (``metrics.glue``).
 
 The folder is one task as the GLUE download script lays it out: ``train.tsv`` and ``dev.tsv`` (MNLI:
 ``dev_matched.tsv``), named by the task (``CoLA``, ``SST-2``, ``MRPC``, ``QQP``, ``MNLI``, ``QNLI``, ``RTE``,
-``WNLI``; STS-B is a regression the probe does not fit). ``train`` is the train split, ``dev`` the validation
-split (GLUE's test labels are hidden). A row becomes a sample whose caption is the sentence, or the two sentences
-joined by `` | `` for a pair task, and whose label is the task's label as written (``0``/``1``,
-``entailment``...)."""
+``WNLI``, and ``STS-B``, the regression task). ``train`` is the train split, ``dev`` the validation split (GLUE's
+test labels are hidden). A row becomes a sample whose caption is the sentence, or the two sentences joined by
+`` | `` for a pair task, and whose label is the task's label as written (``0``/``1``, ``entailment``...; for
+STS-B the 0-5 similarity ``score`` as written, ``3.800``, which the probe reads back as a number)."""
 from __future__ import annotations
 
 import csv
@@ -30,6 +30,7 @@ class TaskLayout:
     label: str | int
     header: bool = True
     dev: str = "dev.tsv"
+    score: bool = False  # a regression: the label is a similarity score in [0, 5] (STS-B)
 
 
 LAYOUTS = {
@@ -41,7 +42,9 @@ LAYOUTS = {
     "qnli": TaskLayout(("question", "sentence"), "label"),
     "rte": TaskLayout(("sentence1", "sentence2"), "label"),
     "wnli": TaskLayout(("sentence1", "sentence2"), "label"),
+    "stsb": TaskLayout(("sentence1", "sentence2"), "score", score=True),
 }
+STS_RANGE = (0.0, 5.0)
 
 
 def _read_tsv(path: Path, layout: TaskLayout) -> list[tuple[str, str]]:
@@ -64,10 +67,23 @@ def _read_tsv(path: Path, layout: TaskLayout) -> list[tuple[str, str]]:
     for n, row in enumerate(rows, start=2 if layout.header else 1):
         if len(row) <= max(where):
             raise UserError(f"glue file '{path}' line {n} has {len(row)} fields, fewer than the task's {max(where) + 1}")
-        out.append((PAIR_SEPARATOR.join(row[i].strip() for i in where[:-1]), row[where[-1]].strip()))
+        label = row[where[-1]].strip()
+        if layout.score:
+            _check_score(path, n, label)
+        out.append((PAIR_SEPARATOR.join(row[i].strip() for i in where[:-1]), label))
     if not out:
         raise UserError(f"glue file '{path}' has no rows")
     return out
+
+
+def _check_score(path: Path, line: int, text: str) -> None:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not STS_RANGE[0] <= value <= STS_RANGE[1]:  # nan fails too
+        raise UserError(f"glue file '{path}' line {line} has score {text!r}, not a number from "
+                        f"{STS_RANGE[0]:g} to {STS_RANGE[1]:g}")
 
 
 def load_glue(folder: Path, task: str | None = None) -> tuple[pa.Table, dict, str]:
@@ -77,7 +93,7 @@ def load_glue(folder: Path, task: str | None = None) -> tuple[pa.Table, dict, st
         raise UserError(f"glue folder '{folder}' does not exist")
     name = (task or folder.name).strip().lower().replace("-", "")
     if name not in LAYOUTS:
-        raise UserError(f"glue task '{name}' is not a classification task the NLU probe fits "
+        raise UserError(f"glue task '{name}' is not a task the NLU probe fits "
                         f"(one of {', '.join(LAYOUTS)})")
     layout = LAYOUTS[name]
     columns: dict[str, list[str]] = {"key": [], "split": [], "caption": [], "label": []}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from vlforge.components.sources.class_prompts import read_classnames, read_templates
+from vlforge.components.sources.class_prompts import check_class_count, read_classnames, read_templates
 from vlforge.components.sources.tables import IMAGE_SUFFIXES, SourceRows, local_image_rows
 
 from vlforge.errors import UserError
@@ -45,9 +45,7 @@ def load_class_folders(root: Path, classnames: Path | None = None, templates: Pa
         parts = [(None, root)]
         folder_names = [p.name for p in top]
     names = read_classnames(classnames) if classnames else [n.replace("_", " ") for n in folder_names]
-    if len(names) != len(folder_names):
-        raise UserError(f"classnames file '{classnames}' names {len(names)} classes but imagefolder '{root}' has "
-                        f"{len(folder_names)} class folders")
+    check_class_count(classnames, names, len(folder_names), f"imagefolder '{root}'", "class folders")
     name_of = dict(zip(folder_names, names))
     images, labels, keys, extras = [], [], [], []
     for split, folder in parts:

@@ -8,7 +8,9 @@ The file is NLVR2's JSON lines, one statement a line: ``{"identifier": "dev-850-
 "True"|"False", ...}``. The identifier is ``split-set-pair-sentence``; the pair's images are
 ``split-set-pair-img0.png`` (left) and ``-img1.png`` (right), found by name anywhere under ``--images`` (default:
 the file's folder; NLVR2's train images sit in numbered subfolders). Splits: ``train``, ``dev`` -> validation,
-``test1`` -> test."""
+``test1`` -> test. The split comes from each identifier, so one file may hold several: ``nlvr2_finetune`` trains on
+the train statements, which it finds beside the evaluated ones when the files are concatenated
+(``cat train.json dev.json > train_dev.json``, ``--images`` the folder above both image folders)."""
 from __future__ import annotations
 
 import hashlib

@@ -12,6 +12,7 @@ from vlforge.components.stages.eval import eval_plan, eval_suite, run_eval
 from vlforge.components.stages.filter import filter_plan, run_filter
 from vlforge.components.stages.imports import ImportResult, run_import
 from vlforge.components.stages.ingest import ResolvedSource, ingest_key, load_source_rows, resolve_source, run_ingest
+from vlforge.components.stages.ingest_retry import RetryPlan, ingest_retry_plan, run_ingest_retry
 from vlforge.components.stages.keys import code_files, code_fingerprint, import_closure, stage_key
 from vlforge.components.stages.plan import (
     TrainPlan,
@@ -33,10 +34,10 @@ from vlforge.components.stages.train import (
 )
 
 __all__ = [
-    "TASK_PROMPT_WORDS", "ImportResult", "Output", "ResolvedSource", "StageResult", "TrainPlan", "TrainStep",
+    "TASK_PROMPT_WORDS", "ImportResult", "Output", "ResolvedSource", "RetryPlan", "StageResult", "TrainPlan", "TrainStep",
     "artifact_refs", "check_teacher", "check_train_stages", "code_files", "code_fingerprint", "continue_overrides",
-    "default_teacher_overrides", "eval_plan", "eval_suite", "filter_plan", "import_closure", "ingest_key",
+    "default_teacher_overrides", "eval_plan", "eval_suite", "filter_plan", "import_closure", "ingest_key", "ingest_retry_plan",
     "load_source_rows", "missing_teachers", "on_cluster", "plan_training", "require_kind", "resolve_artifact_fields",
-    "resolve_source", "run_eval", "run_filter", "run_import", "run_ingest", "run_stage", "run_tokenizer",
+    "resolve_source", "run_eval", "run_filter", "run_import", "run_ingest", "run_ingest_retry", "run_stage", "run_tokenizer",
     "run_train", "stage_key", "task_texts", "teacher_overrides", "tokenizer_key", "train_key",
 ]

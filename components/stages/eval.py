@@ -1,17 +1,23 @@
 """Evaluate: a model + a dataset split -> an eval report (each task's metrics beside an untrained baseline's,
-per-sample rows, plots). The tasks are checked against the family and the data before anything runs.
+per-sample rows, plots). The tasks and the options (``components/evaluation/options.py``: class names, templates,
+baseline, device) are checked against the family and the data before anything runs.
 
-    vlforge run eval --model clip-shapes --data shapes --suite default"""
+    vlforge run eval --model clip-shapes --data shapes --suite default
+    vlforge run eval --model clip-in1k --data in1k --task zero_shot_classification --templates t.txt --device cuda"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlforge.catalog import Artifact, Catalog
 from vlforge.components.models.registry import get_family
 from vlforge.components.stages.base import Output, StageResult, on_cluster, require_kind, run_stage
 from vlforge.components.stages.keys import stage_key
 from vlforge.errors import UserError
+
+if TYPE_CHECKING:
+    from vlforge.components.evaluation.options import EvalOptions
 
 SPLITS = ("train", "validation", "all")  # every dataset's; a benchmark layout may add its own (``test``)
 
@@ -24,9 +30,12 @@ def _check_split(split: str, dataset_dir: Path) -> None:
         raise UserError(f"--split '{split}' is not one of {', '.join(allowed)}")
 
 
-def eval_plan(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog) -> tuple[str, Artifact, Artifact]:
+def eval_plan(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog,
+              options: EvalOptions | None = None) -> tuple[str, Artifact, Artifact]:
     """Check the eval stage's inputs and key it: ``(key, model, dataset)``. The key fingerprints the runner, the
-    modules of the tasks asked for and the model's family."""
+    modules of the tasks asked for and the model's family, and holds the options that change a number (class names,
+    templates, whether the baseline runs), not the device."""
+    from vlforge.components.evaluation.options import EvalOptions, class_renames, resolve_device
     from vlforge.components.evaluation.tasks import check_fit, dataset_offers, get_task
 
     model = require_kind(catalog, model_ref, "model", "--model")
@@ -36,10 +45,23 @@ def eval_plan(model_ref: str, data_ref: str, tasks: list[str], split: str, catal
     if not tasks:
         raise UserError("no evaluation task given")
     check_fit(tasks, family, dataset_offers(catalog.path(dataset.id), split), dataset.name)
+    options = options or EvalOptions()
+    given = [f for f, v in (("--classnames", options.classnames), ("--templates", options.templates)) if v is not None]
+    if given and "zero_shot_classification" not in tasks:
+        raise UserError(f"{' and '.join(given)} apply to task zero_shot_classification, which this eval does not run")
+    resolve_device(options.device)
+    class_renames(options, catalog.path(dataset.id), dataset.name)
     runners = sorted({get_task(t).run.partition(":")[0] for t in tasks})
-    key = stage_key("eval", {"model": model.id, "dataset": dataset.id}, {"tasks": sorted(tasks), "split": split},
-                    [family.name], runners)
+    key = stage_key("eval", {"model": model.id, "dataset": dataset.id}, eval_config(tasks, split, options,
+                    catalog.path(dataset.id)), [family.name], runners)
     return key, model, dataset
+
+
+def eval_config(tasks: list[str], split: str, options: EvalOptions, dataset_dir: Path) -> dict:
+    """The eval's keyed config: its tasks, split and the options that change a number (``EvalOptions.key_config``)."""
+    from vlforge.components.evaluation.options import split_size
+
+    return {"tasks": sorted(tasks), "split": split, **options.key_config(split_size(dataset_dir, split))}
 
 
 def eval_suite(model_ref: str, data_ref: str, suite: str, split: str, catalog: Catalog) -> tuple[list[str], dict[str, str]]:
@@ -56,15 +78,20 @@ def eval_suite(model_ref: str, data_ref: str, suite: str, split: str, catalog: C
 
 
 def run_eval(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog,
-             ray_address: str | None = None) -> StageResult:
-    key, model, dataset = eval_plan(model_ref, data_ref, tasks, split, catalog)
+             ray_address: str | None = None, options: EvalOptions | None = None) -> StageResult:
+    from vlforge.components.evaluation.options import EvalOptions
+
+    options = options or EvalOptions()
+    key, model, dataset = eval_plan(model_ref, data_ref, tasks, split, catalog, options)
 
     def work(folder: Path) -> Output:
         from vlforge.components.evaluation.runner import evaluate
 
+        config = eval_config(tasks, split, options, catalog.path(dataset.id))
         metrics = on_cluster(ray_address, evaluate, catalog.path(model.id), catalog.path(dataset.id), split,
-                             sorted(tasks), folder)
-        return Output("eval", f"{model.name}-eval", folder, {"tasks": sorted(tasks), "split": split},
+                             sorted(tasks), folder, config["baseline"], options)
+        device = json.loads((folder / "report.json").read_text())["device"]
+        return Output("eval", f"{model.name}-eval", folder, config | {"device": device},
                       [model.id, dataset.id], {k: round(v, 6) for k, v in metrics.items()}, model.family)
 
     return run_stage("eval", key, catalog, work)

@@ -5,8 +5,8 @@ The model folder is the family's own form (``save_pretrained`` + ``vlforge_famil
 so training (``init_from``), evaluation and export take it like a trained one.
 
 The config records where it came from (``origin``: path, format, the sha256 of every source file, the keys
-initialised fresh, the keys left out) and the source's image preprocessing; its mean and std must be the family's
-(``convert/hf_processor.py``: vlforge itself always resizes bicubic and whole, the record says how the source did). The cache key is those hashes: importing the same files again finds the same
+initialised fresh, the keys left out) and the source's image preprocessing, whose resize mode, mean and std become
+the model's recipe fields (``convert/hf_processor.py``), so training and evaluation feed it what its source did. The cache key is those hashes: importing the same files again finds the same
 entries. Everything is read and checked before anything is registered; tensors are read only from safetensors or
 ``torch.load(weights_only=True)``.
 
@@ -29,7 +29,7 @@ from vlforge.components.models.convert.hf_checkpoint import HFArchitecture, chec
 from vlforge.components.models.convert.hf_processor import (
     PREPROCESSOR_FILE,
     Preprocessing,
-    check_fits_family,
+    preprocessing_fields,
     preprocessing_from_hf,
 )
 from vlforge.components.models.registry import FAMILY_FILE, Recipe, get_family, special_token_ids
@@ -140,10 +140,10 @@ def _prepare_hf(src: Path, family_name: str, tokenizer_path: Path | None) -> _Pr
         pre = (preprocessing_from_hf(json.loads((src / PREPROCESSOR_FILE).read_text()), f"'{src / PREPROCESSOR_FILE}'")
                if (src / PREPROCESSOR_FILE).is_file() else None)
         if pre is not None:
-            check_fits_family(pre, family_name, f"'{src}'")
             if pre.image_size != recipe_fields["image_size"]:
                 raise UserError(f"'{src / PREPROCESSOR_FILE}' gives {pre.image_size} px images; the model takes "
                                 f"{recipe_fields['image_size']} px")
+            recipe_fields = {**recipe_fields, **preprocessing_fields(pre, family_name, f"'{src}'")}
     recipe = _recipe(family_name, recipe_fields, f"'{src}'")
     tok_path = tokenizer_path or src
     max_length = recipe_fields.get("max_text_length")
@@ -203,9 +203,9 @@ def _prepare_open_clip(src: Path, config_file: Path | None, tokenizer_path: Path
     pre = Preprocessing(int(size[0] if isinstance(size, (list, tuple)) else size),
                         tuple(preprocess_cfg.get("mean", clip.image_mean)), tuple(preprocess_cfg.get("std", clip.image_std)),
                         str(preprocess_cfg.get("interpolation", "bicubic")), OPEN_CLIP_RESIZE.get(resize, resize))
-    check_fits_family(pre, "clip", f"'{src}'")
     if pre.image_size != recipe_fields["image_size"]:
         raise UserError(f"'{src}': preprocess size {pre.image_size} px; the model takes {recipe_fields['image_size']} px")
+    recipe_fields = {**recipe_fields, **preprocessing_fields(pre, "clip", f"'{src}'")}
     _check_tokenizer(tokenizer, int(recipe_fields["vocab_size"]), config.text_config.eos_token_id, f"'{src}'", str(tok_path))
     sources = [src] + ([config_file] if config_file is not None and not src.is_dir() else [])
     origin = {"path": str(src.resolve()), "format": "open_clip", "files": source_hashes(sources),

@@ -141,6 +141,18 @@ def ingest_config(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardCon
     return {"source": cfg.model_dump(), "crawl": crawl_cfg.model_dump(), "shard": shard_cfg.model_dump()}
 
 
+def dataset_metrics(manifest: dict) -> dict[str, Any]:
+    """A crawled dataset's catalog metrics, from its manifest."""
+    return {
+        "samples": manifest["samples"],
+        **{f"{s}_samples": v["samples"] for s, v in manifest["splits"].items()},  # train, validation[, test]
+        "attempted": manifest["attempted"],
+        "failed": manifest["attempted"] - manifest["samples"],
+        "shards": len(manifest["shards"]),
+        **({"captions": manifest["captions"]} if "captions" in manifest else {}),
+    }
+
+
 def ingest_key(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig) -> tuple[str, ResolvedSource]:
     src = resolve_source(cfg)
     config = {**ingest_config(cfg, crawl_cfg, shard_cfg), "fingerprint": src.fingerprint}
@@ -169,15 +181,9 @@ def run_ingest(cfg: SourceConfig, crawl_cfg: CrawlConfig, shard_cfg: ShardConfig
         if manifest["samples"] == 0:
             raise UserError(f"source '{cfg.spec}' yielded no decodable images")
         write_dataset_card(sharder.out_dir, src.name, f"{src.describe.get('spec')} ({src.kind})", manifest)
-        metrics = {
-            "samples": manifest["samples"],
-            **{f"{s}_samples": v["samples"] for s, v in manifest["splits"].items()},  # train, validation[, test]
-            "attempted": manifest["attempted"],
-            "failed": manifest["attempted"] - manifest["samples"],
-            "shards": len(manifest["shards"]),
-            **({"captions": manifest["captions"]} if "captions" in manifest else {}),
-        }
-        return Output("dataset", src.name, sharder.out_dir, ingest_config(cfg, crawl_cfg, shard_cfg), metrics=metrics)
+        # the source's fingerprint lets `--retry-failures` tell an unchanged URL list from an edited one
+        return Output("dataset", src.name, sharder.out_dir, {**ingest_config(cfg, crawl_cfg, shard_cfg), "fingerprint": src.fingerprint},
+                      metrics=dataset_metrics(manifest))
 
     def _text_dataset(folder: Path) -> Output:
         rows = load_source_rows(cfg, src.kind, cfg.spec.strip())

@@ -86,6 +86,15 @@ def train_key(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
     dataset = require_kind(catalog, data_ref, "dataset", "--data")
     tokenizer = require_kind(catalog, tokenizer_ref, "tokenizer", "--tokenizer")
     family.preflight(recipe, load_tokenizer(catalog.path(tokenizer.id)))
+    from vlforge.components.training.loop import check_scale_fields
+    from vlforge.components.training.tracking import check_tracking
+    from vlforge.components.training.validation import check_validation
+
+    manifest = catalog.path(dataset.id) / "manifest.json"
+    splits = json.loads(manifest.read_text()).get("splits", {}) if manifest.is_file() else {}
+    check_scale_fields(family, recipe, splits.get("train", {}).get("samples"))
+    check_tracking(recipe.tracking)
+    check_validation(recipe, catalog.path(dataset.id), dataset.name)
     config = {"family": family.name, "recipe": recipe_name, "values": recipe.model_dump(mode="json")}
     loaded = [art.family for art in refs.values() if art.kind == "model" and art.family]
     key = stage_key("train", {"dataset": dataset.id, "tokenizer": tokenizer.id}, config, [family.name, *loaded])
@@ -100,6 +109,7 @@ def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
     key, dataset, tokenizer, recipe = train_key(family_name, recipe_name, overrides, data_ref, tokenizer_ref, catalog)
     family = get_family(family_name)
     refs = artifact_refs(family, family.recipe(recipe_name, overrides), catalog)
+    run_name = f"run-{key[:16]}"  # Ray Train's run, and the tracking run (one per cache key, kept over resumes)
 
     def work(folder: Path) -> Output:
         from vlforge.components.plots import plot_training_log  # matplotlib and Ray: only when there is work to do
@@ -107,7 +117,7 @@ def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
 
         out = folder / "model"
         summary = train(family_name=family_name, recipe=recipe, dataset_dir=catalog.path(dataset.id),
-                        tokenizer_dir=catalog.path(tokenizer.id), run_dir=folder / "ray" / f"run-{key[:16]}",
+                        tokenizer_dir=catalog.path(tokenizer.id), run_dir=folder / "ray" / run_name,
                         out_dir=out, ray_address=ray_address, storage=ray_storage)
         history = [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines() if line]
         plot_training_log(history, out / "loss.png", f"{family_name} / {recipe_name} on {dataset.name}")
@@ -117,4 +127,12 @@ def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
         return Output("model", f"{family_name}-{dataset.name}", out, config,
                       [dataset.id, tokenizer.id, *(art.id for art in refs.values())], metrics, family_name)
 
-    return run_stage("train", key, catalog, work, resume=True)
+    result = run_stage("train", key, catalog, work, resume=True)
+    if recipe.tracking and not result.cached:
+        from vlforge.components.training.tracking import Tracker
+
+        tracker = Tracker(recipe.tracking, run_name)  # the run the training loop logged into
+        tracker.log_catalog_ids({"model": result.artifact.id, "dataset": dataset.id, "tokenizer": tokenizer.id,
+                                 **{field: art.id for field, art in refs.items()}})
+        tracker.close()
+    return result

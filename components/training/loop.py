@@ -8,7 +8,9 @@ run the family's objective under optional bf16 autocast, log every ``log_every``
 row to the driver's progress bar: ``progress.py``), and every ``checkpoint_every`` steps (and at the last) report
 to Ray Train a checkpoint: the model's ``save_pretrained`` directory, the tokenizer, the optimiser/scheduler state
 and the training log. A run restarted with the same ``run_dir`` resumes from its last checkpoint and ends with the
-same weights an uninterrupted run would have (CPU, same seed)."""
+same weights an uninterrupted run would have (CPU, same seed). With ``eval_every`` rank 0 adds the validation
+metrics (``validation.py``) to the log rows of those steps; with ``tracking`` it logs the recipe and every log row
+to MLflow/TensorBoard (``tracking.py``)."""
 from __future__ import annotations
 
 import json
@@ -20,11 +22,11 @@ from typing import Any
 
 import torch
 from vlforge.components.data.loader import (
-    ImageTransform,
     split_shards,
     training_loader,
 )
 from vlforge.components.models.registry import (
+    Family,
     ImageTextBatch,
     Recipe,
     apply_freeze,
@@ -32,8 +34,13 @@ from vlforge.components.models.registry import (
     get_family,
     special_token_ids,
 )
+from vlforge.components.models.common.checkpointing import enable_grad_checkpointing
 from vlforge.components.tokenizer import copy_tokenizer, load_tokenizer
+from vlforge.components.training.accumulation import accumulate_gradients
 from vlforge.components.training.progress import TrainingProgress, publish
+from vlforge.components.training.tracking import Tracker
+from vlforge.components.training.validation import Validator
+from vlforge.errors import UserError
 
 TRAIN_STATE = "train_state.pt"
 TRAIN_LOG = "train_log.jsonl"
@@ -58,13 +65,45 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe, device: torch.device)
 
 
 def _lr_lambda(recipe: Recipe):
+    """The learning rate of each step as a factor of ``recipe.lr`` (open_clip's schedules): linear warmup over
+    ``warmup_steps``, then ``cosine`` decay to 0 at ``steps``, ``const``, or ``const-cooldown``: constant, then
+    over the last ``cooldown_steps`` linear from lr to ``lr_cooldown_end``."""
     def f(step: int) -> float:
         if step < recipe.warmup_steps:
             return (step + 1) / max(1, recipe.warmup_steps)
+        if recipe.lr_scheduler == "const":
+            return 1.0
+        if recipe.lr_scheduler == "const-cooldown":
+            start = recipe.steps - recipe.cooldown_steps
+            if step < start:
+                return 1.0
+            progress = min(1.0, (step - start) / max(1, recipe.cooldown_steps))
+            return 1.0 + progress * (recipe.lr_cooldown_end / recipe.lr - 1.0)
         progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def check_scale_fields(family: Family, recipe: Recipe, train_samples: int | None) -> None:
+    """Plan-time checks of the training-at-scale fields (precision, accum_freq, local_loss, the lr schedule):
+    one-line UserErrors before anything runs or is registered."""
+    if recipe.precision == "fp16" and not (recipe.use_gpu and torch.cuda.is_available()):
+        raise UserError("recipe field 'precision': fp16 needs a GPU (use_gpu: true on a machine with CUDA); "
+                        "use bf16 or fp32 on CPU")
+    if recipe.local_loss and not family.supports_local_loss:
+        raise UserError(f"recipe field 'local_loss': family '{family.name}' has no gathered contrastive loss")
+    if recipe.accum_freq > 1:
+        if family.batch_coupled_loss and type(family).features is Family.features:
+            raise UserError(f"recipe field 'accum_freq': family '{family.name}' contrasts samples across the batch "
+                            "and has no feature cache (GradCache); accum_freq must be 1")
+        step_samples = recipe.batch_size * recipe.accum_freq
+        if train_samples is not None and step_samples > train_samples:
+            raise UserError(f"recipe field 'accum_freq': batch_size x accum_freq = {step_samples} samples per step, "
+                            f"more than the {train_samples} of the training split (samples would repeat in a step)")
+    if recipe.lr_scheduler == "const-cooldown" and not 0 < recipe.cooldown_steps <= recipe.steps - recipe.warmup_steps:
+        raise UserError(f"recipe field 'cooldown_steps': const-cooldown needs 1 to steps - warmup_steps = "
+                        f"{recipe.steps - recipe.warmup_steps} cooldown steps (got {recipe.cooldown_steps})")
 
 
 def word_id_tensor(enc: Any, n: int) -> torch.Tensor:
@@ -85,7 +124,25 @@ def _worker_nodes(world: int) -> list[str]:
 
 
 def train_worker(cfg: dict[str, Any]) -> None:
-    """Runs inside each Ray Train worker."""
+    """Runs inside each Ray Train worker. Rank 0 tracks the run (``tracking.py``: the recipe as parameters, every log
+    row as metrics) and closes it FAILED if training raises; on the other ranks the tracker does nothing."""
+    import ray.train
+
+    tracking = cfg.get("tracking") or {}
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    tracker = Tracker(cfg["recipe"].get("tracking", []) if rank0 else [], tracking.get("run_name", "run"),
+                      uri=tracking.get("mlflow_uri"),
+                      log_dir=Path(tracking["tensorboard_dir"]) if tracking.get("tensorboard_dir") else None)
+    try:
+        tracker.log_params({"family": cfg["family"], **cfg["recipe"]})
+        _train_worker(cfg, tracker)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close()
+
+
+def _train_worker(cfg: dict[str, Any], tracker: Tracker) -> None:
     import ray.train
     import ray.train.torch
 
@@ -98,6 +155,8 @@ def train_worker(cfg: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(cfg["tokenizer_dir"])
     model = family.build_model(recipe, len(tokenizer), special_token_ids(tokenizer))
     param_counts = apply_freeze(family, model, recipe)
+    if recipe.grad_checkpointing:
+        enable_grad_checkpointing(model)
     nodes = _worker_nodes(world)
     start_step, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -118,22 +177,29 @@ def train_worker(cfg: dict[str, Any]) -> None:
         scheduler.load_state_dict(opt_state["scheduler"])
 
     per_worker = max(1, recipe.batch_size // world)
-    transform = ImageTransform(recipe.image_size, family.image_mean, family.image_std)
+    transform = family.image_transform(recipe)
+    validator = Validator(family, recipe, tokenizer, Path(cfg["dataset_dir"]), device, per_worker) \
+        if rank == 0 and recipe.eval_every > 0 else None
     # deterministic resume: the loader skips, undecoded, the samples of the steps already taken
     batches = iter(training_loader([Path(p) for p in cfg["train_shards"]], rank=rank, world=world, seed=recipe.seed,
                                    shuffle_buffer=recipe.shuffle_buffer, transform=transform, batch_size=per_worker,
-                                   num_workers=recipe.loader_workers, start_step=start_step))
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+                                   num_workers=recipe.loader_workers, start_step=start_step * recipe.accum_freq))
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
+    autocast = torch.autocast(device_type=device.type, dtype=half or torch.float32, enabled=half is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.precision == "fp16")
+    if opt_state is not None and "scaler" in opt_state:
+        scaler.load_state_dict(opt_state["scaler"])
 
     skipped_images = history[-1].get("skipped_images", 0) if history else 0
     model.train()
     window_start, window_samples = time.perf_counter(), 0
-    for step in range(start_step, recipe.steps):
+    def micro_batch(step: int) -> ImageTextBatch:
+        nonlocal skipped_images
         decoded = next(batches)
         skipped_images += decoded.skipped
         captions = decoded.captions
         enc = tokenizer(captions, padding="max_length", truncation=True, max_length=recipe.max_text_length, return_tensors="pt")
-        batch = ImageTextBatch(
+        return ImageTextBatch(
             pixel_values=decoded.pixel_values.to(device),
             input_ids=enc["input_ids"].to(device),
             attention_mask=enc["attention_mask"].to(device),
@@ -145,25 +211,38 @@ def train_worker(cfg: dict[str, Any]) -> None:
             tokenizer=tokenizer,
             max_text_length=recipe.max_text_length,
         )
-        with autocast:
-            losses = family.training_step(model, batch, recipe)
+
+    for step in range(start_step, recipe.steps):
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        if recipe.accum_freq == 1:
+            with autocast:
+                losses = family.training_step(model, micro_batch(step), recipe)
+            scaler.scale(losses["loss"]).backward()
+        else:
+            losses = accumulate_gradients(family, model, [micro_batch(step) for _ in range(recipe.accum_freq)], recipe,
+                                          autocast, lambda loss: scaler.scale(loss).backward())
         if recipe.grad_clip > 0:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         family.after_optimizer_step(model, recipe)
-        window_samples += per_worker * world
+        window_samples += per_worker * world * recipe.accum_freq
         done = step + 1
-        if done % recipe.log_every == 0 or done == recipe.steps or done % recipe.checkpoint_every == 0:
+        evaluate = recipe.eval_every > 0 and (done % recipe.eval_every == 0 or done == recipe.steps)
+        if done % recipe.log_every == 0 or done == recipe.steps or done % recipe.checkpoint_every == 0 or evaluate:
             elapsed = time.perf_counter() - window_start
             row = {"step": done, "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
                    **param_counts, "worker_nodes": nodes, "skipped_images": skipped_images}
             row.update({k: float(v.detach().float()) for k, v in losses.items()})
+            if validator is not None and evaluate:
+                # after the window's elapsed time and before its reset: validation counts in no throughput
+                row.update(validator(unwrap(model), done))
             history.append(row)
             if rank == 0:
                 publish(cfg.get("progress_queue"), row)
+                tracker.log_metrics(done, row)
             window_start, window_samples = time.perf_counter(), 0
             if done % recipe.checkpoint_every == 0 or done == recipe.steps:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -172,7 +251,8 @@ def train_worker(cfg: dict[str, Any]) -> None:
                         core = unwrap(model)
                         family.save(core, ckpt_dir, recipe)
                         copy_tokenizer(Path(cfg["tokenizer_dir"]), ckpt_dir)
-                        torch.save({"step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, ckpt_dir / TRAIN_STATE)
+                        torch.save({"step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                    "scaler": scaler.state_dict()}, ckpt_dir / TRAIN_STATE)
                         (ckpt_dir / TRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in history))
                         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))
                     else:
@@ -201,6 +281,7 @@ def train(
     from ray.train.torch import TorchConfig, TorchTrainer
     from vlforge.components.training.checkpoint_storage import copy_checkpoint, resolve_run_storage
     from vlforge.components.training.ray_runtime import ensure_ray, train_logging_config
+    from vlforge.components.training.tracking import mlflow_uri, tensorboard_dir
 
     run_storage = resolve_run_storage(storage, run_dir)
     ensure_ray(ray_address)
@@ -214,6 +295,10 @@ def train(
                 "recipe": recipe.model_dump(mode="json"),
                 "train_shards": shards,
                 "tokenizer_dir": str(tokenizer_dir),
+                "dataset_dir": str(dataset_dir),
+                # resolved here: a worker's environment and working folder may differ from the driver's
+                "tracking": {"run_name": run_dir.name, "mlflow_uri": mlflow_uri(),
+                             "tensorboard_dir": str(tensorboard_dir(run_dir.name))},
                 "progress_queue": progress.queue,
             },
             torch_config=TorchConfig(backend="nccl" if recipe.use_gpu else "gloo"),

@@ -13,8 +13,7 @@ from PIL import Image
 from tiny_checkpoints import CAPTIONS, open_clip_image_features, open_clip_text_features, tiny_tokenizer
 from vlforge.catalog import Artifact, Catalog
 from vlforge.catalog.export import export
-from vlforge.components.data.loader import ImageTransform
-from vlforge.components.models.registry import get_family, special_token_ids
+from vlforge.components.models.registry import get_family, read_family_file, special_token_ids
 from vlforge.components.stages.imports import run_import
 from vlforge.components.tokenizer import copy_tokenizer, load_tokenizer
 from vlforge.errors import UserError
@@ -28,14 +27,15 @@ def catalog(home: Path) -> Catalog:
 
 
 @pytest.fixture
-def clip_model(catalog: Catalog, tmp_path: Path) -> Artifact:
-    """A clip model as the train stage writes it (family.save + the tokenizer's files), 40 px images."""
+def clip_model(catalog: Catalog, tmp_path: Path, request: pytest.FixtureRequest) -> Artifact:
+    """A clip model as the train stage writes it (family.save + the tokenizer's files), 40 px images; an indirect
+    parameter adds recipe values."""
     tok_dir = tiny_tokenizer(tmp_path / "tok", max_length=32)
     tok = load_tokenizer(tok_dir)
     family = get_family("clip")
     recipe = family.recipe("tiny", {"image_size": 40, "patch_size": 8, "max_text_length": 16, "embed_dim": 16,
                                     "vision_width": 32, "vision_layers": 1, "vision_heads": 2, "text_width": 32,
-                                    "text_layers": 1, "text_heads": 2})
+                                    "text_layers": 1, "text_heads": 2, **getattr(request, "param", {})})
     torch.manual_seed(0)
     folder = tmp_path / "model"
     family.save(family.build_model(recipe, len(tok), special_token_ids(tok)), folder, recipe)
@@ -49,14 +49,16 @@ def _images() -> list[Image.Image]:
     return [Image.fromarray(rng.randint(0, 256, shape, dtype=np.uint8)) for shape in ((40, 40, 3), (50, 80, 3), (97, 31, 3))]
 
 
+@pytest.mark.parametrize("clip_model", [{}, {"image_resize": "shortest-crop", "image_mean": (0.5, 0.25, 0.75)}],
+                         indirect=True, ids=["squash", "shortest-crop"])
 def test_hf_export_preprocesses_and_tokenizes_as_vlforge(catalog: Catalog, clip_model: Artifact, tmp_path: Path) -> None:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPProcessor
 
     out = export(catalog, clip_model.id, tmp_path / "export")
     processor = CLIPProcessor.from_pretrained(out)
     assert type(AutoImageProcessor.from_pretrained(out)) is type(processor.image_processor)
-    family = get_family("clip")
-    ours = torch.stack([ImageTransform(40, family.image_mean, family.image_std)(im) for im in _images()])
+    family, recipe = read_family_file(catalog.path(clip_model.id))
+    ours = torch.stack([family.image_transform(recipe)(im) for im in _images()])
     theirs = torch.cat([processor(images=im, return_tensors="pt")["pixel_values"] for im in _images()])
     assert theirs.shape == ours.shape and (theirs - ours).abs().max() < 1e-5
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
-from vlforge.components.losses import gather_with_grad, info_nce
+from vlforge.components.losses import gathered_info_nce, info_nce
 from vlforge.components.models.clip.hf_text import MODEL_TYPE as HF_TEXT_MODEL_TYPE
 from vlforge.components.models.clip.hf_text import (
     HFTextCLIPModel,
@@ -131,16 +131,21 @@ class ClipFamily(Family):
         else:
             check_vocab_size(tokenizer, recipe.vocab_size)
 
+    batch_coupled_loss = True
+    supports_local_loss = True
+
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
-        assert isinstance(recipe, ClipRecipe)
-        core = _unwrap(model)
+        return self.loss_from_features(model, self.features(model, batch, recipe), recipe)
+
+    def features(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values)
-        img = F.normalize(out.image_embeds, dim=-1)
-        txt = F.normalize(out.text_embeds, dim=-1)
-        if recipe.gather_features:
-            img, txt = gather_with_grad(img), gather_with_grad(txt)
-        scale = core.logit_scale.exp()
-        loss = info_nce(img, txt, scale)
+        return {"image": F.normalize(out.image_embeds, dim=-1), "text": F.normalize(out.text_embeds, dim=-1)}
+
+    def loss_from_features(self, model: nn.Module, features: dict[str, torch.Tensor], recipe: Recipe) -> dict[str, torch.Tensor]:
+        assert isinstance(recipe, ClipRecipe)
+        img, txt = features["image"], features["text"]
+        scale = _unwrap(model).logit_scale.exp()
+        loss = gathered_info_nce(img, txt, scale, recipe.local_loss) if recipe.gather_features else info_nce(img, txt, scale)
         return {"loss": loss, "contrastive": loss.detach(), "logit_scale": scale.detach()}
 
     def after_optimizer_step(self, model: nn.Module, recipe: Recipe) -> None:

@@ -2,7 +2,8 @@
 and the family recipe that describes such a checkpoint's shape.
 
 The families named here build their model as a plain ``transformers`` class (``clip``: ``CLIPModel``;
-``text-mlm``: ``BertForMaskedLM``; ``text-lm``: ``GPT2LMHeadModel``; ``text-bart``: ``BartForConditionalGeneration``),
+``text-mlm``: ``BertForMaskedLM``; ``text-lm``: ``GPT2LMHeadModel``; ``text-bart``: ``BartForConditionalGeneration``;
+``text-t5``: ``T5ForConditionalGeneration``),
 or around one (``image-teacher``: ``ViTModel`` + a head), so a checkpoint of that class, written by anyone, is a
 model of the family once a ``vlforge_family.json`` says so.
 The recipe read from its config is what evaluation rebuilds for the untrained baseline and what a run continuing
@@ -61,6 +62,18 @@ def _bart_recipe(cfg: dict[str, Any], where: str) -> dict[str, Any]:
             "dropout": cfg.get("dropout", 0.1), "attention_dropout": cfg.get("attention_dropout", 0.0)}
 
 
+def _t5_recipe(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    return {"d_model": cfg["d_model"], "d_kv": cfg["d_kv"], "d_ff": cfg["d_ff"], "num_layers": cfg["num_layers"],
+            "num_decoder_layers": cfg.get("num_decoder_layers") or cfg["num_layers"], "num_heads": cfg["num_heads"],
+            "relative_attention_num_buckets": cfg.get("relative_attention_num_buckets", 32),
+            "feed_forward_proj": cfg.get("feed_forward_proj", "relu"),
+            # T5 v1.1: transformers 5 writes scale_decoder_outputs false (its tie_word_embeddings is always true),
+            # configs from transformers 4 say tie_word_embeddings false
+            "tie_word_embeddings": cfg.get("scale_decoder_outputs", cfg.get("tie_word_embeddings", True)),
+            "vocab_size": cfg["vocab_size"],
+            "dropout": cfg.get("dropout_rate", 0.1)}
+
+
 def _vit_recipe(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     return {"hidden_size": cfg["hidden_size"], "num_layers": cfg["num_hidden_layers"],
             "num_heads": cfg["num_attention_heads"], "mlp_ratio": _ratio(cfg["hidden_size"], cfg["intermediate_size"], where),
@@ -113,6 +126,7 @@ HF_ARCHITECTURES: dict[str, HFArchitecture] = {
                                dropped_heads=("pooler.",)),
     "text-lm": HFArchitecture("gpt2", _from_pretrained("GPT2LMHeadModel"), _gpt2_recipe),
     "text-bart": HFArchitecture("bart", _from_pretrained("BartForConditionalGeneration"), _bart_recipe),
+    "text-t5": HFArchitecture("t5", _from_pretrained("T5ForConditionalGeneration"), _t5_recipe),
     "image-teacher": HFArchitecture("vit", _load_vit_teacher, _vit_recipe, images=True,
                                     fresh_heads=("mim_head.", "vit.embeddings.mask_token"),
                                     dropped_heads=("pooler.", "vit.pooler.", "classifier.")),

@@ -1,12 +1,14 @@
 """A vlforge model's image preprocessing, and the same preprocessing as a transformers ``CLIPImageProcessor``
 config (``preprocessor_config.json``).
 
-vlforge preprocesses every image one way (``components/data/loader.py`` ``ImageTransform``): RGB, a bicubic
-resize of the whole image to ``image_size`` x ``image_size`` (no crop, no aspect ratio kept: vlforge's shards hold
-square images), then ``(x / 255 - mean) / std`` with the family's mean and std. ``CLIPImageProcessor`` does the
-same with ``size={"height": s, "width": s}``, ``do_center_crop=False`` and ``resample=BICUBIC``; a checkpoint's
-own preprocessing (a transformers ``preprocessor_config.json``, open_clip's ``preprocess_cfg``) is read back into
-a ``Preprocessing`` on import."""
+vlforge preprocesses images as ``components/data/loader.py`` ``ImageTransform`` does, under the model's recipe
+(``Family.image_transform``): RGB, a bicubic resize to ``image_size`` (``image_resize``: ``squash``, the whole image,
+or ``shortest-crop``, the shortest side then the centre), then ``(x / 255 - mean) / std`` with the recipe's
+``image_mean`` / ``image_std`` or else the family's. ``CLIPImageProcessor`` does the same with ``resample=BICUBIC``
+and, for ``squash``, ``size={"height": s, "width": s}``, ``do_center_crop=False``; for ``shortest-crop``,
+``size={"shortest_edge": s}``, ``do_center_crop=True``. A checkpoint's own preprocessing (a transformers
+``preprocessor_config.json``, open_clip's ``preprocess_cfg``) is read back into a ``Preprocessing`` on import and
+becomes the imported model's recipe fields (``preprocessing_fields``), so vlforge feeds it what its source did."""
 from __future__ import annotations
 
 import json
@@ -40,14 +42,15 @@ class Preprocessing:
 
 
 def model_preprocessing(model_dir: Path) -> Preprocessing:
-    """The preprocessing vlforge applies for the checkpoint in ``model_dir``: the recipe's image size and the
-    family's mean and std (what training and evaluation build ``ImageTransform`` from)."""
+    """The preprocessing vlforge applies for the checkpoint in ``model_dir``: its recipe's image size, resize mode,
+    mean and std (the family's where the recipe names none), what ``Family.image_transform`` builds."""
     path = Path(model_dir) / FAMILY_FILE
     if not path.is_file():
         raise UserError(f"'{model_dir}' is not a vlforge model (no {FAMILY_FILE})")
     meta = json.loads(path.read_text())
-    family = get_family(meta["family"])
-    return Preprocessing(int(meta["recipe"].get("image_size", 224)), tuple(family.image_mean), tuple(family.image_std))
+    family, recipe = get_family(meta["family"]), meta["recipe"]
+    return Preprocessing(int(recipe.get("image_size", 224)), tuple(recipe.get("image_mean") or family.image_mean),
+                         tuple(recipe.get("image_std") or family.image_std), resize=recipe.get("image_resize", "squash"))
 
 
 def takes_images(family_name: str) -> bool:
@@ -56,12 +59,13 @@ def takes_images(family_name: str) -> bool:
 
 
 def image_processor_config(pre: Preprocessing) -> dict[str, Any]:
-    """A ``CLIPImageProcessor`` config that gives exactly vlforge's pixels for ``pre`` (a ``squash`` resize)."""
+    """A ``CLIPImageProcessor`` config that gives exactly vlforge's pixels for ``pre``."""
     square = {"height": pre.image_size, "width": pre.image_size}
+    crop = pre.resize == "shortest-crop"
     return {"image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",
-            "do_convert_rgb": True, "do_resize": True, "size": square, "resample": PIL_BICUBIC,
-            "do_center_crop": False, "crop_size": square, "do_rescale": True, "rescale_factor": 1 / 255,
-            "do_normalize": True, "image_mean": list(pre.mean), "image_std": list(pre.std)}
+            "do_convert_rgb": True, "do_resize": True, "size": {"shortest_edge": pre.image_size} if crop else square,
+            "resample": PIL_BICUBIC, "do_center_crop": crop, "crop_size": square, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(pre.mean), "image_std": list(pre.std)}
 
 
 def preprocessing_from_hf(config: dict[str, Any], where: str) -> Preprocessing:
@@ -90,13 +94,15 @@ def _triple(value: Any, where: str, what: str) -> tuple[float, float, float]:
     return tuple(float(v) for v in value)  # type: ignore[return-value]
 
 
-def check_fits_family(pre: Preprocessing, family_name: str, where: str) -> None:
-    """UserError unless vlforge normalises images for ``family_name`` as the source did: a model fed pixels on
-    another scale scores wrongly without any error. The resize (interpolation, crop) is not checked: vlforge always
-    resizes bicubic and whole (``squash``), which changes pixels only by resampling; the import records the
-    source's way beside it."""
+def preprocessing_fields(pre: Preprocessing, family_name: str, where: str) -> dict[str, Any]:
+    """The recipe fields that make vlforge preprocess as the source did: its resize mode, and its mean and std
+    where they are not the family's. UserError for a resize vlforge does not do (open_clip's ``longest-pad``). The
+    interpolation is recorded only: vlforge resizes bicubic, which changes pixels by resampling alone."""
+    if pre.resize not in ("squash", "shortest-crop"):
+        raise UserError(f"{where} resizes images by '{pre.resize}'; vlforge takes squash or shortest-crop")
     family = get_family(family_name)
-    ours = (tuple(family.image_mean), tuple(family.image_std))
-    if any(abs(a - b) > 1e-6 for x, y in zip(ours, (pre.mean, pre.std)) for a, b in zip(x, y)):
-        raise UserError(f"{where} normalises images with mean {list(pre.mean)} std {list(pre.std)}; the '{family_name}' "
-                        f"family uses mean {list(ours[0])} std {list(ours[1])}")
+    fields: dict[str, Any] = {"image_resize": pre.resize}
+    for name, ours, theirs in (("image_mean", family.image_mean, pre.mean), ("image_std", family.image_std, pre.std)):
+        if any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs)):
+            fields[name] = tuple(theirs)
+    return fields

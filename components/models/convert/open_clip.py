@@ -259,7 +259,7 @@ def read_open_clip(src: Path, config_file: Path | None) -> tuple[dict[str, Any],
 
 def write_open_clip(model_dir: Path, out_dir: Path, preprocess: Any) -> None:
     """Write a ``CLIPModel`` directory's weights as open_clip's hub export into ``out_dir``; ``preprocess`` is the
-    model's ``Preprocessing`` (vlforge resizes the whole image: ``resize_mode: squash``)."""
+    model's ``Preprocessing`` (its resize as open_clip's ``resize_mode``: squash, or shortest for shortest-crop)."""
     from safetensors.torch import load_file, save_file
 
     config = json.loads((Path(model_dir) / "config.json").read_text())
@@ -272,7 +272,8 @@ def write_open_clip(model_dir: Path, out_dir: Path, preprocess: Any) -> None:
     converted = hf_to_open_clip_state(state, model_cfg["vision_cfg"]["layers"], model_cfg["text_cfg"]["layers"], str(model_dir))
     save_file({k: v.contiguous() for k, v in converted.items()}, str(Path(out_dir) / OPEN_CLIP_WEIGHTS))
     preprocess_cfg = {"size": preprocess.image_size, "mean": list(preprocess.mean), "std": list(preprocess.std),
-                      "interpolation": preprocess.interpolation, "resize_mode": "squash"}
+                      "interpolation": preprocess.interpolation,
+                      "resize_mode": "shortest" if preprocess.resize == "shortest-crop" else "squash"}
     (Path(out_dir) / OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
                                                              indent=2, sort_keys=True) + "\n")
 

@@ -31,9 +31,17 @@ Data without facts (e.g. emoji captions): no rewrites and no VQA; a text is a po
 of an image whose caption is the identical string); the other in-batch texts are the negatives. Rewriting
 "honestly" without facts would need a paraphraser we do not have, so none is attempted.
 
-Not implemented: initialisation from RoBERTa (the hub is offline: every model starts from scratch), the detector
-features, back-translation, UNIMO's text-only corpora (text-only data is the dropped-image captions), and the
-paper's downstream fine-tuning.
+Initialisation (``text_init``): UNIMO starts its transformer from RoBERTa. ``text_init`` names a ``text-mlm`` model
+(``catalog:REF`` of an imported BERT-style checkpoint, ``vlforge import model DIR --family text-mlm``, or of a
+trained one; it becomes a parent in the lineage) whose word, position and token-type embeddings, embedding
+LayerNorm, every encoder layer and the MLM transform and bias go into UNIMO's text embeddings, encoder and LM head
+(the LM decoder stays tied to the word embeddings); the image embeddings, pixel head and temperature start fresh.
+Its width, depth, heads and MLP must be the recipe's, its vocabulary the run's tokenizer's (train with the
+imported model's tokenizer), and it needs at least the recipe's text positions (the first ones are copied); any
+mismatch is a one-line error naming both sides. Empty (the default), everything starts at random.
+
+Not implemented: the detector features, back-translation, UNIMO's text-only corpora (text-only data is the
+dropped-image captions), and the paper's downstream fine-tuning.
 
 Data parallelism (``gather_features``, on by default, as CLIP and VLMo): CMCL contrasts every worker's images and
 texts against the global batch. The features are gathered with their gradients (``losses.gather_ragged_with_grad``:
@@ -103,6 +111,9 @@ class UnimoRecipe(MaskedLMRecipe, VocabRecipe, PatchRecipe, TransformerRecipe):
                                   "data-parallel workers, with their texts and facts so the positives stay exact")
     logit_scale_init: float = math.log(1 / 0.07)
     max_logit_scale: float = Field(100.0, gt=0)
+    text_init: str | None = Field(None, description="a text-mlm model (directory or catalog:REF, e.g. an imported "
+                                  "BERT/RoBERTa-style encoder) whose embeddings, layers and MLM transform start the "
+                                  "transformer, as UNIMO starts from RoBERTa; its sizes must be the recipe's")
 
 
 def unimo_config(recipe: UnimoRecipe, vocab_size: int, special_ids: dict[str, int]) -> UnimoConfig:
@@ -119,6 +130,47 @@ def unimo_config(recipe: UnimoRecipe, vocab_size: int, special_ids: dict[str, in
         logit_scale_init=recipe.logit_scale_init,
         tie_word_embeddings=True,
     )
+
+
+# BertForMaskedLM (a text-mlm model) parameter names -> UnimoModel's
+_BERT_TO_UNIMO = (("bert.embeddings.", "embeddings."), ("bert.encoder.", "encoder."),
+                  ("cls.predictions.transform.", "lm_head."), ("cls.predictions.decoder.bias", "lm_head.decoder.bias"),
+                  ("cls.predictions.bias", "lm_head.decoder.bias"))
+
+
+def load_text_init(model: UnimoModel, source: str) -> None:
+    """Copy the text-mlm model at ``source`` into ``model``'s text embeddings, encoder and LM head (see the module
+    docstring); one-line UserErrors naming both sides when its sizes, vocabulary or positions do not fit."""
+    from vlforge.components.models.common.pretrained import copy_part, load_part
+
+    bert = load_part(source, "text_init", "unimo", ("text-mlm",))
+    src, dst = bert.config, model.config
+    for what, theirs, ours in (("hidden_size", src.hidden_size, dst.hidden_size),
+                               ("num_layers", src.num_hidden_layers, dst.num_hidden_layers),
+                               ("num_heads", src.num_attention_heads, dst.num_attention_heads),
+                               ("MLP width", src.intermediate_size, dst.intermediate_size)):
+        if theirs != ours:
+            raise UserError(f"unimo: text_init '{source}' does not fit the recipe: its {what} is {theirs}, the recipe's {ours}")
+    if src.vocab_size != dst.vocab_size:
+        raise UserError(f"unimo: text_init '{source}' has a vocabulary of {src.vocab_size} tokens, this run's model "
+                        f"{dst.vocab_size} (train with the text_init model's tokenizer)")
+    if src.max_position_embeddings < dst.max_position_embeddings:
+        raise UserError(f"unimo: text_init '{source}' has {src.max_position_embeddings} text positions, the recipe's "
+                        f"max_position_embeddings is {dst.max_position_embeddings}")
+    state: dict[str, torch.Tensor] = {}
+    for name, value in bert.state_dict().items():
+        if name == "cls.predictions.decoder.weight":  # tied to the word embeddings, copied with them
+            continue
+        for old, new in _BERT_TO_UNIMO:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        if name == "embeddings.position_embeddings.weight":
+            value = value[: dst.max_position_embeddings]
+        elif name == "embeddings.token_type_embeddings.weight":  # RoBERTa has one type: row 1 (images) stays fresh
+            value = torch.cat([value[: dst.type_vocab_size], model.embeddings.token_type_embeddings.weight.detach()[len(value):]])
+        state[name] = value
+    copy_part(model, state, "unimo", "text_init", source, "hidden_size, num_layers, num_heads, mlp_ratio")
 
 
 def split_streams(batch_size: int, pattern: str) -> dict[str, list[int]]:
@@ -281,6 +333,7 @@ def prepare_inputs(core: UnimoModel, batch: ImageTextBatch, recipe: UnimoRecipe)
 @register_family
 class UnimoFamily(Family):
     name = "unimo"
+    batch_coupled_loss = True  # in-batch contrastive loss: accum_freq > 1 needs GradCache (not implemented here)
     paper = ("Li et al., UNIMO: Towards Unified-Modal Understanding and Generation via Cross-Modal Contrastive "
              "Learning, ACL 2021 (arXiv 2012.15409)")
     recipe_cls = UnimoRecipe
@@ -288,6 +341,7 @@ class UnimoFamily(Family):
     objectives = ("cmcl (rewrites + retrieved related samples)", "mlm", "seq2seq lm (caption, vqa)", "masked patch regression")
     image_mean = (0.5, 0.5, 0.5)
     image_std = (0.5, 0.5, 0.5)
+    artifact_fields = ("text_init",)
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, UnimoRecipe)
@@ -296,13 +350,20 @@ class UnimoFamily(Family):
         require_special_ids(self.name, special_ids, ("mask", "bos", "eos"), "MLM and generation")
         config = unimo_config(recipe, vocab_size, special_ids)
         config.vlforge_special_ids = dict(special_ids)  # saved with the checkpoint: masking and generation need them
-        return UnimoModel(config)
+        model = UnimoModel(config)
+        if recipe.text_init:
+            load_text_init(model, recipe.text_init)
+        return model
 
     def preflight(self, recipe: Recipe, tokenizer: Any) -> None:
         assert isinstance(recipe, UnimoRecipe)
         for role in ("mask", "bos", "eos"):
             check_token(self.name, tokenizer, role, " (MLM and generation need mask, bos and eos)")
         check_vocab_size(tokenizer, recipe.vocab_size)
+        if recipe.text_init:
+            from vlforge.components.models.common.pretrained import part_family
+
+            part_family(recipe.text_init, "text_init", self.name, ("text-mlm",))
         per_worker = per_worker_batch(recipe)
         if per_worker < len(recipe.stream_pattern):
             raise UserError(f"unimo: batch_size {recipe.batch_size} over {recipe.num_workers} workers gives {per_worker} "

@@ -17,18 +17,28 @@ the same task and a resumed run repeats the draws), among the tasks the batch ha
 - ``text_cls``: the caption's ``meta["label"]`` among ``recipe.text_classes`` from the text alone (a GLUE-like
   text-only task), CE. MMF decodes GLUE over BERT's [CLS] state only, which suits its pretrained BERT; from scratch
   the [CLS] state hardly differs between captions at first and the task did not learn in 25 steps, so the decoder
-  reads every text token unless ``text_task_cls_only: true``.
+  reads every text token unless ``text_task_cls_only: true``;
+- ``detection``: DETR's set prediction on the scene facts' boxes (``tasks.detection_target``: each object's shape
+  among ``tasks.DETECTION_CLASSES`` and its box), image only, as the paper's COCO/VG detection: ``detection_queries``
+  learned queries (DETR, UniT: 100; tiny: 10, the scenes hold at most 3 objects), a class layer with no-object and
+  DETR's box MLP on every query, Hungarian matching and CE (no-object weighted ``detection_eos_coef`` 0.1) + 5 x L1 +
+  2 x GIoU on the final and (``detection_aux_loss``) every earlier decoder layer, DETR's and MMF's coefficients
+  (``components/models/set_prediction.py``). Skipped for batches without boxes.
 The returned ``loss`` is the drawn task's loss; ``task_index`` (position in ``tasks.TASKS``), ``loss_<task>`` and
-``accuracy`` are logged. ITM negatives draw from ``masking.batch_generator(keys, seed + step)``.
+``accuracy`` are logged (for detection also DETR's ``loss_ce``, ``loss_bbox``, ``loss_giou``, ``cardinality_error``;
+its ``accuracy`` is the matched queries' class accuracy). ITM negatives draw from
+``masking.batch_generator(keys, seed + step)``.
 
-Not implemented: detection (DETR's Hungarian set loss on COCO/VG boxes; the paper's detection tasks; it would need
-box targets and scipy), the paper's datasets (VQAv2, SNLI-VE, GLUE), DETR's dilated C5 (``dilation: true``; the
+Not implemented: the paper's datasets (VQAv2, SNLI-VE, GLUE), DETR's dilated C5 (``dilation: true``; the
 ``transformers`` ResNet has no dilation, so the base model's image tokens have stride 32, not 16), its frozen
 BatchNorm and frozen stem/layer1 (they freeze ImageNet-pretrained weights; here everything trains from scratch),
 variable-size images with padding masks (images are square, so no image token is masked), and the 256-row task
 embedding tables (one row per task here). The text task token is inserted after BERT's embeddings, as in MMF.
 
 Capability "itm": ``score_pairs`` gives the ITM head's match log-odds, which also serves eval's pair scoring.
+Capability "detection": ``detect_objects`` (DETR's post-processing: each query's best real class and its score), the
+eval task ``detection`` scoring it with COCO box mAP (pycocotools). A checkpoint saved before the detection task
+existed has no detection head, and ``detect_objects`` says so.
 
 Run:  vlforge run train --family unit --data shapes --recipe tiny
 Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (the paper's shared-decoder model)."""
@@ -45,8 +55,10 @@ from vlforge.components.models.common.preflight import check_multiple, check_per
 from vlforge.components.models.masking import batch_generator
 from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, load_pretrained, register_family
 from vlforge.components.models.registry import unwrap as _unwrap
+from vlforge.components.models.set_prediction import postprocess
 from vlforge.components.models.unit.modeling import MODEL_TYPE, UnitConfig, UnitModel
 from vlforge.components.models.unit.tasks import (
+    DETECTION_CLASSES,
     TASKS,
     VQA_ANSWERS,
     draw_task,
@@ -60,8 +72,8 @@ from vlforge.errors import UserError
 
 class UnitRecipe(VocabRecipe):
     task_weights: dict[str, float] = Field(
-        default_factory=lambda: {"vqa": 1.0, "itm": 1.0, "text_cls": 1.0},
-        description="sampling weight of each task (vqa, itm, text_cls); one task is drawn per step")
+        default_factory=lambda: {"vqa": 1.0, "itm": 1.0, "text_cls": 1.0, "detection": 1.0},
+        description="sampling weight of each task (vqa, itm, text_cls, detection); one task is drawn per step")
     text_classes: list[str] = Field(default_factory=lambda: list(SHAPES),
                                     description="classes of the text-only task (meta['label']); default: the scenes' shapes")
     vqa_loss: Literal["bce", "ce"] = Field("ce", description="ce: softmax cross-entropy (one answer per scene question); "
@@ -91,6 +103,13 @@ class UnitRecipe(VocabRecipe):
     task_embeddings: bool = Field(True, description="a learned task token in each encoder (MMF use_task_embedding_in_*)")
     text_task_cls_only: bool = Field(False, description="text_cls decodes over BERT's [CLS] state only (MMF's GLUE "
                                      "setting, made for a pretrained BERT) instead of every text token")
+    # detection (DETR's set prediction; coefficients as DETR's main.py and MMF's unit defaults)
+    detection_queries: int = Field(100, ge=1, description="object queries of the detection task (DETR, UniT: 100)")
+    detection_aux_loss: bool = Field(True, description="DETR's auxiliary set losses on every decoder layer")
+    detection_eos_coef: float = Field(0.1, ge=0, description="CE weight of the no-object class (DETR: 0.1)")
+    detection_ce_weight: float = Field(1.0, ge=0, description="class cost and CE weight (DETR: 1)")
+    detection_l1_weight: float = Field(5.0, ge=0, description="box L1 cost and loss weight (DETR: 5)")
+    detection_giou_weight: float = Field(2.0, ge=0, description="GIoU cost and loss weight (DETR: 2)")
 
     @field_validator("task_weights")
     @classmethod
@@ -113,8 +132,12 @@ class UnitRecipe(VocabRecipe):
 
 def unit_config(recipe: UnitRecipe, vocab_size: int, special_ids: dict[str, int]) -> UnitConfig:
     return UnitConfig(
-        task_names=list(TASKS), task_num_labels=[len(VQA_ANSWERS), 2, len(recipe.text_classes)], cls_only_tasks=["text_cls"] if recipe.text_task_cls_only else [],
-        vqa_loss=recipe.vqa_loss,
+        task_names=list(TASKS), task_num_labels=[len(VQA_ANSWERS), 2, len(recipe.text_classes), len(DETECTION_CLASSES)],
+        cls_only_tasks=["text_cls"] if recipe.text_task_cls_only else [], vqa_loss=recipe.vqa_loss,
+        detection_tasks=["detection"], detection_classes=list(DETECTION_CLASSES), detection_num_queries=recipe.detection_queries,
+        detection_aux_loss=recipe.detection_aux_loss, detection_eos_coef=recipe.detection_eos_coef,
+        detection_ce_weight=recipe.detection_ce_weight, detection_l1_weight=recipe.detection_l1_weight,
+        detection_giou_weight=recipe.detection_giou_weight,
         backbone_embedding_size=recipe.backbone_embedding_size, backbone_hidden_sizes=list(recipe.backbone_hidden_sizes),
         backbone_depths=list(recipe.backbone_depths), backbone_layer_type=recipe.backbone_layer_type,
         encoder_hidden_size=recipe.encoder_hidden_size, encoder_layers=recipe.encoder_layers,
@@ -133,8 +156,9 @@ class UnitFamily(Family):
     name = "unit"
     paper = "Hu & Singh, UniT: Multimodal Multitask Learning with a Unified Transformer, ICCV 2021 (arXiv 2102.10772)"
     recipe_cls = UnitRecipe
-    capabilities = frozenset({"itm", "vqa_answer"})
-    objectives = ("one task per step, sampled by task_weights: vqa (answer classification) | itm | text_cls (text only)",)
+    capabilities = frozenset({"itm", "vqa_answer", "detection"})
+    objectives = ("one task per step, sampled by task_weights: vqa (answer classification) | itm | text_cls (text only) "
+                  "| detection (DETR set prediction)",)
     image_mean = (0.485, 0.456, 0.406)  # DETR / MMF UniT normalise with the ImageNet statistics
     image_std = (0.229, 0.224, 0.225)
 
@@ -163,7 +187,8 @@ class UnitFamily(Family):
         inputs = task_inputs(task, batch, recipe.text_classes, gen)
         out = model(**inputs.as_kwargs())
         device = out["loss"].device
-        return {"loss": out["loss"], f"loss_{task}": out["loss"].detach(), "accuracy": out["accuracy"],
+        detr_terms = {k: out[k] for k in ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error") if k in out}
+        return {"loss": out["loss"], f"loss_{task}": out["loss"].detach(), "accuracy": out["accuracy"], **detr_terms,
                 "task_index": torch.tensor(float(TASKS.index(task)), device=device)}
 
     def load(self, model_dir: Path) -> nn.Module:
@@ -177,6 +202,20 @@ class UnitFamily(Family):
         """Match log-odds (B,) of each (image i, text i) pair from the ITM task's queries and head."""
         logits = _unwrap(model).task_logits("itm", pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
         return logits[:, 1] - logits[:, 0]
+
+    # ---- capability "detection" ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def detect_objects(self, model: nn.Module, pixel_values: torch.Tensor) -> list[dict[str, Any]]:
+        """DETR's post-processing of the detection task: per image, every query's box (normalised corners), its
+        best real class's name and that class's probability."""
+        core = _unwrap(model)
+        if "detection" not in core.config.detection_tasks:
+            raise UserError("this UniT model has no detection head (it was saved before UniT trained detection); "
+                            "train a new one to evaluate detection")
+        logits, boxes, _ = core.detection_outputs("detection", pixel_values)
+        classes = list(core.config.detection_classes)
+        return [{"boxes": d["boxes"], "scores": d["scores"], "labels": [classes[i] for i in d["labels"].tolist()]}
+                for d in postprocess(logits, boxes)]
 
     # ---- capability "vqa_answer" --------------------------------------------------------------------------
     @torch.no_grad()

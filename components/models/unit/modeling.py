@@ -16,6 +16,12 @@
   the concatenation of the encoded modalities the task uses (image tokens, then text tokens; text padding masked).
 - Per-task heads on the first query's final state: ``BertPredictionHeadTransform`` + ``Linear`` (MMF's
   ``classifiers``); the ITM head ends in ``heads.ITMHead``.
+- Detection tasks (``config.detection_tasks``) are DETR's: their own ``detection_num_queries`` queries decode over
+  the image memory only, and every query's state goes through a class layer (``detection_classes`` + no-object) and
+  DETR's 3-layer box MLP (``DetrMLPPredictionHead``, sigmoid: ``(cx, cy, w, h)`` normalised), on the final decoder
+  layer and, for DETR's auxiliary losses, on every earlier one (through the same final LayerNorm, as DETR's
+  ``return_intermediate``); the loss is ``set_prediction.set_prediction_loss`` (Hungarian matching, CE + L1 + GIoU).
+  These heads keep the transformer's Xavier initialisation (DETR leaves its heads at PyTorch's default).
 
 ``UnitModel.forward`` runs one task (the whole objective of a step, so a data-parallel wrapper sees one forward).
 Because a step uses only its task's queries, head and encoders, and the project's loop wraps the model in
@@ -43,11 +49,13 @@ from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 from transformers.models.detr.modeling_detr import (
     DetrDecoderLayer,
     DetrEncoderLayer,
+    DetrMLPPredictionHead,
     DetrSinePositionEmbedding,
 )
 from vlforge.components.losses import itm_loss
 from vlforge.components.models.common.pretrained import ImageTextPreTrainedModel
 from vlforge.components.models.heads import ITMHead
+from vlforge.components.models.set_prediction import SetLossWeights, set_prediction_loss
 
 MODEL_TYPE = "vlforge_unit"
 
@@ -84,6 +92,15 @@ class UnitConfig(PreTrainedConfig):
     num_queries: int = 25
     dropout: float = 0.1
     task_embeddings: bool = True
+    # detection tasks (DETR's set prediction); a checkpoint saved before they existed has none
+    detection_tasks: tuple[str, ...] | list[str] = ()
+    detection_classes: tuple[str, ...] | list[str] = ()
+    detection_num_queries: int = 100
+    detection_aux_loss: bool = True
+    detection_eos_coef: float = 0.1
+    detection_ce_weight: float = 1.0
+    detection_l1_weight: float = 5.0
+    detection_giou_weight: float = 2.0
 
 
 def _detr_config(d_model: int, heads: int, ffn: int, dropout: float) -> DetrConfig:
@@ -126,15 +143,22 @@ class UnitModel(ImageTextPreTrainedModel):
         dec_cfg = _detr_config(d_dec, config.decoder_heads, config.decoder_ffn_dim, config.dropout)
         self.decoder_layers = nn.ModuleList(DetrDecoderLayer(dec_cfg) for _ in range(config.decoder_layers))
         self.decoder_norm = nn.LayerNorm(d_dec)
-        self.query_embeds = nn.ModuleDict({t: nn.Embedding(config.num_queries, d_dec) for t in config.task_names})
+        detection = set(config.detection_tasks)
+        self.query_embeds = nn.ModuleDict({
+            t: nn.Embedding(config.detection_num_queries if t in detection else config.num_queries, d_dec)
+            for t in config.task_names})
         head_cfg = BertConfig(hidden_size=d_dec, hidden_act="gelu", layer_norm_eps=1e-12)
         self.heads = nn.ModuleDict({
             t: nn.Sequential(BertPredictionHeadTransform(head_cfg), ITMHead(d_dec) if t == "itm" else nn.Linear(d_dec, n))
-            for t, n in zip(config.task_names, config.task_num_labels)
+            for t, n in zip(config.task_names, config.task_num_labels) if t not in detection
         })
         for head in self.heads.values():
             for module in head.modules():
                 module._unit_head = True  # initialised like BERT's classifiers (below)
+        for t in config.task_names:  # DETR's class layer (+ no-object) and box MLP
+            if t in detection:
+                self.heads[t] = nn.ModuleDict({"class": nn.Linear(d_dec, len(config.detection_classes) + 1),
+                                               "box": DetrMLPPredictionHead(d_dec, d_dec, 4, 3)})
         self.head_dropout = nn.Dropout(config.dropout)
         self.post_init()
 
@@ -195,17 +219,49 @@ class UnitModel(ImageTextPreTrainedModel):
         return text, text_pos, keep
 
     # ---- decoder and heads -------------------------------------------------------------------------------
-    def decode(self, task: str, memory: torch.Tensor, memory_pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """The task's logits (B, num_labels) from its first query's final decoder state."""
+    def decoder_states(self, task: str, memory: torch.Tensor, memory_pos: torch.Tensor, keep: torch.Tensor,
+                       every_layer: bool = False) -> list[torch.Tensor]:
+        """The task's queries decoded over ``memory``: the final layer's states (B, Q, D) after the final LayerNorm,
+        or (``every_layer``) each layer's, first to last, each through that LayerNorm (DETR's intermediate outputs)."""
         queries = self.query_embeds[task].weight[None].expand(memory.shape[0], -1, -1).to(memory.dtype)
         hidden = torch.zeros_like(queries)
         cross_mask = (~keep)[:, None, None, :].to(memory.dtype) * torch.finfo(memory.dtype).min
-        for layer in self.decoder_layers:
+        states = []
+        for k, layer in enumerate(self.decoder_layers):
             hidden = layer(hidden, attention_mask=None, spatial_position_embeddings=memory_pos,
                            object_queries_position_embeddings=queries, encoder_hidden_states=memory,
                            encoder_attention_mask=cross_mask)
-        pooled = self.decoder_norm(hidden)[:, 0]
+            if every_layer or k == len(self.decoder_layers) - 1:
+                states.append(self.decoder_norm(hidden))
+        return states
+
+    def decode(self, task: str, memory: torch.Tensor, memory_pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The task's logits (B, num_labels) from its first query's final decoder state."""
+        pooled = self.decoder_states(task, memory, memory_pos, keep)[-1][:, 0]
         return self.heads[task](self.head_dropout(pooled))
+
+    def detection_outputs(
+        self, task: str, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """A detection task's class logits (B, Q, C + 1; the last is no-object) and boxes (B, Q, 4; cx, cy, w, h in
+        [0, 1]) from the final decoder layer, and the same from each earlier layer when ``detection_aux_loss``."""
+        if task not in self.config.detection_tasks:
+            raise ValueError(f"'{task}' is not a detection task of this model (its detection tasks: "
+                             f"{', '.join(self.config.detection_tasks) or 'none'})")
+        img, img_pos = self.encode_image(pixel_values, task)
+        keep = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
+        states = self.decoder_states(task, img, img_pos, keep, every_layer=self.config.detection_aux_loss)
+        head = self.heads[task]
+        outs = [(head["class"](h), head["box"](h).sigmoid()) for h in states]
+        return outs[-1][0], outs[-1][1], outs[:-1]
+
+    def detection_loss(self, task: str, pixel_values: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """DETR's set loss of a detection task on ``targets`` (per image ``class_labels`` (n,), ``boxes`` (n, 4))."""
+        logits, boxes, aux = self.detection_outputs(task, pixel_values)
+        c = self.config
+        weights = SetLossWeights(ce=c.detection_ce_weight, l1=c.detection_l1_weight, giou=c.detection_giou_weight,
+                                 eos_coef=c.detection_eos_coef)
+        return set_prediction_loss(logits, boxes, targets, aux, weights)
 
     def task_logits(
         self,
@@ -252,14 +308,23 @@ class UnitModel(ImageTextPreTrainedModel):
     def forward(
         self,
         task: str,
-        labels: torch.Tensor,
+        labels: torch.Tensor | list[dict[str, torch.Tensor]],
         pixel_values: torch.Tensor | None = None,
         image_index: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         text_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One task's loss (+ every trainable parameter x 0, see the module docstring), logits and accuracy."""
+        """One task's loss (+ every trainable parameter x 0, see the module docstring), logits and accuracy. For a
+        detection task, ``labels`` is one target dict per image (``detection_loss``) and the result carries DETR's
+        loss terms, ``accuracy`` being the matched queries' class accuracy."""
+        if task in self.config.detection_tasks:
+            terms = self.detection_loss(task, pixel_values, labels)
+            loss = terms.pop("loss")
+            if torch.is_grad_enabled():
+                loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
+            accuracy = terms.pop("matched_accuracy")
+            return {"loss": loss, **terms, "accuracy": accuracy}
         logits = self.task_logits(task, pixel_values, image_index, input_ids, attention_mask, text_index)
         loss = self.task_loss(task, logits, labels)
         if torch.is_grad_enabled():

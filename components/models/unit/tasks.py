@@ -7,7 +7,12 @@ batch of image-caption pairs yields up to three tasks, all built deterministical
 - ``itm`` (image + text): each caption with its own image (label 1) and with another sample's image (label 0,
   ``heads.sample_negatives`` excluding rows with the same key); needs two different samples;
 - ``text_cls`` (text only): the caption's class ``meta["label"]`` among ``recipe.text_classes`` (for the builtin
-  scenes, the shape of the largest object); needs at least one sample whose label is a known class.
+  scenes, the shape of the largest object); needs at least one sample whose label is a known class;
+- ``detection`` (image only, DETR's set prediction): every object of the scene facts, its class its shape
+  (``DETECTION_CLASSES``) and its box the facts' ``bbox`` (the square the shape is drawn in, ``shapes.render_scene``)
+  as ``(cx, cy, w, h)`` normalised; needs facts whose objects carry boxes. The box is the object's drawing square,
+  which a circle, square, triangle, diamond or cross touches on all four sides; a star's points reach 95% of its
+  width and 90% of its height (tight-box IoU with the square 0.86).
 ``draw_task`` draws with ``training.multitask.sample_task`` among the tasks the batch supports, so a task whose
 data a batch lacks is never drawn for it and the draw stays a pure function of (seed, step, supported tasks)."""
 from __future__ import annotations
@@ -22,7 +27,8 @@ from vlforge.components.sources.scene_tasks import COUNT_WORDS, vqa_questions
 from vlforge.components.sources.shapes import COLORS, RELATIONS, SHAPES
 from vlforge.components.training.multitask import sample_task
 
-TASKS: tuple[str, ...] = ("vqa", "itm", "text_cls")
+TASKS: tuple[str, ...] = ("vqa", "itm", "text_cls", "detection")
+DETECTION_CLASSES: tuple[str, ...] = SHAPES
 # every answer scene_tasks.vqa_questions can give: colour, shape, count, position, yes/no
 VQA_ANSWERS: tuple[str, ...] = (*COLORS, *SHAPES, *COUNT_WORDS, *RELATIONS, "yes", "no")
 assert len(set(VQA_ANSWERS)) == len(VQA_ANSWERS)
@@ -34,9 +40,9 @@ class TaskInputs:
     """What ``UnitModel.forward`` takes for one task (``pixel_values`` None for a text-only task)."""
 
     task: str
-    labels: torch.Tensor
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    labels: torch.Tensor | list[dict[str, torch.Tensor]]  # detection: one target dict per image
+    input_ids: torch.Tensor | None
+    attention_mask: torch.Tensor | None
     pixel_values: torch.Tensor | None = None
     image_index: torch.Tensor | None = None
     text_index: torch.Tensor | None = None
@@ -61,7 +67,35 @@ def supported_tasks(batch: ImageTextBatch, classes: Sequence[str]) -> list[str]:
         out.append("itm")
     if _labelled_rows(batch, classes):
         out.append("text_cls")
+    if any(has_boxes(f) for f in batch.facts()):
+        out.append("detection")
     return out
+
+
+def has_boxes(facts: dict | None) -> bool:
+    """Scene facts whose every object has a 4-number ``bbox`` and a known shape (what ``detection`` trains on)."""
+    objects = (facts or {}).get("objects")
+    return bool(objects) and all(len(o.get("bbox") or ()) == 4 and o.get("shape") in DETECTION_CLASSES for o in objects)
+
+
+def detection_target(facts: dict, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """DETR's target of one scene: ``class_labels`` (n,) indices into ``DETECTION_CLASSES`` and ``boxes`` (n, 4)
+    as ``(cx, cy, w, h)`` normalised, from the facts' ``(x0, y0, x1, y1)`` boxes."""
+    objects = facts["objects"]
+    corners = torch.tensor([o["bbox"] for o in objects], dtype=torch.float32, device=device).view(-1, 4)
+    boxes = torch.stack([(corners[:, 0] + corners[:, 2]) / 2, (corners[:, 1] + corners[:, 3]) / 2,
+                         corners[:, 2] - corners[:, 0], corners[:, 3] - corners[:, 1]], dim=-1)
+    labels = torch.tensor([DETECTION_CLASSES.index(o["shape"]) for o in objects], dtype=torch.long, device=device)
+    return {"class_labels": labels, "boxes": boxes}
+
+
+def detection_inputs(batch: ImageTextBatch) -> TaskInputs:
+    """The images whose facts carry boxes, with their DETR targets (no text)."""
+    rows = [row for row, f in enumerate(batch.facts()) if has_boxes(f)]
+    device = batch.pixel_values.device
+    facts = batch.facts()
+    targets = [detection_target(facts[row], device) for row in rows]
+    return TaskInputs("detection", targets, None, None, batch.pixel_values[torch.tensor(rows, device=device)])
 
 
 def draw_task(weights: Mapping[str, float], batch: ImageTextBatch, classes: Sequence[str], seed: int) -> str | None:
@@ -116,4 +150,6 @@ def task_inputs(task: str, batch: ImageTextBatch, classes: Sequence[str], genera
         return itm_inputs(batch, generator)
     if task == "text_cls":
         return text_cls_inputs(batch, classes)
+    if task == "detection":
+        return detection_inputs(batch)
     raise ValueError(f"unknown UniT task '{task}' (known: {', '.join(TASKS)})")

@@ -10,7 +10,10 @@ Initialisation (``vit_init``): the paper initialises its transformer from ViT-B/
 (``vit_teacher``: a catalog REF or directory; left empty, the train flow trains one first on the same data, a parent
 in the lineage) into the patch projection, [CLS], patch positions, every transformer layer and the final LayerNorm;
 the text embeddings, modality embeddings, pooler and heads start fresh, and everything trains. Its ViT must have the
-recipe's width, depth, heads, MLP width, patch and image size. ``scratch`` (both recipes' default;
+recipe's width, depth, heads, MLP width and patch; trained on another image size, its patch position embeddings are
+interpolated (bicubic) to the recipe's grid, as ViLT runs its 384 px ViT at other resolutions. An ImageNet ViT saved
+with ``save_pretrained`` becomes such a teacher with ``vlforge import model DIR --family image-teacher``, then
+``--set vit_teacher=catalog:REF``. ``scratch`` (both recipes' default;
 no ImageNet weights offline) starts at random unless a ``vit_teacher`` is given (``--teacher REF``): ``vit_init`` only
 decides whether the flow trains a default teacher when none is given.
 
@@ -60,7 +63,7 @@ from vlforge.components.models.heads import ITMHead, not_negative_mask, same_sam
 from vlforge.components.models.masking import batch_generator, mask_tokens
 from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, load_pretrained, register_family
 from vlforge.components.models.registry import unwrap as _unwrap
-from vlforge.components.models.teachers import image_teacher_vit
+from vlforge.components.models.common.pretrained import load_part
 from vlforge.errors import UserError
 
 
@@ -154,15 +157,23 @@ _VIT_TO_VILT = (("layers.", "encoder.layer."), (".attention.q_proj.", ".attentio
 
 def load_vit_into_vilt(vilt: nn.Module, vit: nn.Module, source: str) -> None:
     """Copy a ViT's patch projection, [CLS], patch positions, layers and final LayerNorm into ``vilt`` (a ViltModel);
-    one-line error when a shape differs (another width, depth, MLP, patch or image size)."""
-    if vit.config.num_hidden_layers != vilt.config.num_hidden_layers:
-        raise UserError(f"vilt: the image teacher '{source}' does not fit the recipe: it has {vit.config.num_hidden_layers} "
-                        f"layers, the recipe's num_layers is {vilt.config.num_hidden_layers}")
+    one-line error when a shape differs (another width, depth, MLP or patch). A ViT of another image size has its
+    patch position embeddings interpolated to ``vilt``'s grid (transformers' ``interpolate_pos_encoding``)."""
+    for what, theirs, ours in (("layers", vit.config.num_hidden_layers, vilt.config.num_hidden_layers),
+                               ("px patches", vit.config.patch_size, vilt.config.patch_size)):
+        if theirs != ours:
+            recipe_field = "num_layers" if what == "layers" else "patch_size"
+            raise UserError(f"vilt: the image teacher '{source}' does not fit the recipe: it has {theirs} {what}, "
+                            f"the recipe's {recipe_field} is {ours}")
     target = vilt.state_dict()
     copied = {}
     for name, value in vit.state_dict().items():
         if name == "embeddings.mask_token":
             continue
+        if name == "embeddings.position_embeddings" and value.shape[-1] == target[name].shape[-1] and value.shape != target[name].shape:
+            size = vilt.config.image_size
+            with torch.no_grad():
+                value = vit.embeddings.interpolate_pos_encoding(value.new_zeros(target[name].shape), size, size)
         if name.startswith("layers."):
             name = "encoder.layer." + name[len("layers."):]
         for old, new in _VIT_TO_VILT[1:]:
@@ -190,7 +201,7 @@ class ViltFamily(Family):
     name = "vilt"
     paper = "Kim et al., ViLT: Vision-and-Language Transformer Without Convolution or Region Supervision, ICML 2021 (arXiv 2102.03334)"
     recipe_cls = ViltRecipe
-    capabilities = frozenset({"itm", "text_features"})
+    capabilities = frozenset({"itm", "text_features", "fused_features"})
     objectives = ("itm", "mlm", "wpa")
     image_mean = (0.5, 0.5, 0.5)  # ViLT normalises pixels to [-1, 1] (its ``inception_normalize``)
     image_std = (0.5, 0.5, 0.5)
@@ -207,7 +218,8 @@ class ViltFamily(Family):
         model = ViltPretrainingModel(vilt_config(recipe, vocab_size, special_ids))
         model.config.vlforge_special_ids = dict(special_ids)  # saved with the checkpoint: masking needs them
         if recipe.vit_teacher:
-            load_vit_into_vilt(model.vilt, image_teacher_vit(recipe.vit_teacher, self.name, recipe.image_size), recipe.vit_teacher)
+            teacher = load_part(recipe.vit_teacher, "vit_teacher", self.name, self.teachers["vit_teacher"])
+            load_vit_into_vilt(model.vilt, teacher.vit, recipe.vit_teacher)
         return model
 
     def preflight(self, recipe: Recipe, tokenizer: object) -> None:
@@ -265,5 +277,12 @@ class ViltFamily(Family):
         self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
     ) -> torch.Tensor:
         """The pooled [CLS] of the caption fused with ``pixel_values`` (the probe passes black images)."""
+        _, pooled = _unwrap(model)(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        return pooled
+
+    # ---- capability "fused_features" (NLVR2 fine-tuning, the paper's "pair" setting: one pooled [CLS] per image) --
+    def fused_features(
+        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         _, pooled = _unwrap(model)(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
         return pooled

@@ -157,6 +157,7 @@ def same_caption_mask(captions: list[str], device: torch.device) -> torch.Tensor
 @register_family
 class VkTransferFamily(Family):
     name = "vk-transfer"
+    batch_coupled_loss = True  # in-batch contrastive loss: accum_freq > 1 needs GradCache (not implemented here)
     paper = ("Jin et al., Leveraging Visual Knowledge in Language Tasks: An Empirical Study on Intermediate "
              "Pre-training for Cross-modal Knowledge Transfer, ACL 2022 (arXiv 2203.07519)")
     recipe_cls = VkTransferRecipe

@@ -172,6 +172,7 @@ def vqa_inputs(batch: ImageTextBatch, specials: dict[str, int], gen: torch.Gener
 @register_family
 class VlkdFamily(Family):
     name = "vlkd"
+    batch_coupled_loss = True  # in-batch contrastive loss: accum_freq > 1 needs GradCache (not implemented here)
     paper = ("Dai et al., Enabling Multimodal Generation on CLIP via Vision-Language Knowledge Distillation, "
              "Findings of ACL 2022 (arXiv 2203.06386)")
     recipe_cls = VlkdRecipe

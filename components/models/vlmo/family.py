@@ -27,8 +27,18 @@ tiny-stage2}, {recipe: tiny}]}``, which chains the three as one DAG)::
     vlforge run train --family vlmo --data REF --recipe tiny --set init_from=catalog:B --json          # -> C
 
 Capabilities: "retrieval" (dual encoder: ``encode_images``/``encode_texts``, the final-layer projected [CLS]) and
-"itm" (fusion encoder: ``score_pairs``, the ITM log-odds). Losses are summed with VLMo's released weights
-(``vlmo/config.py``: itc 1, itm 1, mlm 1). Masks and negatives draw from ``masking.batch_generator``."""
+"itm" (fusion encoder: ``score_pairs``, the ITM log-odds). Masks and negatives draw from ``masking.batch_generator``.
+
+Loss weights, as the released code (microsoft/unilm ``vlmo/``) sums them. Its ``config.py`` ``loss_names`` values
+(itm 1, itc 1, mlm 1 for ``task_mlm_itm_itc_*``) only switch tasks on (``vlmo_utils.set_task`` keeps those >= 1);
+the training step adds every ``*_loss`` unweighted (``vlmo_module.training_step``), and the weights sit in
+``modules/objectives.py``:
+- ``mlm_weight`` 0.25: ``compute_mlm`` returns the image-text MLM loss x 0.25 (the recipes' value; stage 3 only);
+- ``itm_weight`` 1: ``compute_itm_hardneg`` returns its CE unscaled;
+- ``itc_weight`` 1: ``compute_itc`` returns 0.5 x (the V-FFN/L-FFN [CLS] contrastive loss + the VL-FFN one), the
+  0.5 average already inside ``modeling.VlmoModel``'s ``itc``;
+- stage 2's text-only MLM is unscaled (``compute_textonly_mlm``) and stage 1's MIM is the only stage-1 loss (the
+  release has no stage-1 code; BEiT's MIM is one unweighted loss), so neither weight field applies to them."""
 from __future__ import annotations
 
 import json
@@ -72,9 +82,10 @@ class VlmoRecipe(MaskedLMRecipe, VocabRecipe, PatchRecipe, TransformerRecipe):
                                            "ones) for this many steps, then by softmax(ITC similarity), the paper's "
                                            "hard negatives; 0: hard from the first step, as the paper (whose stage 3 "
                                            "starts from stages 1 and 2)")
-    itc_weight: float = Field(1.0, ge=0)
-    itm_weight: float = Field(1.0, ge=0)
-    mlm_weight: float = Field(1.0, ge=0)
+    itc_weight: float = Field(1.0, ge=0, description="stage 3's ITC loss weight (released objectives.compute_itc: 1)")
+    itm_weight: float = Field(1.0, ge=0, description="stage 3's ITM loss weight (released compute_itm_hardneg: 1)")
+    mlm_weight: float = Field(0.25, ge=0, description="stage 3's image-text MLM loss weight (released "
+                              "objectives.compute_mlm: mlm_loss * 0.25); stage 2's text-only MLM is unweighted")
     max_logit_scale: float = Field(100.0, gt=0)
     gather_features: bool = True
 
@@ -127,9 +138,10 @@ def read_vlmo_dir(path: str) -> Path:
 @register_family
 class VlmoFamily(Family):
     name = "vlmo"
+    batch_coupled_loss = True  # in-batch contrastive loss: accum_freq > 1 needs GradCache (not implemented here)
     paper = "Bao et al., VLMo: Unified Vision-Language Pre-Training with Mixture-of-Modality-Experts, NeurIPS 2022 (arXiv 2111.02358)"
     recipe_cls = VlmoRecipe
-    capabilities = frozenset({"retrieval", "itm"})
+    capabilities = frozenset({"retrieval", "itm", "fused_features"})
     objectives = ("mim (stage 1)", "mlm (stage 2)", "itc + itm (hard negatives) + mlm (stage 3)")
     artifact_fields = ("init_from",)
     image_mean = (0.5, 0.5, 0.5)  # VLMo (BEiT) normalises pixels to [-1, 1]
@@ -218,3 +230,10 @@ class VlmoFamily(Family):
         """Match log-odds (B,) of each (image i, text i) pair from the fusion encoder's ITM head."""
         logits = _unwrap(model).itm_logits(input_ids, attention_mask, pixel_values)
         return logits[:, 1] - logits[:, 0]
+
+    # ---- capability "fused_features" (NLVR2 fine-tuning: the pooled fusion state the ITM head reads) -------
+    def fused_features(
+        self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        core = _unwrap(model)
+        return core.pooler(core.fuse(input_ids, attention_mask, pixel_values))

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from vlforge.components.losses import gather_with_grad, info_nce, itm_loss, mlm_loss
 from vlforge.components.models.common.patch_embed import PatchEmbedding, init_vit_weights
 from vlforge.components.models.common.pretrained import ImageTextPreTrainedModel
@@ -116,7 +117,7 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(bsz, length, dim))
 
 
-class MultiwayBlock(nn.Module):
+class MultiwayBlock(GradientCheckpointingLayer):  # grad_checkpointing: common/checkpointing.py
     """Shared attention; V-FFN and L-FFN experts, plus a VL-FFN when ``with_vlffn`` (the top layers)."""
 
     def __init__(self, config: VlmoConfig, with_vlffn: bool):

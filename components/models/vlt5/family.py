@@ -21,6 +21,15 @@ Measured on 600 builtin scenes: with a ViT trained from scratch, 600 steps learn
 captions (the visual embedding's variation across images fell from 0.35 to 0.02: the model learned to ignore the
 image while the language prior was easier), so grounding needs features that already carry the image.
 
+Text backbone (``text_init``): the paper starts VL-T5 from t5-base and VL-BART from bart-base. ``text_init`` names
+the text model to start from (``catalog:REF`` of an imported or trained model, which becomes a parent in the
+lineage): a ``text-bart`` model for VL-BART (``vlforge import model DIR --family text-bart`` takes a Hugging Face
+``BartForConditionalGeneration``), a ``text-t5`` model for VL-T5 (``--family text-t5``: a
+``T5ForConditionalGeneration``). Its sizes replace the recipe's (width, depth, heads, FFN); its encoder, decoder,
+word embeddings and LM head are copied, the region-token rows after its vocabulary and the visual embedding start
+fresh. Its vocabulary must be the run's tokenizer's (train with the imported model's tokenizer) and BART's
+learned positions must cover the recipe's (the first ones are copied); otherwise a one-line error names both sides.
+
 Objective: one token cross-entropy (``labels`` of the seq2seq model) on a text-to-text task drawn per step with
 ``training.multitask.sample_task(recipe.task_weights, recipe.seed, step)`` among the tasks the batch supports
 (``tasks.py``): multimodal LM (T5 span corruption / BART text infilling of the caption), captioning, VQA
@@ -65,6 +74,7 @@ from torch import nn
 from transformers import BartConfig, T5Config
 from vlforge.components.models.common.config import VocabRecipe, checked_task_weights
 from vlforge.components.models.common.preflight import check_patches, check_token, check_vocab_size
+from vlforge.components.models.common.pretrained import copy_part, load_part, part_family
 from vlforge.components.models.masking import batch_generator
 from vlforge.components.models.teachers import image_teacher_vit
 from vlforge.components.models.registry import FAMILY_FILE, Family, ImageTextBatch, Recipe, register_family
@@ -118,6 +128,9 @@ class VLSeq2SeqRecipe(VocabRecipe):
         "when empty), as the paper's frozen detector; scratch: a small ViT trained with the model")
     region_encoder: str | None = Field(None, description="an image-teacher model directory (or catalog:REF) whose "
                                        "frozen ViT gives the region features (used whenever given)")
+    text_init: str | None = Field(None, description="the text backbone to start from: a text-bart model for vl-bart, "
+                                  "a text-t5 model for vl-t5 (directory or catalog:REF, imported or trained); its "
+                                  "sizes replace the recipe's, the visual embedding starts fresh")
     init_from: str | None = Field(None, description="fine-tuning: a model of this family (directory or catalog:REF) "
                                   "to continue from, with its architecture; the recipe then sets only the training "
                                   "(tasks, steps, lr). The paper fine-tunes its pretrained model on captioning this way")
@@ -228,6 +241,33 @@ def task_context(core: nn.Module, tokenizer: Any, recipe: VLSeq2SeqRecipe | None
     )
 
 
+_VOCAB_ROWS = ("shared.weight", "embed_tokens.weight", "lm_head.weight", "final_logits_bias")
+
+
+def text_backbone_state(model: nn.Module, source: nn.Module, text_vocab: int, who: str, where: str) -> dict[str, torch.Tensor]:
+    """``source``'s weights (a T5 / BART of the same class) for ``model``: the vocabulary tables get the model's own
+    region-token rows after the source's ``text_vocab`` rows, learned positions are cut to the model's; UserError
+    naming both sides when the vocabulary differs or the source has fewer positions."""
+    target = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for name, value in source.state_dict().items():
+        mine = target.get(name)
+        if name.endswith(_VOCAB_ROWS) and mine is not None:
+            axis = -1 if name.endswith("final_logits_bias") else 0
+            if value.shape[axis] != text_vocab:
+                raise UserError(f"{who}: text_init '{where}' has a vocabulary of {value.shape[axis]} tokens, this run's "
+                                f"tokenizer {text_vocab} (train with the text_init model's tokenizer)")
+            value = torch.cat([value, mine.narrow(axis, text_vocab, mine.shape[axis] - text_vocab)], dim=axis)
+        elif "embed_positions" in name and mine is not None and value.shape[1:] == mine.shape[1:]:
+            if value.shape[0] < mine.shape[0]:
+                raise UserError(f"{who}: text_init '{where}' has {value.shape[0] - 2} learned positions, the model "
+                                f"{mine.shape[0] - 2} (prompt + regions): set max_position_embeddings to at most "
+                                f"{value.shape[0] - 2} or use a larger image patch")
+            value = value[: mine.shape[0]]
+        out[name] = value
+    return out
+
+
 def decode_generated(ids: list[int], tokenizer: Any, text_vocab: int, special_ids: dict[str, int]) -> str:
     """Generated ids as text: the tokenizer's decoding (special tokens skipped), region tokens as
     ``<vis_extra_id_k>``; decoding stops at the first eos."""
@@ -252,9 +292,10 @@ class VLSeq2SeqFamily(Family):
 
     style: ClassVar[Literal["t5", "bart"]]
     model_cls: ClassVar[type[nn.Module]]
+    text_family: ClassVar[str]  # the family whose models ``text_init`` takes
     capabilities = frozenset({"generate", "itm"})
     teachers = {"region_encoder": ("image-teacher",)}  # noqa: RUF012
-    artifact_fields = ("init_from",)
+    artifact_fields = ("init_from", "text_init")
     image_mean = (0.5, 0.5, 0.5)  # ViT's normalisation, which the image-teacher region encoder is trained with
     image_std = (0.5, 0.5, 0.5)
     objectives = ("multimodal LM (span corruption / text infilling)", "captioning", "vqa", "itm (true/false)",
@@ -276,6 +317,10 @@ class VLSeq2SeqFamily(Family):
             if role not in special_ids:
                 raise UserError(f"{self.name} needs a tokenizer with a{'n' if role == 'eos' else ''} {role} token")
         text_vocab = recipe.vocab_size or vocab_size
+        text_source = None
+        if recipe.text_init:
+            text_source = load_part(recipe.text_init, "text_init", self.name, (self.text_family,))
+            recipe = recipe.model_copy(update=self.backbone_sizes(text_source, str(recipe.text_init)))
         teacher = None
         if recipe.region_encoder:
             teacher = self.region_teacher(recipe)
@@ -285,14 +330,21 @@ class VLSeq2SeqFamily(Family):
         regions = (recipe.image_size // recipe.patch_size) ** 2
         config = self.make_config(recipe, text_vocab, regions, special_ids)
         _vl_fields(config, recipe, text_vocab, special_ids, self.style)
-        if teacher is None:
-            return self.model_cls(config)
-        config.vl_vision_intermediate = teacher.config.intermediate_size
-        config.vl_vision_layer_norm_eps = teacher.config.layer_norm_eps
-        config.vl_region_encoder = "image-teacher"
+        if teacher is not None:
+            config.vl_vision_intermediate = teacher.config.intermediate_size
+            config.vl_vision_layer_norm_eps = teacher.config.layer_norm_eps
+            config.vl_region_encoder = "image-teacher"
         model = self.model_cls(config)
-        model.visual_embedding.image_encoder.load_state_dict(region_encoder_state(teacher.state_dict()))
+        if teacher is not None:
+            model.visual_embedding.image_encoder.load_state_dict(region_encoder_state(teacher.state_dict()))
+        if text_source is not None:
+            copy_part(model, text_backbone_state(model, text_source, text_vocab, self.name, str(recipe.text_init)),
+                      self.name, "text_init", recipe.text_init, "max_position_embeddings")
         return model
+
+    def backbone_sizes(self, source: nn.Module, where: str) -> dict[str, Any]:
+        """The recipe fields the ``text_init`` model at ``where`` decides (UserError for one this family cannot take as it is)."""
+        raise NotImplementedError
 
     def continued_model(self, recipe: VLSeq2SeqRecipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         """The ``init_from`` checkpoint, to train on (fine-tuning); UserError unless it is a model of this family
@@ -329,6 +381,8 @@ class VLSeq2SeqFamily(Family):
         for role in ("eos", "mask"):
             check_token(self.name, tokenizer, role, ", which the text-to-text tasks need")
         check_vocab_size(tokenizer, recipe.vocab_size)
+        if recipe.text_init and not recipe.init_from:
+            part_family(recipe.text_init, "text_init", self.name, (self.text_family,))
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, VLSeq2SeqRecipe)
@@ -410,6 +464,25 @@ class VLT5Family(VLSeq2SeqFamily):
     recipe_cls = VLT5Recipe
     style = "t5"
     model_cls = VLT5ForConditionalGeneration
+    text_family = "text-t5"
+
+    def backbone_sizes(self, source: nn.Module, where: str) -> dict[str, Any]:
+        config = source.config
+        # transformers 5 marks a T5 v1.1 by scale_decoder_outputs=False (its tie_word_embeddings is always True) and
+        # loads a v1.1 checkpoint's own LM head untied; VL-T5 (v1.0, as t5-base) scales and ties: it could not
+        # hold either without silently changing the model
+        scaled = getattr(config, "scale_decoder_outputs", config.tie_word_embeddings)
+        own_head = source.get_output_embeddings().weight.data_ptr() != source.get_input_embeddings().weight.data_ptr()
+        if not scaled or own_head:
+            raise UserError(f"vl-t5: text_init '{where}' is a T5 v1.1-style model (LM head untied from the "
+                            "word embeddings, decoder output unscaled); vl-t5 is T5 v1.0 as t5-base (tied, scaled)")
+        if config.relative_attention_max_distance != T5Config().relative_attention_max_distance:
+            raise UserError(f"vl-t5: text_init '{where}' has relative_attention_max_distance "
+                            f"{config.relative_attention_max_distance}, vl-t5's is {T5Config().relative_attention_max_distance}")
+        return {"d_model": config.d_model, "d_kv": config.d_kv, "d_ff": config.d_ff, "num_layers": config.num_layers,
+                "num_decoder_layers": config.num_decoder_layers, "num_heads": config.num_heads,
+                "feed_forward_proj": config.feed_forward_proj,
+                "relative_attention_num_buckets": config.relative_attention_num_buckets}
 
     def make_config(self, recipe: Recipe, text_vocab: int, regions: int, special_ids: dict[str, int]) -> T5Config:
         assert isinstance(recipe, VLT5Recipe)
@@ -423,6 +496,16 @@ class VLBartFamily(VLSeq2SeqFamily):
     recipe_cls = VLBartRecipe
     style = "bart"
     model_cls = VLBartForConditionalGeneration
+    text_family = "text-bart"
+
+    def backbone_sizes(self, source: nn.Module, where: str) -> dict[str, Any]:
+        config = source.config
+        if config.scale_embedding:  # VL-BART adds its visual embedding to unscaled word embeddings, as bart-base
+            raise UserError(f"vl-bart: text_init '{where}' scales its embeddings by sqrt(d_model) (scale_embedding); "
+                            "vl-bart, as bart-base, does not")
+        return {"d_model": config.d_model, "num_layers": config.encoder_layers, "num_decoder_layers": config.decoder_layers,
+                "num_heads": config.encoder_attention_heads, "d_ff": config.encoder_ffn_dim,
+                "activation_function": config.activation_function}
 
     def make_config(self, recipe: Recipe, text_vocab: int, regions: int, special_ids: dict[str, int]) -> BartConfig:
         assert isinstance(recipe, VLBartRecipe)

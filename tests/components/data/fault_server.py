@@ -8,7 +8,8 @@ cut-<fmt> for each format of ``framed_images`` (the image; the image cut short b
 that matches the cut body, so the transfer completes), cut-png-chunked (the cut PNG, chunked), html, huge (a
 50-megapixel PNG of one colour: a few hundred kB on the wire), bigbody (an image body over the test's max_bytes),
 small (8x8), tall (100x400), wide (200x20), noai (ok but ``X-Robots-Tag: noai``), loop (redirects to itself), to-internal (redirects to the
-internal server), gated (ok once the test sets ``Servers.gate``: lets the resume test hold a crawl mid-shard)."""
+internal server), gated (ok once the test sets ``Servers.gate``: lets the resume test hold a crawl mid-shard),
+stall-once (answers after 3 s on the first request, then ok at once), busy-once (429 on the first request, then ok)."""
 from __future__ import annotations
 
 import io
@@ -153,7 +154,16 @@ def fault_servers() -> Iterator[Servers]:
             with lock:
                 state.requests[self.path] += 1
                 seen = state.requests[self.path]
-            if kind in ("ok", "gated") or (kind == "flaky" and seen > 1):
+            if kind in ("stall-once", "busy-once") and seen == 1:  # transient on the first request only
+                if kind == "busy-once":
+                    self.reply(429, b"slow down", "text/plain", Retry_After="1")
+                    return
+                time.sleep(3)
+                try:
+                    self.reply(200, png((48, 48), (i % 251, 1, 2)))
+                except OSError:  # the crawler gave up waiting and closed the connection
+                    pass
+            elif kind in ("ok", "gated") or (kind in ("flaky", "stall-once", "busy-once") and seen > 1):
                 if kind == "gated" and not state.gate.wait(60):
                     return
                 self.reply(200, png((48, 48), (i % 251, (i * 7) % 253, (i * 13) % 255)))

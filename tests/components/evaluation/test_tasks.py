@@ -29,14 +29,15 @@ def test_clip_offers_and_suite(shapes_dataset: Path) -> None:
     clip = get_family("clip")
     assert {"retrieval", "pair_scoring", "image_features"} <= family_offers(clip)
     data = dataset_offers(shapes_dataset, "validation")
-    assert data == {"captions", "labels", "train_labels", "facts"}
+    assert data == {"captions", "labels", "train_labels", "facts", "boxes"}
     # the probe fits on train: scored on train (or all) it would grade its own fit, so it does not fit there
-    assert dataset_offers(shapes_dataset, "train") == {"captions", "labels", "facts"}
+    assert dataset_offers(shapes_dataset, "train") == {"captions", "labels", "facts", "boxes"}
     assert "linear_probe" in suite_tasks("default", clip, dataset_offers(shapes_dataset, "all"))[1]
     tasks, skipped = suite_tasks("default", clip, data)
     assert tasks == [
         "retrieval", "zero_shot_classification", "linear_probe", "vqa", "nlvr", "grounding", "nlu_probe"]
-    assert set(skipped) == {"itm", "captioning", "vqa_few_shot", "vqav2", "nlvr2"} and "lacks capability itm" in skipped["itm"]
+    assert set(skipped) == {"itm", "captioning", "vqa_few_shot", "vqav2", "nlvr2", "nlvr2_finetune", "detection"}
+    assert "lacks capability itm" in skipped["itm"]
 
 
 def test_tasks_that_do_not_fit_give_one_line(make_dataset) -> None:

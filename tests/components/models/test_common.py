@@ -89,7 +89,7 @@ def test_config_arguments_from_a_recipe() -> None:
 
 
 def test_task_weights_are_checked_by_name_and_sign() -> None:
-    with pytest.raises(UserError, match=r"unknown task 'nope' \(tasks: vqa, itm, text_cls\)"):
+    with pytest.raises(UserError, match=r"unknown task 'nope' \(tasks: vqa, itm, text_cls, detection\)"):
         get_family("unit").recipe("tiny", {"task_weights": {"nope": 1.0}})
     with pytest.raises(UserError, match="weights must be >= 0 and at least one positive"):
         get_family("unit").recipe("tiny", {"task_weights": {"itm": 0.0}})

@@ -95,24 +95,24 @@ def test_tasks_a_batch_lacks_data_for_are_never_drawn(tokenizer) -> None:
     full = scene_batch(tokenizer)
     assert supported_tasks(full, SHAPES) == list(TASKS)
     cases = {
-        "vqa": scene_batch(tokenizer, facts=False),  # no scene facts: no questions
-        "text_cls": scene_batch(tokenizer, labels=False),  # no labels
-        "itm": scene_batch(tokenizer, keys=["same"] * 8),  # one sample repeated: no negative exists
+        ("vqa", "detection"): scene_batch(tokenizer, facts=False),  # no scene facts: no questions, no boxes
+        ("text_cls",): scene_batch(tokenizer, labels=False),  # no labels
+        ("itm",): scene_batch(tokenizer, keys=["same"] * 8),  # one sample repeated: no negative exists
     }
     for missing, batch in cases.items():
-        assert missing not in supported_tasks(batch, SHAPES)
+        assert not set(missing) & set(supported_tasks(batch, SHAPES))
         drawn = set()
         for step in range(300):
             batch.step = step
             drawn.add(draw_task(weights, batch, SHAPES, seed=0))
-        assert drawn == set(TASKS) - {missing}, (missing, drawn)
+        assert drawn == set(TASKS) - set(missing), (missing, drawn)
     # labels outside the recipe's classes do not count; a batch that supports no weighted task is a one-line error
     assert "text_cls" not in supported_tasks(full, ["cat", "dog"])
     family = get_family("unit")
     recipe = family.recipe("tiny", {**SMALL, "task_weights": {"vqa": 1.0}})
     model = family.build_model(recipe, len(tokenizer), SPECIALS)
     with pytest.raises(UserError, match="supports none of the weighted tasks"):
-        family.training_step(model, cases["vqa"], recipe)
+        family.training_step(model, cases[("vqa", "detection")], recipe)
 
 
 def test_vqa_targets_come_from_the_scene_questions(tokenizer) -> None:
@@ -225,3 +225,32 @@ def test_answer_questions_gives_the_trained_vqa_heads_answers(tokenizer) -> None
     right = sum(a == q.answer for a, q in zip(answers, questions)) / len(questions)
     majority = max(sum(q.answer == a for q in questions) for a in VQA_ANSWERS) / len(questions)
     assert right > max(0.8, majority), (right, majority)
+
+
+def test_detection_targets_are_the_scene_boxes_and_old_checkpoints_say_they_cannot_detect(tokenizer, tmp_path: Path) -> None:
+    from vlforge.components.models.unit.modeling import UnitConfig, UnitModel
+    from vlforge.components.models.unit.tasks import DETECTION_CLASSES, detection_inputs
+
+    batch = scene_batch(tokenizer)
+    inputs = detection_inputs(batch)
+    assert inputs.input_ids is None and inputs.pixel_values.shape[0] == 8
+    for target, facts in zip(inputs.labels, batch.facts()):
+        objects = facts["objects"]
+        assert [DETECTION_CLASSES[c] for c in target["class_labels"].tolist()] == [o["shape"] for o in objects]
+        for (cx, cy, w, h), o in zip(target["boxes"].tolist(), objects):
+            x0, y0, x1, y1 = o["bbox"]
+            assert (cx, cy, w, h) == pytest.approx(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0), abs=1e-6)
+    family = get_family("unit")
+    recipe = family.recipe("tiny", {**SMALL, "detection_queries": 5})
+    model = family.build_model(recipe, len(tokenizer), SPECIALS).eval()
+    found = family.detect_objects(model, batch.pixel_values)
+    assert len(found) == 8 and found[0]["boxes"].shape == (5, 4) and set(found[0]["labels"]) <= set(DETECTION_CLASSES)
+    assert ((found[0]["boxes"][:, 2:] >= found[0]["boxes"][:, :2]).all())
+    # a UniT saved before detection existed: its config has three tasks and no detection head
+    old = UnitModel(UnitConfig(task_names=["vqa", "itm", "text_cls"], task_num_labels=[23, 2, 6], **{
+        k: v for k, v in model.config.to_dict().items() if k.startswith(("backbone_", "encoder_", "text_", "decoder_"))}))
+    old.save_pretrained(tmp_path / "old")
+    reloaded = UnitModel.from_pretrained(tmp_path / "old")
+    assert "detection" not in reloaded.heads
+    with pytest.raises(UserError, match="no detection head"):
+        family.detect_objects(reloaded, batch.pixel_values)

@@ -134,5 +134,31 @@ def test_vit_init_copies_an_image_teacher_into_the_transformer(tmp_path: Path) -
                            vit["layers.1.attention.q_proj.weight"])
     with pytest.raises(UserError, match="does not fit the recipe"):
         family.build_model(family.recipe("tiny", {**size, "num_layers": 3, "vit_teacher": str(tmp_path / "teacher")}), 50, SPECIALS)
-    with pytest.raises(UserError, match="trained on 32 px images, the recipe.s image_size is 64"):
-        family.build_model(family.recipe("tiny", {**size, "image_size": 64, "vit_teacher": str(tmp_path / "teacher")}), 50, SPECIALS)
+    with pytest.raises(UserError, match="it has 8 px patches, the recipe.s patch_size is 16"):
+        family.build_model(family.recipe("tiny", {**size, "patch_size": 16, "vit_teacher": str(tmp_path / "teacher")}), 50, SPECIALS)
+
+
+def test_a_vit_teacher_of_another_image_size_has_its_positions_interpolated(tmp_path: Path) -> None:
+    """A 32 px teacher (4x4 patches) for a 64 px ViLT (8x8): [CLS]'s position is kept, the patch positions are the
+    teacher's grid resized bicubically to ViLT's (as ViLT runs its 384 px ViT at other resolutions); the layers are
+    copied as for a teacher of the recipe's size."""
+    import torch.nn.functional as F
+
+    size = {"patch_size": 8, "hidden_size": 32, "num_layers": 2, "num_heads": 2}
+    teacher_family = get_family("image-teacher")
+    t_recipe = teacher_family.recipe("tiny", {**size, "image_size": 32})
+    torch.manual_seed(3)
+    teacher = teacher_family.build_model(t_recipe, 50, SPECIALS)
+    teacher_family.save(teacher, tmp_path / "teacher", t_recipe)
+    family = get_family("vilt")
+    model = family.build_model(family.recipe("tiny", {**size, "image_size": 64, "vit_teacher": str(tmp_path / "teacher")}),
+                               50, SPECIALS)
+    vit, vilt = teacher.vit.state_dict(), model.vilt.state_dict()
+    theirs, ours = vit["embeddings.position_embeddings"], vilt["embeddings.position_embeddings"]
+    assert theirs.shape == (1, 17, 32) and ours.shape == (1, 65, 32)
+    assert torch.equal(ours[:, 0], theirs[:, 0])
+    grid = theirs[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 64, 32)
+    assert torch.allclose(ours[:, 1:], expected, atol=1e-6)
+    assert torch.equal(vilt["encoder.layer.1.attention.attention.query.weight"], vit["layers.1.attention.q_proj.weight"])
+    assert torch.equal(vilt["embeddings.patch_embeddings.projection.weight"], vit["embeddings.patch_embeddings.projection.weight"])

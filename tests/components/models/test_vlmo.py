@@ -178,3 +178,20 @@ def test_one_checkpoint_is_dual_and_fusion_encoder() -> None:
         img, txt = family.encode_images(model, b.pixel_values), family.encode_texts(model, b.input_ids, b.attention_mask)
         scores = family.score_pairs(model, b.pixel_values, b.input_ids, b.attention_mask)
     assert img.shape == txt.shape == (4, 128) and scores.shape == (4,)
+
+
+def test_loss_weights_are_the_released_ones() -> None:
+    """microsoft/unilm vlmo/modules/objectives.py: compute_mlm returns the image-text MLM loss x 0.25, ITM and the
+    (already 0.5-averaged) ITC unscaled; the training step sums them. The recipes and the step use exactly that."""
+    family = get_family("vlmo")
+    released = {"itc_weight": 1.0, "itm_weight": 1.0, "mlm_weight": 0.25}
+    for name in ("tiny", "base"):
+        recipe = family.recipe(name)
+        assert {k: getattr(recipe, k) for k in released} == released, name
+    assert {k: getattr(family.recipe_cls(), k) for k in released} == released
+    torch.manual_seed(0)
+    recipe = family.recipe("tiny", {**SMALL, "itm_random_negative_steps": 0})
+    model = family.build_model(recipe, 64, SPECIALS)
+    out = family.training_step(model, batch(), recipe)
+    assert float(out["loss"].detach()) == pytest.approx(float(out["itc"] + out["itm"] + 0.25 * out["mlm"]), rel=1e-5)
+    assert float(out["mlm"]) > 0

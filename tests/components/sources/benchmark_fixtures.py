@@ -91,22 +91,46 @@ def write_glue_mrpc(emoji_dir: Path, out: Path, n: int = 24) -> Path:
     return folder
 
 
-def write_nlvr2(emoji_dir: Path, out: Path, pairs: int = 3) -> tuple[Path, Path]:
-    """``(dev.json, images)``: NLVR2 JSON lines about pairs of emoji (set 7, pair k: emoji 2k left, 2k+1 right),
-    two statements a pair (sentence 0: "both emoji are <category of the left>", sentence 1: "one emoji is <name
-    of the left>", always true), images ``dev-7-k-img0.png`` / ``-img1.png``."""
-    images = out / "dev"
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+
+
+def write_glue_stsb(emoji_dir: Path, out: Path, n: int = 24) -> Path:
+    """``out/STS-B/{train,dev}.tsv`` in STS-B's layout: an emoji's name and its own keywords scored ``4.000`` +
+    0.2 * (i % 5), with the next emoji's keywords ``0.250`` + 0.2 * (i % 5), written with three decimals as STS-B
+    writes them; every fourth pair goes to dev."""
+    rows = emoji_rows(emoji_dir, n + 1)
+    folder = out / "STS-B"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines: dict[str, list[str]] = {"train": [], "dev": []}
+    for i in range(n):
+        same = i % 2 == 0
+        other = rows[i] if same else rows[i + 1]
+        score = (4.0 if same else 0.25) + 0.2 * (i % 5)
+        split = "dev" if i % 4 == 3 else "train"
+        lines[split].append(f"{len(lines[split])}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t"
+                            f"{rows[i]['caption']}\t{other['keywords']}\t{score:.3f}")
+    for split, body in lines.items():
+        (folder / f"{split}.tsv").write_text(STSB_HEADER + "\n".join(body) + "\n")
+    return folder
+
+
+def write_nlvr2(emoji_dir: Path, out: Path, pairs: int = 3, split: str = "dev", first: int = 0) -> tuple[Path, Path]:
+    """``(<split>.json, images)``: NLVR2 JSON lines about pairs of emoji (set 7, pair k: emoji first + 2k left,
+    first + 2k + 1 right), two statements a pair (sentence 0: "both emoji are <category of the left>", sentence 1:
+    "one emoji is <name of the left>", always true), images ``<split>-7-k-img0.png`` / ``-img1.png`` under
+    ``out/<split>/``."""
+    images = out / split
     images.mkdir(parents=True, exist_ok=True)
-    rows = emoji_rows(emoji_dir, 2 * pairs)
+    rows = emoji_rows(emoji_dir, first + 2 * pairs)[first:]
     lines = []
     for k in range(pairs):
         left, right = rows[2 * k], rows[2 * k + 1]
         for side, row in ((0, left), (1, right)):
-            shutil.copyfile(emoji_dir / row["path"], images / f"dev-7-{k}-img{side}.png")
-        lines.append({"identifier": f"dev-7-{k}-0", "sentence": f"both emoji are {left['category']}",
+            shutil.copyfile(emoji_dir / row["path"], images / f"{split}-7-{k}-img{side}.png")
+        lines.append({"identifier": f"{split}-7-{k}-0", "sentence": f"both emoji are {left['category']}",
                       "label": str(left["category"] == right["category"])})
-        lines.append({"identifier": f"dev-7-{k}-1", "sentence": f"one emoji is {left['caption']}", "label": "True"})
-    path = out / "dev.json"
+        lines.append({"identifier": f"{split}-7-{k}-1", "sentence": f"one emoji is {left['caption']}", "label": "True"})
+    path = out / f"{split}.json"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path, images
 

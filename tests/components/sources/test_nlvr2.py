@@ -27,6 +27,20 @@ def test_pairs_and_statements(emoji_dir: Path, tmp_path: Path) -> None:
     assert src.kind == "nlvr2" and src.fingerprint == rows.fingerprint and src.describe["statements"] == 6
 
 
+def test_train_and_dev_statements_in_one_file_keep_their_splits(emoji_dir: Path, tmp_path: Path) -> None:
+    """NLVR2 fine-tuning (``nlvr2_finetune``) needs the train statements beside the evaluated ones: the two files
+    concatenated, the images found under one folder."""
+    train, _ = write_nlvr2(emoji_dir, tmp_path, pairs=2, split="train")
+    dev, _ = write_nlvr2(emoji_dir, tmp_path, pairs=1, split="dev", first=4)
+    both = tmp_path / "train_and_dev.json"
+    both.write_text(train.read_text() + dev.read_text())
+    rows = load_nlvr2(both, tmp_path)
+    extras = [json.loads(e) for e in rows.table.column("extra").to_pylist()]
+    assert [e["split"] for e in extras] == ["train"] * 4 + ["validation"] * 2
+    assert [s["right"] for e in extras for s in e.get("nlvr2", [])] == ["train/train-7-0-img1.png"] * 2 + \
+        ["train/train-7-1-img1.png"] * 2 + ["dev/dev-7-0-img1.png"] * 2
+
+
 def test_missing_images_and_bad_lines(emoji_dir: Path, tmp_path: Path) -> None:
     path, images = write_nlvr2(emoji_dir, tmp_path, pairs=2)
     (images / "dev-7-1-img1.png").unlink()

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from tiny_checkpoints import (
     CAPTIONS,
     OPEN_CLIP_CFG,
+    OPENAI_MEAN,
+    OPENAI_STD,
     open_clip_image_features,
     open_clip_state,
     open_clip_text_features,
@@ -23,7 +25,7 @@ from tiny_checkpoints import (
     write_open_clip_hub,
 )
 from vlforge.catalog import Catalog
-from vlforge.components.models.registry import FAMILY_FILE, get_family
+from vlforge.components.models.registry import FAMILY_FILE, get_family, read_family_file
 from vlforge.components.stages.imports import run_import
 from vlforge.components.tokenizer import load_tokenizer
 from vlforge.errors import UserError
@@ -160,8 +162,9 @@ def test_refusals_name_the_problem_and_register_nothing(catalog: Catalog, tmp_pa
     hf = tiny_hf_clip(tmp_path / "hf", tok_dir)
     with pytest.raises(UserError, match="holds a 'clip' model; family 'text-lm' takes a 'gpt2' checkpoint"):
         run_import(hf, "text-lm", catalog)
-    with pytest.raises(UserError, match="mean \\[0.5, 0.5, 0.5\\]"):
-        run_import(tiny_hf_clip(tmp_path / "hf-mean", tok_dir, mean=[0.5, 0.5, 0.5]), "clip", catalog)
+    longest = {"mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic", "resize_mode": "longest"}
+    with pytest.raises(UserError, match="resizes images by 'longest-pad'; vlforge takes squash or shortest-crop"):
+        run_import(write_open_clip_hub(tmp_path / "longest", state, preprocess=longest), "clip", catalog, tokenizer=tok_dir)
     assert catalog.search() == []
 
 
@@ -179,6 +182,28 @@ def test_hugging_face_clip_keeps_its_weights_and_preprocessing(catalog: Catalog,
                                              "std": pytest.approx([0.26862954, 0.26130258, 0.27577711]),
                                              "interpolation": "bicubic", "resize": "shortest-crop"}
     assert load_tokenizer(folder)(CAPTIONS)["input_ids"] == load_tokenizer(tok_dir)(CAPTIONS)["input_ids"]
+    assert recipe["image_resize"] == "shortest-crop" and recipe["image_mean"] is None  # the family's mean and std
+
+
+def test_the_sources_preprocessing_is_what_vlforge_feeds_the_imported_model(catalog: Catalog, tmp_path: Path,
+                                                                           tok_dir: Path) -> None:
+    """Another mean and a shortest-side resize + centre crop travel with the model: on non-square images, the
+    transform evaluation and training build for it gives the source's own image processor's pixels."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    src = tiny_hf_clip(tmp_path / "hf", tok_dir, mean=[0.5, 0.25, 0.75])
+    model = run_import(src, "clip", catalog).model.artifact
+    family, recipe = read_family_file(catalog.path(model.id))
+    assert (recipe.image_resize, recipe.image_mean) == ("shortest-crop", (0.5, 0.25, 0.75))
+    transform, reference = family.image_transform(recipe), CLIPImageProcessor.from_pretrained(src)
+    gen = torch.Generator().manual_seed(0)
+    for width, height in ((57, 32), (32, 91), (45, 45), (80, 33)):
+        pixels = torch.randint(0, 256, (height, width, 3), generator=gen, dtype=torch.uint8).numpy()
+        image = Image.fromarray(pixels)
+        theirs = torch.as_tensor(reference(images=image, return_tensors="np")["pixel_values"][0])
+        assert transform(image).shape == theirs.shape == (3, 32, 32)
+        assert (transform(image) - theirs).abs().max() < 1e-5, (width, height)
 
 
 def _tiny_gpt2() -> torch.nn.Module:
@@ -195,9 +220,18 @@ def _tiny_bart() -> torch.nn.Module:
                                                    encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=40))
 
 
+def _tiny_t5() -> torch.nn.Module:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    return T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                               num_decoder_layers=2, num_heads=2, relative_attention_num_buckets=16))
+
+
 @pytest.mark.parametrize(("family", "build", "expected"), [
     ("text-lm", _tiny_gpt2, {"hidden_size": 32, "num_layers": 2, "n_positions": 32}),
     ("text-bart", _tiny_bart, {"d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "max_positions": 40}),
+    ("text-t5", _tiny_t5, {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 2, "num_heads": 2,
+                           "relative_attention_num_buckets": 16, "tie_word_embeddings": True, "vocab_size": 64}),
 ])
 def test_text_families_import_their_hugging_face_class(family: str, build, expected: dict, catalog: Catalog,
                                                        tmp_path: Path, tok_dir: Path) -> None:

@@ -30,6 +30,19 @@ def test_catalog_text_tower_becomes_a_path_and_a_parent(tmp_path: Path) -> None:
         resolve_artifact_fields(family, family.recipe("tiny-minilm", {"text_tower": "catalog:nothing"}), catalog)
 
 
+@pytest.mark.parametrize(("family_name", "source_family"), [("unimo", "text-mlm"), ("vl-t5", "text-t5"),
+                                                         ("vl-bart", "text-bart")])
+def test_catalog_text_init_becomes_a_path_and_a_parent(family_name: str, source_family: str, tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w").write_text("weights")
+    source = catalog.register(kind="model", name="text", files=tmp_path / "m", config={}, family=source_family)
+    family = get_family(family_name)
+    assert "text_init" in family.artifact_fields
+    recipe, parents = resolve_artifact_fields(family, family.recipe("tiny", {"text_init": "catalog:text"}), catalog)
+    assert parents == [source.id] and Path(recipe.text_init) == catalog.path(source.id)
+
+
 def test_train_key_checks_kinds_and_tokenizer_fit(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "catalog")
     (tmp_path / "ds").mkdir()
