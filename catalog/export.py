@@ -5,7 +5,9 @@ A model's ``hf`` export is what plain transformers loads without vlforge: beside
 files, a ``preprocessor_config.json`` (``components/models/convert/hf_processor.py``) that makes
 ``CLIPProcessor.from_pretrained(DIR)`` / ``AutoImageProcessor`` give vlforge's pixels, and a tokenizer whose
 ``model_max_length`` is the model's text length, so ``truncation=True, padding="max_length"`` gives vlforge's
-tokens. The ``open_clip`` export (CLIP models) is ``open_clip_config.json`` + ``open_clip_model.safetensors``
+tokens. A family whose model type transformers does not ship (UNIMO, VLMo, UniT, the unified model, CLIP with a
+pretrained text tower) also gets its modeling code and an ``auto_map`` (``convert/remote_code.py``), so
+``AutoModel.from_pretrained(DIR, trust_remote_code=True)`` loads it without vlforge. The ``open_clip`` export (CLIP models) is ``open_clip_config.json`` + ``open_clip_model.safetensors``
 (``components/models/convert/open_clip.py``) beside the same tokenizer files.
 
 Where it sits: the end of the DAG, after evaluation. The card is assembled from the catalog alone: what the
@@ -112,6 +114,10 @@ def _model_extras(family: str, view: Path, building: Path, fmt: str) -> None:
         config = json.loads(tok_config.read_text())
         config["model_max_length"] = recipe["max_text_length"]
         tok_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if fmt == "hf":
+        from vlforge.components.models.convert.remote_code import write_remote_code
+
+        write_remote_code(view, building)
     if fmt == "open_clip":
         from vlforge.components.models.convert.open_clip import write_open_clip
 

@@ -141,7 +141,7 @@ _BERT_TO_UNIMO = (("bert.embeddings.", "embeddings."), ("bert.encoder.", "encode
 def load_text_init(model: UnimoModel, source: str) -> None:
     """Copy the text-mlm model at ``source`` into ``model``'s text embeddings, encoder and LM head (see the module
     docstring); one-line UserErrors naming both sides when its sizes, vocabulary or positions do not fit."""
-    from vlforge.components.models.common.pretrained import copy_part, load_part
+    from vlforge.components.models.common.parts import copy_part, load_part
 
     bert = load_part(source, "text_init", "unimo", ("text-mlm",))
     src, dst = bert.config, model.config
@@ -361,7 +361,7 @@ class UnimoFamily(Family):
             check_token(self.name, tokenizer, role, " (MLM and generation need mask, bos and eos)")
         check_vocab_size(tokenizer, recipe.vocab_size)
         if recipe.text_init:
-            from vlforge.components.models.common.pretrained import part_family
+            from vlforge.components.models.common.parts import part_family
 
             part_family(recipe.text_init, "text_init", self.name, ("text-mlm",))
         per_worker = per_worker_batch(recipe)

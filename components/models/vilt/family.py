@@ -63,7 +63,7 @@ from vlforge.components.models.heads import ITMHead, not_negative_mask, same_sam
 from vlforge.components.models.masking import batch_generator, mask_tokens
 from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, load_pretrained, register_family
 from vlforge.components.models.registry import unwrap as _unwrap
-from vlforge.components.models.common.pretrained import load_part
+from vlforge.components.models.common.parts import load_part
 from vlforge.errors import UserError
 
 

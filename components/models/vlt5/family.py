@@ -74,7 +74,7 @@ from torch import nn
 from transformers import BartConfig, T5Config
 from vlforge.components.models.common.config import VocabRecipe, checked_task_weights
 from vlforge.components.models.common.preflight import check_patches, check_token, check_vocab_size
-from vlforge.components.models.common.pretrained import copy_part, load_part, part_family
+from vlforge.components.models.common.parts import copy_part, load_part, part_family
 from vlforge.components.models.masking import batch_generator
 from vlforge.components.models.teachers import image_teacher_vit
 from vlforge.components.models.registry import FAMILY_FILE, Family, ImageTextBatch, Recipe, register_family

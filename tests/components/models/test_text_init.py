@@ -1,4 +1,4 @@
-"""Per-part pretrained initialisation (``text_init``; ``common/pretrained.py``'s ``load_part`` / ``copy_part``):
+"""Per-part pretrained initialisation (``text_init``; ``common/parts.py``'s ``load_part`` / ``copy_part``):
 UNIMO starts its transformer from a text-mlm model, VL-T5 / VL-BART their backbone from a text-t5 / text-bart model
 (a Hugging Face T5 imported as text-t5, too). The copied weights are the source's, the rest starts as without
 text_init, the LM heads stay tied, and every misfit is a one-line UserError naming both sides."""

@@ -57,3 +57,27 @@ def test_train_key_checks_kinds_and_tokenizer_fit(tmp_path: Path) -> None:
     # a trained BPE tokenizer does not fit MiniLM's WordPiece tower: caught before any Ray worker starts
     with pytest.raises(UserError, match="text_tower"):
         train_key("clip", "tiny-minilm", {}, "d", "t", catalog)
+
+
+def test_train_key_refuses_a_text_init_of_another_family_before_any_work(tmp_path: Path) -> None:
+    """``text_init=catalog:REF`` reaches the family's preflight as the artifact's folder: a model of a family the
+    field does not take is a one-line error in ``train_key``, before Ray starts."""
+    import json
+
+    from vlforge.components.models.registry import FAMILY_FILE
+
+    catalog = Catalog(tmp_path / "catalog")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "manifest.json").write_text("{}")
+    catalog.register(kind="dataset", name="d", files=tmp_path / "ds", config={})
+    train_tokenizer(["a red circle", "a blue square"] * 5, tmp_path / "tok", TokenizerConfig(vocab_size=40))
+    catalog.register(kind="tokenizer", name="t", files=tmp_path / "tok", config={})
+    for family in ("text-bart", "text-t5"):
+        (tmp_path / family).mkdir()
+        (tmp_path / family / FAMILY_FILE).write_text(json.dumps({"family": family, "recipe": {}}))
+        catalog.register(kind="model", name=family, files=tmp_path / family, config={}, family=family)
+    with pytest.raises(UserError, match="vl-t5: text_init '.*' holds a 'text-bart' model; vl-t5 takes a text-t5 model"):
+        train_key("vl-t5", "tiny", {"text_init": "catalog:text-bart"}, "d", "t", catalog)
+    key, _, _, recipe = train_key("vl-t5", "tiny", {"text_init": "catalog:text-t5"}, "d", "t", catalog)
+    assert Path(recipe.text_init) == catalog.path(catalog.get("text-t5").id)
+    assert key != train_key("vl-t5", "tiny", {}, "d", "t", catalog)[0]  # the source is part of the run's key
