@@ -31,6 +31,7 @@ from vlforge.components.evaluation.tasks import (
 from vlforge.components.models.registry import (
     Family,
     Recipe,
+    model_seen_formats,
     read_family_file,
     special_token_ids,
 )
@@ -82,7 +83,8 @@ def evaluate(model_dir: Path, dataset_dir: Path, split: str, tasks: list[str], o
     for which in list(models):
         model = models.pop(which)  # the trained model leaves the device before the untrained one comes
         ctx = EvalContext(family, model, recipe, tokenizer, samples, train_samples, manifest=manifest,
-                          classnames=renames, templates=options.templates, device=device)
+                          classnames=renames, templates=options.templates, device=device,
+                          seen_formats=model_seen_formats(model_dir))
         del model
         ctx._images = images  # decoded once, shared by the trained and the untrained model
         images = ctx.images() if manifest.get("format") != "text" else None

@@ -242,6 +242,9 @@ class EvalContext:
     classnames: dict[str, str] | None = None
     templates: tuple[str, ...] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # the task formats the model (or a model it started from) saw in training (``registry.model_seen_formats``):
+    # a metric is called zero-shot only where its format is not among them
+    seen_formats: frozenset[str] = frozenset()
     _image_emb: torch.Tensor | None = None
     _images: list[Image.Image] | None = None
 

@@ -141,7 +141,9 @@ def few_shot_items(ctx: EvalContext, k: int = FEW_SHOT_K) -> list[tuple[int, VQA
 
 def run_vqa_few_shot(ctx: EvalContext) -> TaskOutput:
     """Open-ended VQA with ``FEW_SHOT_K`` interleaved (image, question, answer) shots before the query, and the same
-    questions with no shot (zero-shot), so the gain from in-context examples is measured on one model."""
+    questions with no shot, so the gain from in-context examples is measured on one model. The no-shot score is
+    ``vqa_zero_shot_accuracy`` only for a model that never saw the ``question: q answer: a`` form in training (nor
+    did a model it started from or keeps frozen inside: ``ctx.seen_formats``); else ``vqa_no_shot_accuracy``."""
     from vlforge.components.evaluation.tasks import TaskOutput
 
     images = ctx.images()
@@ -159,7 +161,11 @@ def run_vqa_few_shot(ctx: EvalContext) -> TaskOutput:
     questions = [q for _, q, _ in items]
     few = vqa_metrics(questions, predictions[FEW_SHOT_K])
     zero = vqa_metrics(questions, predictions[0])
-    metrics = {"vqa_few_shot_accuracy": few["vqa_accuracy"], "vqa_zero_shot_accuracy": zero["vqa_accuracy"],
+    # no shot is zero-shot only for a model that never trained on questions in this form (nor did its frozen LM)
+    seen = "vqa" in ctx.seen_formats
+    metrics = {"vqa_few_shot_accuracy": few["vqa_accuracy"],
+               ("vqa_no_shot_accuracy" if seen else "vqa_zero_shot_accuracy"): zero["vqa_accuracy"],
+               "vqa_format_seen_in_training": float(seen),
                "vqa_few_shot_k": float(FEW_SHOT_K), "vqa_few_shot_questions": float(len(questions)),
                "vqa_few_shot_chance": few["vqa_chance"]}
     rows = {"key": [q.key for q in questions], "qtype": [q.qtype for q in questions],

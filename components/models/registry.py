@@ -207,12 +207,34 @@ class Family(ABC):
         untrained baseline) must get a fresh model, not the previous one."""
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)  # type: ignore[operator]
-        meta: dict[str, Any] = {"family": self.name}
+        self.write_family_file(out_dir, recipe)
+
+    def write_family_file(self, out_dir: Path, recipe: Recipe) -> None:
+        """``vlforge_family.json``: the family, the recipe (``init_from`` beside it) and the task formats the model
+        has seen in training (``seen_formats``)."""
+        meta: dict[str, Any] = {"family": self.name, "task_formats": sorted(self.seen_formats(recipe))}
         if "init_from" in type(recipe).model_fields:
             meta["init_from"] = recipe.init_from  # type: ignore[attr-defined]
             recipe = recipe.model_copy(update={"init_from": None})
         meta["recipe"] = recipe.model_dump(mode="json")
-        (out_dir / FAMILY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (Path(out_dir) / FAMILY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    # ---- what training showed the model (zero-shot claims) -------------------------------------------
+    def task_formats(self, recipe: Recipe) -> frozenset[str]:
+        """The evaluation formats a run of ``recipe`` trains on itself (``"vqa"``: questions answered in the
+        ``question: q answer: a`` form an evaluation asks them in). Evaluation calls a metric zero-shot only for a
+        model that never saw its format (``seen_formats``)."""
+        return frozenset()
+
+    def seen_formats(self, recipe: Recipe) -> frozenset[str]:
+        """``task_formats`` of ``recipe`` and of every model it starts from or keeps inside (its teacher and
+        ``artifact_fields`` directories: a frozen LM pretrained on the format has seen it too)."""
+        seen = set(self.task_formats(recipe))
+        for field_name in (*self.teachers, *self.artifact_fields):
+            source = getattr(recipe, field_name, None)
+            if isinstance(source, str) and (Path(source) / FAMILY_FILE).is_file():
+                seen |= model_seen_formats(Path(source))
+        return frozenset(seen)
 
     @abstractmethod
     def load(self, model_dir: Path) -> nn.Module: ...
@@ -306,6 +328,16 @@ def get_family(name: str) -> Family:
 def family_names() -> list[str]:
     _load_builtin()
     return sorted(_FAMILIES)
+
+
+def model_seen_formats(model_dir: Path) -> frozenset[str]:
+    """The task formats the model in ``model_dir`` saw in training: as saved with it, or (a checkpoint saved before
+    they were recorded) what its own recipe trains."""
+    meta = json.loads((Path(model_dir) / FAMILY_FILE).read_text())
+    if "task_formats" in meta:
+        return frozenset(meta["task_formats"])
+    family = get_family(meta["family"])
+    return family.task_formats(family.validate_recipe(meta["recipe"], f"'{model_dir / FAMILY_FILE}'"))
 
 
 def read_family_file(model_dir: Path) -> tuple[Family, Recipe]:

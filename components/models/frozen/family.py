@@ -22,7 +22,11 @@ Objective: captioning LM loss conditioned on the visual prefix (``[prefix] <bos>
 the prefix and ``<bos>``; ``losses.lm_loss``). With scene facts (builtin scenes), each sample is with probability
 ``vqa_prob`` a VQA item instead: ``[prefix] <bos> question: <q> answer:`` with target `` <answer> <eos>`` — exactly
 the prompt the evaluation's VQA-by-generation uses. Which samples become VQA, and which question, is drawn from
-``masking.batch_generator(keys, seed + step)``, so a step is a pure function of the batch.
+``masking.batch_generator(keys, seed + step)``, so a step is a pure function of the batch. The paper trains
+captioning only (``vqa_prob: 0`` in ``tiny`` and ``base``); ``tiny-vqa-supervised`` trains VQA too. Evaluation calls
+the no-shot VQA score zero-shot only where neither the model nor its frozen LM saw the ``question: q answer: a``
+form (``Family.seen_formats``; the tiny text-lm reads it with ``context_qa_prob`` 0.5, so a Frozen on it reports
+``vqa_no_shot_accuracy``).
 
 Capabilities:
 - "generate": ``generate_texts(model, pixels, tokenizer, prompts, max_new_tokens)``: prompts None captions
@@ -131,6 +135,10 @@ class FrozenFamily(Family):
     def frozen_patterns(self, recipe: Recipe) -> list[str]:
         assert isinstance(recipe, FrozenRecipe)
         return ["language_model.*"] if recipe.freeze_lm else []
+
+    def task_formats(self, recipe: Recipe) -> frozenset[str]:
+        assert isinstance(recipe, FrozenRecipe)
+        return frozenset({"vqa"}) if recipe.vqa_prob > 0 else frozenset()  # VQA items in the evaluation's prompt form
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, FrozenRecipe)

@@ -138,6 +138,10 @@ class PromptFuseFamily(Family):
     def frozen_patterns(self, recipe: Recipe) -> list[str]:
         return ["language_model.*", "image_encoder.*"]
 
+    def task_formats(self, recipe: Recipe) -> frozenset[str]:
+        assert isinstance(recipe, PromptFuseRecipe)
+        return frozenset({"vqa"}) if recipe.vqa_prob > 0 else frozenset()  # VQA items in the evaluation's prompt form
+
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, PromptFuseRecipe)
         core = _unwrap(model)

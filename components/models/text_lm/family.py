@@ -135,6 +135,10 @@ class TextLMFamily(Family):
         assert isinstance(recipe, TextLMRecipe)
         check_vocab_size(tokenizer, recipe.vocab_size)
 
+    def task_formats(self, recipe: Recipe) -> frozenset[str]:
+        assert isinstance(recipe, TextLMRecipe)
+        return frozenset({"vqa"}) if recipe.context_qa_prob > 0 else frozenset()  # reading comprehension in the evaluation's "question: q answer: a" form
+
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, TextLMRecipe)
         input_ids, attention_mask, share = batch.input_ids, batch.attention_mask, 0.0

@@ -375,6 +375,10 @@ class UnimoFamily(Family):
         assert isinstance(recipe, UnimoRecipe)
         return [] if "I" in recipe.stream_pattern else ["mim_head.*", "image_embeddings.mask_token"]
 
+    def task_formats(self, recipe: Recipe) -> frozenset[str]:
+        assert isinstance(recipe, UnimoRecipe)
+        return frozenset({"vqa"}) if recipe.vqa_task and recipe.vqa_weight > 0 else frozenset()  # VQA as generation
+
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, UnimoRecipe)
         core = _unwrap(model)

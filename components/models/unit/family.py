@@ -177,6 +177,10 @@ class UnitFamily(Family):
         if recipe.task_weights.get("itm", 0) > 0:
             check_per_worker_batch(self.name, recipe, "pairs", "ITM needs another image")
 
+    def task_formats(self, recipe: Recipe) -> frozenset[str]:
+        assert isinstance(recipe, UnitRecipe)
+        return frozenset({"vqa"}) if recipe.task_weights.get("vqa", 0) > 0 else frozenset()  # the vqa task
+
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, UnitRecipe)
         task = draw_task(recipe.task_weights, batch, recipe.text_classes, recipe.seed)

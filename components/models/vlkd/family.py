@@ -30,7 +30,10 @@ Objectives (summed with ``*_weight``; the paper's three, its section 3 [M: unche
   differently, M].
 - VQA infilling (ours, for this project's generative VQA evaluation): when the batch carries scene facts, one
   question per scene (``scene_tasks.vqa_questions``) is written ``question: <q> answer: <mask>`` after the image
-  prefix and the decoder writes the answer. Skipped for batches without facts.
+  prefix and the decoder writes the answer. Skipped for batches without facts. Off (``vqa_weight: 0``) in the paper's
+  recipes, ``tiny`` and ``base``: the paper's VQAv2 figure is zero-shot, so a model that trained this task is no
+  zero-shot model; ``tiny-vqa-supervised`` is the supervised variant, and its saved ``task_formats`` (``vqa``) make
+  evaluation name its no-shot score for what it is (``Family.seen_formats``).
 Randomness (masks, captions masked whole, the question picked) draws from ``batch_generator(keys, seed + step)``.
 
 What the checkpoint holds: the BART student, the two bridges and the frozen CLIP image tower (frozen through
@@ -89,7 +92,8 @@ class VlkdRecipe(Recipe):
     ttdm_weight: float = Field(1.0, ge=0)
     itc_weight: float = Field(1.0, ge=0)
     iti_weight: float = Field(1.0, ge=0)
-    vqa_weight: float = Field(1.0, ge=0, description="the facts-based VQA infilling task (batches with facts only)")
+    vqa_weight: float = Field(0.0, ge=0, description="the facts-based VQA infilling task (batches with facts only); "
+                              "0 in the paper recipes (zero-shot VQA), 1 in tiny-vqa-supervised")
     ttdm_distance: Literal["l2", "cosine"] = Field("l2", description="l2: squared L2 distance of the unit vectors")
     mask_ratio: float = Field(0.3, gt=0, le=1)
     poisson_lambda: float = Field(3.0, ge=0)
@@ -242,6 +246,10 @@ class VlkdFamily(Family):
                            json.loads((bart_dir / "config.json").read_text()), len(tokenizer), recipe.max_text_length)
 
     # ---- objectives ---------------------------------------------------------------------------------
+    def task_formats(self, recipe: Recipe) -> frozenset[str]:
+        assert isinstance(recipe, VlkdRecipe)
+        return frozenset({"vqa"}) if recipe.vqa_weight > 0 else frozenset()  # supervised VQA infilling
+
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, VlkdRecipe)
         core = _unwrap(model)
@@ -304,8 +312,7 @@ class VlkdFamily(Family):
     def save(self, model: nn.Module, out_dir: Path, recipe: Recipe) -> None:
         out_dir = Path(out_dir)
         _unwrap(model).save(out_dir)
-        (out_dir / FAMILY_FILE).write_text(
-            json.dumps({"family": self.name, "recipe": recipe.model_dump(mode="json")}, indent=2, sort_keys=True))
+        self.write_family_file(out_dir, recipe)
 
     def load(self, model_dir: Path) -> nn.Module:
         config_file = Path(model_dir) / CONFIG_FILE

@@ -384,6 +384,10 @@ class VLSeq2SeqFamily(Family):
         if recipe.text_init and not recipe.init_from:
             part_family(recipe.text_init, "text_init", self.name, (self.text_family,))
 
+    def task_formats(self, recipe: Recipe) -> frozenset[str]:
+        assert isinstance(recipe, VLSeq2SeqRecipe)
+        return frozenset({"vqa"}) if recipe.task_weights.get("vqa", 0) > 0 else frozenset()  # the vqa task
+
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
         assert isinstance(recipe, VLSeq2SeqRecipe)
         if batch.tokenizer is None:

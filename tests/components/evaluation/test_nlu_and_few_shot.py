@@ -115,6 +115,11 @@ class _Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[int, str]] = []
 
+    def image_transform(self, recipe):
+        from vlforge.components.data.loader import ImageTransform
+
+        return ImageTransform(recipe.image_size, self.image_mean, self.image_std)
+
     def few_shot_generate(self, model, shots, query_pixels, query_prompt, tokenizer, max_new_tokens):
         self.calls.append((len(shots), query_prompt))
         assert all(p.shape == query_pixels.shape for p, _ in shots)
@@ -135,3 +140,34 @@ def test_few_shot_vqa_shots_are_solved_examples_of_other_scenes(tiny_clip_dir: P
     assert all(p.endswith("answer:") for _, p in recorder.calls)
     copied = sum(q.answer == shots[-1][1].answer.split()[0] for _, q, shots in items) / len(items)
     assert abs(out.metrics["vqa_few_shot_accuracy"] - copied) < 1e-9
+    assert "vqa_zero_shot_accuracy" in out.metrics and out.metrics["vqa_format_seen_in_training"] == 0.0
+
+    ctx.seen_formats = frozenset({"vqa"})  # the model, or the LM it keeps frozen, trained on "question: q answer: a"
+    seen = run_vqa_few_shot(ctx).metrics
+    assert "vqa_zero_shot_accuracy" not in seen and seen["vqa_format_seen_in_training"] == 1.0
+    assert seen["vqa_no_shot_accuracy"] == out.metrics["vqa_zero_shot_accuracy"]
+
+
+def test_seen_formats_follow_the_recipe_and_the_models_it_keeps(tmp_path: Path) -> None:
+    """A text-lm trained on reading comprehension saw the VQA form; a Frozen on it has seen it through its LM even
+    with vqa_prob 0; the supervised recipes say so themselves; CLIP never does."""
+    from vlforge.components.models.registry import FAMILY_FILE, get_family, model_seen_formats
+
+    text_lm, frozen, vlkd = get_family("text-lm"), get_family("frozen"), get_family("vlkd")
+    lm_dir = tmp_path / "lm"
+    lm_dir.mkdir()
+    text_lm.write_family_file(lm_dir, text_lm.recipe("tiny"))
+    assert model_seen_formats(lm_dir) == {"vqa"}
+    assert frozen.seen_formats(frozen.recipe("tiny", {"language_model": str(lm_dir)})) == {"vqa"}
+    text_lm.write_family_file(lm_dir, text_lm.recipe("tiny", {"context_qa_prob": 0.0}))
+    assert frozen.seen_formats(frozen.recipe("tiny", {"language_model": str(lm_dir)})) == frozenset()
+    assert frozen.task_formats(frozen.recipe("tiny-vqa-supervised")) == {"vqa"}
+    assert vlkd.task_formats(vlkd.recipe("tiny")) == vlkd.task_formats(vlkd.recipe("base")) == frozenset()
+    assert vlkd.task_formats(vlkd.recipe("tiny-vqa-supervised")) == {"vqa"}
+    assert get_family("clip").seen_formats(get_family("clip").recipe("tiny")) == frozenset()
+    # a checkpoint saved before formats were recorded: its own recipe decides
+    meta = json.loads((lm_dir / FAMILY_FILE).read_text())
+    del meta["task_formats"]
+    meta["recipe"]["context_qa_prob"] = 0.5
+    (lm_dir / FAMILY_FILE).write_text(json.dumps(meta))
+    assert model_seen_formats(lm_dir) == {"vqa"}

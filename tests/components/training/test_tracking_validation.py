@@ -21,7 +21,7 @@ from vlforge.components.data.crawl import CrawlConfig
 from vlforge.components.data.shard import ShardConfig
 from vlforge.components.models.registry import get_family
 from vlforge.components.pipeline_config import SourceConfig
-from vlforge.components.stages import run_ingest, run_tokenizer
+from vlforge.components.stages import run_ingest, run_tokenizer, train_key
 from vlforge.components.tokenizer import TokenizerConfig, load_tokenizer
 from vlforge.components.training.tracking import RUN_TAG, Tracker, check_tracking
 from vlforge.components.training.validation import Validator, check_validation
@@ -164,6 +164,18 @@ def test_train_stage_validates_and_tracks_through_the_ray_loop(tmp_path: Path, m
     data = run_ingest(SourceConfig(spec="builtin:shapes?n=96&image_size=32"), CrawlConfig(image_size=32, processes=1),
                       ShardConfig(samples_per_shard=48, validation_fraction=0.25), catalog).artifact
     tok = run_tokenizer(data.id, TokenizerConfig(vocab_size=128), catalog).artifact
+    # plan time, before any work: a dataset without a validation split, an unreachable MLflow store
+    no_val = run_ingest(SourceConfig(spec="builtin:shapes?n=16&image_size=32", name="noval"),
+                        CrawlConfig(image_size=32, processes=1), ShardConfig(validation_fraction=0.0), catalog).artifact
+    with pytest.raises(UserError, match="recipe field 'eval_every': dataset 'noval' has no 'validation' split"):
+        train_key("clip", "tiny", RECIPE, no_val.id, tok.id, catalog)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with monkeypatch.context() as m:
+        m.setenv("VLFORGE_MLFLOW_URI", f"http://127.0.0.1:{port}")
+        with pytest.raises(UserError, match="MLflow tracking URI .* is unreachable"):
+            train_key("clip", "tiny", RECIPE, data.id, tok.id, catalog)
     args = {"recipe": RECIPE, "data": data.id, "tok": tok.id, "catalog": str(home / "catalog")}
     proc = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, json.dumps(args)], capture_output=True, text=True,
                           timeout=280, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -184,3 +196,13 @@ def test_train_stage_validates_and_tracks_through_the_ray_loop(tmp_path: Path, m
     tags = run.data.tags
     assert (tags["catalog.model"], tags["catalog.dataset"], tags["catalog.tokenizer"]) == (model_id, data.id, tok.id)
     assert list((home / "tensorboard" / tags[RUN_TAG]).glob("events.out.tfevents.*"))
+
+
+def test_the_cli_and_the_loop_import_neither_mlflow_nor_tensorboard() -> None:
+    # both are imported only when a recipe's tracking names them
+    code = ("import sys, vlforge.cli, vlforge.components.stages, vlforge.components.training.loop; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('mlflow', 'tensorboard') "
+            "or m.startswith('torch.utils.tensorboard')])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
