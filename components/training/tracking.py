@@ -39,7 +39,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _make_sqlite_folder(uri: str) -> None:
-    """SQLite creates its file but not the folder it lies in."""
+    """SQLite creates its file but not the folder it lies in. MLflow's and alembic's INFO lines on creating a store
+    ("Creating initial MLflow database tables...") are the framework's, not vlforge's: they log warnings only."""
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
 

@@ -13,8 +13,9 @@ the text embeddings, modality embeddings, pooler and heads start fresh, and ever
 recipe's width, depth, heads, MLP width and patch; trained on another image size, its patch position embeddings are
 interpolated (bicubic) to the recipe's grid, as ViLT runs its 384 px ViT at other resolutions. An ImageNet ViT saved
 with ``save_pretrained`` becomes such a teacher with ``vlforge import model DIR --family image-teacher``, then
-``--set vit_teacher=catalog:REF``. ``scratch`` (both recipes' default;
-no ImageNet weights offline) starts at random unless a ``vit_teacher`` is given (``--teacher REF``): ``vit_init`` only
+``--set vit_teacher=catalog:REF``. The ``base`` recipe says ``teacher``, as the paper: without a ``vit_teacher``
+the flow first trains an image-teacher of the recipe's transformer shape on the same data (MIM). ``scratch``
+(``tiny``'s default) starts at random unless a ``vit_teacher`` is given (``--teacher REF``): ``vit_init`` only
 decides whether the flow trains a default teacher when none is given.
 
 Initialisation scale (``initializer_range``): ViT and BERT draw weights with std 0.02, which at the tiny recipe's
@@ -210,6 +211,13 @@ class ViltFamily(Family):
     def needed_teachers(self, recipe: Recipe) -> dict[str, tuple[str, ...]]:
         assert isinstance(recipe, ViltRecipe)
         return dict(self.teachers) if recipe.vit_init == "teacher" else {}
+
+    def teacher_overrides(self, field: str, recipe: Recipe, offers: frozenset[str]) -> dict[str, Any]:
+        """The default ViT the flow trains first has this ViLT's transformer shape (width, depth, heads, MLP, patch,
+        image size), so it initialises every layer, as the paper's ViT-B/32 does ViLT-B/32's."""
+        assert isinstance(recipe, ViltRecipe)
+        return {k: getattr(recipe, k) for k in ("image_size", "patch_size", "hidden_size", "num_layers", "num_heads",
+                                                 "mlp_ratio")}
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, ViltRecipe)

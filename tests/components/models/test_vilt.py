@@ -119,7 +119,13 @@ def test_vit_init_copies_an_image_teacher_into_the_transformer(tmp_path: Path) -
     family = get_family("vilt")
     assert missing_teachers("vilt", family.recipe("tiny", {**size, "vit_init": "teacher"})) == {"vit_teacher": "image-teacher"}
     assert missing_teachers("vilt", family.recipe("tiny", {**size, "vit_init": "scratch"})) == {}
-    assert family.recipe("base").vit_init == "scratch" and family.recipe("tiny").vit_init == "scratch"
+    # base starts from a ViT as the paper; the default one the flow trains has ViLT's transformer shape
+    base = family.recipe("base")
+    assert base.vit_init == "teacher" and family.recipe("tiny").vit_init == "scratch"
+    shape = family.teacher_overrides("vit_teacher", base, frozenset())
+    assert shape == {"image_size": 384, "patch_size": 32, "hidden_size": 768, "num_layers": 12, "num_heads": 12,
+                     "mlp_ratio": 4}
+    teacher_family.recipe("base", shape)  # a valid image-teacher recipe
     assert missing_teachers("vilt", family.recipe("tiny", size)) == {}
     recipe = family.recipe("tiny", {**size, "vit_teacher": str(tmp_path / "teacher")})
     model = family.build_model(recipe, 50, SPECIALS)
