@@ -51,8 +51,13 @@ clipbench: install
 
 # The benchmark scripts' own --tiny/--dry-run runs (marker `bench`) are minutes of repeated pipeline start-ups: they
 # run with the benchmarks (`make test-bench`, first thing `make bench` does), not in `make test`.
+# TEST_WORKERS pytest processes (pytest-xdist; a test file stays on one of them, so its module fixtures are built
+# once): most of a CLI or Ray test is waiting on a subprocess, so two processes on two cores overlap that waiting.
+# Tests marked `serial` (a Ray cluster, a timed kill) then run one at a time: they time out under a loaded machine.
+TEST_WORKERS ?= 2
 test: install browser java cocoeval
-	$(PY) -m pytest -q -p no:cacheprovider -m "not bench" --durations=30
+	$(PY) -m pytest -q -p no:cacheprovider -m "not bench and not serial" -n $(TEST_WORKERS) --dist loadfile --durations=30
+	$(PY) -m pytest -q -p no:cacheprovider -m "serial and not bench" --durations=10
 
 test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"

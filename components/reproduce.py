@@ -87,8 +87,11 @@ def _rebuild(art: Artifact, new_ids: dict[str, str], scratch: Catalog, catalog: 
         return stages.run_tokenizer(parents[0], TokenizerConfig(**cfg), scratch).artifact
     if stage == "train":  # its teachers, towers and the model it continued are parents, rebuilt already
         step = stages.TrainStep.from_artifact(art, catalog)
-        return stages.run_train(step.family, step.recipe, remap_refs(step.overrides, new_ids), parents[0], parents[1],
-                                scratch, ray_address).artifact
+        # a weighted mix: its datasets (config "mix") are the first parents, then the tokenizer
+        mix = {new_ids[m["dataset"]]: m["weight"] for m in cfg.get("mix", [])}
+        data = mix if mix else parents[0]
+        return stages.run_train(step.family, step.recipe, remap_refs(step.overrides, new_ids), data,
+                                parents[len(mix) if mix else 1], scratch, ray_address).artifact
     if stage == "eval":
         from vlforge.components.evaluation.options import EvalOptions
 

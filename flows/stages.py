@@ -37,8 +37,8 @@ def tokenizer_task(cache_key: str, data: str, config: TokenizerConfig, ray_addre
 
 
 @task(name="train", **TASK_OPTIONS)
-def train_task(cache_key: str, family: str, recipe: str, overrides: dict[str, Any], data: str, tokenizer: str,
-               ray_address: str | None = None, ray_storage: str | None = None) -> str:
+def train_task(cache_key: str, family: str, recipe: str, overrides: dict[str, Any], data: str | dict[str, float],
+               tokenizer: str, ray_address: str | None = None, ray_storage: str | None = None) -> str:
     return stages.run_train(family, recipe, overrides, data, tokenizer, open_catalog(), ray_address,
                             ray_storage).artifact.id
 

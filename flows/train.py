@@ -1,14 +1,16 @@
-"""Train flow: a catalog dataset (+ tokenizer, trained on it when not given) -> a catalogued model, with the
-teachers its family needs trained first (``components.stages.plan``).
+"""Train flow: a catalog dataset, or several mixed by weight (+ tokenizer, trained on the first when not given)
+-> a catalogued model, with the teachers its family needs trained first on the same data
+(``components.stages.plan``).
 
     vlforge run train --family clip --data shapes --recipe tiny
+    vlforge run train --family clip --data shapes=3 --data other=1
 """
 from __future__ import annotations
 
 from typing import Any
 
 from prefect import flow
-from vlforge.components.stages import TrainPlan, plan_training, tokenizer_key, train_key
+from vlforge.components.stages import TrainData, TrainPlan, plan_training, tokenizer_key, train_key, training_data
 from vlforge.components.tokenizer import TokenizerConfig
 from vlforge.flows.common import open_catalog, run_cached
 from vlforge.flows.stages import tokenizer_task, train_task
@@ -22,18 +24,20 @@ def tokenizer_flow(data: str, config: TokenizerConfig, ray_address: str | None =
 
 
 @flow(name="train")
-def train_flow(family: str, data: str, recipe: str = "tiny", overrides: dict[str, Any] | None = None,
+def train_flow(family: str, data: str | dict[str, float], recipe: str = "tiny", overrides: dict[str, Any] | None = None,
                tokenizer: str | None = None, tokenizer_config: TokenizerConfig | None = None,
                ray_address: str | None = None) -> dict:
     catalog = open_catalog()
-    dataset_id = catalog.get(data).id
+    datasets = training_data(data, catalog)
+    dataset_id = datasets[0][0].id
+    data_ids: TrainData = dataset_id if len(datasets) == 1 else {art.id: w for art, w in datasets}
     result: dict = {"dataset": dataset_id, "cached": {}}
     if tokenizer is None:
         tok = tokenizer_flow(dataset_id, tokenizer_config or TokenizerConfig(), ray_address)
         tokenizer = tok["tokenizer"]
         result["cached"]["tokenizer"] = tok["cached"]["tokenizer"]
-    plan = plan_training(family, recipe, dict(overrides or {}), catalog.path(dataset_id))
-    walked = walk_plan(plan, dataset_id, tokenizer, ray_address)
+    plan = plan_training(family, recipe, dict(overrides or {}), [catalog.path(art.id) for art, _ in datasets])
+    walked = walk_plan(plan, data_ids, tokenizer, ray_address)
     result["tokenizer"] = walked["tokenizer"]
     result["model"], result["cached"]["model"] = walked["model"], walked["cached"]["model"]
     result["cached"].update({k: v for k, v in walked["cached"].items() if k != "model"})
@@ -42,7 +46,7 @@ def train_flow(family: str, data: str, recipe: str = "tiny", overrides: dict[str
     return result
 
 
-def walk_plan(plan: TrainPlan, dataset_id: str, tokenizer: str, ray_address: str | None,
+def walk_plan(plan: TrainPlan, dataset_id: TrainData, tokenizer: str, ray_address: str | None,
               ray_storage: str | None = None) -> dict[str, Any]:
     """Train every step of ``plan`` as a cached train task, in order. Returns the last stage's ``model``, every
     stage's ``{recipe, model, cached}`` (``stages``), the default ``teachers`` (field -> model), ``cached`` (``model``

@@ -1,10 +1,15 @@
 """Shared fixtures: an isolated VLFORGE_HOME per test and the shared emoji data. CLI helpers: cli_harness.py."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from cli_harness import EMOJI_DIR
+
+# pytest-xdist workers run with COLUMNS=80; rich would then wrap and truncate the tables the CLI tests read.
+for _var in ("COLUMNS", "LINES"):
+    os.environ.pop(_var, None)
 
 
 @pytest.fixture

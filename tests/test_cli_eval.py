@@ -17,7 +17,7 @@ from vlforge.components.tokenizer import (
 eval_fixtures = load_module("eval_fixtures", REPO / "tests/components/evaluation/eval_fixtures.py")
 
 HEADLINES = {"retrieval": "i2t_r1", "zero_shot_classification": "zs_top1", "linear_probe": "probe_top1",
-             "vqa": "vqa_accuracy", "nlvr": "nlvr_accuracy", "grounding": "grounding_accuracy",
+             "itm": "itm_pair_accuracy", "vqa": "vqa_accuracy", "nlvr": "nlvr_accuracy", "grounding": "grounding_accuracy",
              "nlu_probe": "nlu_accuracy"}
 
 
@@ -46,7 +46,7 @@ def test_eval_suite_and_leaderboard(home: Path, tmp_path: Path, monkeypatch: pyt
     assert sorted(a.id for a in catalog.list()) == before
 
     result = cli_json(["run", "eval", "--model", "clip-shapes", "--data", "shapes", "--suite", "default"], home)
-    assert result["tasks"] == sorted(HEADLINES) and set(result["skipped"]) == {"itm", "captioning", "vqa_few_shot", "vqav2",
+    assert result["tasks"] == sorted(HEADLINES) and set(result["skipped"]) == {"captioning", "vqa_few_shot", "vqav2",
                                                                                 "nlvr2", "nlvr2_finetune", "detection"}
     report = catalog.get(result["eval"])
     assert report.parents == [model.id, dataset.id]

@@ -12,7 +12,7 @@ import pytest
 from cli_harness import REPO, cli_env, cli_json
 from vlforge.catalog import Catalog
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 CONFIG = """
 source: {spec: "builtin:shapes?n=200&image_size=32"}

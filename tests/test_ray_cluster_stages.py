@@ -13,7 +13,7 @@ from cli_harness import cli_json, run_cli
 from PIL import Image
 from ray_cluster import two_node_cluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(600)]
 
 
 class _Server:

@@ -6,7 +6,7 @@
                        [--images DIR] [--classnames FILE] [--templates FILE]   (benchmark layouts)
     vlforge run filter --data REF [--config FILE] [--json]
     vlforge run tokenizer --data REF [--set vocab_size=1024] [--json]
-    vlforge run train --family clip --data REF [--recipe tiny] [--steps N] [--set KEY=VALUE ...] [--json]
+    vlforge run train --family clip --data REF[=WEIGHT] [--data ...] [--recipe tiny] [--steps N] [--set KEY=VALUE ...] [--json]
     vlforge run eval --model REF --data REF [--task retrieval ... | --suite default] [--split validation] [--json]
                      [--classnames FILE] [--templates FILE] [--baseline|--no-baseline] [--device auto|cpu|cuda[:N]]
     vlforge leaderboard [--json]
@@ -262,10 +262,12 @@ def run_tokenizer(
 def run_train(
     out: Console,
     family: Annotated[str, typer.Option(help="Model family (see `vlforge families`).")],
-    data: Annotated[str, typer.Option(help="Dataset REF.")],
+    data: Annotated[list[str], typer.Option(help="Dataset REF; repeat as REF=WEIGHT to mix datasets by weight (each "
+                                            "sample drawn from REF with probability WEIGHT / total).")],
     recipe: Annotated[str, typer.Option(help="Named recipe of the family.")] = "tiny",
     steps: Annotated[Optional[int], typer.Option(help="Override the recipe's number of steps.")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer REF; default: train one on the dataset.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer REF; default: train one on the (first) "
+                                                     "dataset.")] = None,
     ray_address: RayAddressOpt = None,
     teacher: Annotated[Optional[list[str]], typer.Option(help="Teacher model REF (repeatable); default: train the "
                                                          "family's teachers in the DAG.")] = None,
@@ -283,17 +285,16 @@ def run_train(
 
     check_ray_address(ray_address)
     catalog = open_catalog()
-    art = catalog.get(data)
-    if art.kind != "dataset":
-        raise UserError(f"--data '{data}' is a {art.kind}, not a dataset")
+    from vlforge.components.stages import parse_data_options, teacher_overrides, training_data
+
+    datasets = training_data(parse_data_options(data), catalog)  # the mix's errors, before the tokenizer trains
+    data_ids = datasets[0][0].id if len(datasets) == 1 else {art.id: w for art, w in datasets}
     if tokenizer is not None and catalog.get(tokenizer).kind != "tokenizer":
         raise UserError(f"--tokenizer '{tokenizer}' is a {catalog.get(tokenizer).kind}, not a tokenizer")
-    from vlforge.components.stages import teacher_overrides
-
     overrides.update(teacher_overrides(family, teacher or [], catalog))
     from vlforge.flows.train import train_flow
 
-    result = train_flow(family, art.id, recipe, overrides, tokenizer, PipelineConfig().tokenizer, ray_address)
+    result = train_flow(family, data_ids, recipe, overrides, tokenizer, PipelineConfig().tokenizer, ray_address)
     emit(out, as_json, artifact_ids(result), lambda: out.print(artifacts_table(result, "vlforge train")))
 
 

@@ -7,11 +7,22 @@ so resuming at step ``s`` skips ``s`` batches of raw bytes without decoding them
 uninterrupted run would have seen. An image with several captions (a benchmark's ``captions``) is one sample per
 pass, with one of its captions drawn from the same seeded stream each time it is read. ``training_loader`` is the same stream split further across torch DataLoader
 workers that decode, resize and normalise in parallel, with optional shard resampling (``bench/loader_bench.py``
-measures it against a bare decode loop). Evaluation reads a split in order with ``webdataset``."""
+measures it against a bare decode loop).
+
+Two options follow open_clip's data flags. ``epoch_samples`` (``Recipe.train_num_samples``, open_clip's
+``--train-num-samples``) fixes an epoch's length: after that many samples (rounded up to whole batches per
+consumer) the stream starts its next epoch, a new shard order (resampled: new shard draws) and an empty shuffle
+buffer, however far it got through the shards; training still lasts ``steps``. A ``DataMix`` (``vlforge run train
+--data A=3 --data B=1``) draws each sample's dataset by weight from a seeded RNG per consumer and epoch, then
+takes that dataset's next sample from its own stream (a dataset that runs out starts its next pass): the batches
+are again a pure function of (seed, rank, world, position), so a resumed run sees what an uninterrupted one
+would. Evaluation reads a split in order with ``webdataset``."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -105,53 +116,105 @@ def _to_raw(key: str, group: dict[str, bytes]) -> RawSample:
     return RawSample(key, image, group.get("txt", b"").decode("utf-8"), json.loads(group.get("json", b"{}")))
 
 
-def training_stream(shards: Sequence[Path], rank: int, world: int, seed: int, shuffle_buffer: int,
-                    resample: bool = False) -> Iterator[RawSample]:
+def training_stream(shards: Sequence[Path], rank: int, world: int, seed: int | str, shuffle_buffer: int,
+                    resample: bool = False, epoch_samples: int | None = None) -> Iterator[RawSample]:
     """Endless, deterministic stream of raw samples for one consumer (a data-parallel rank, or one dataloader
     worker of one rank: see ``TrainingBatches``). ``resample``: draw shards with replacement (seeded per consumer)
     instead of splitting each epoch's shard order — every consumer sees every shard, so a shard count below the
-    number of consumers costs no stride and no consumer runs dry first (webdataset's ``ResampledShards``)."""
+    number of consumers costs no stride and no consumer runs dry first (webdataset's ``ResampledShards``).
+    ``epoch_samples``: this consumer's epoch ends after that many samples (or at the end of its pass over the
+    shards, if sooner; a resampled epoch never ends by itself) and the next starts afresh with the next epoch's
+    seeds."""
     if not shards:
         raise ValueError("no training shards")
     shards = sorted(shards)
-    if resample:
-        yield from _resampled_stream(shards, rank, seed, shuffle_buffer)
-        return
     epoch = 0
     while True:
-        order = list(shards)
-        random.Random(f"{seed}:{epoch}:shards").shuffle(order)
-        if len(order) >= world:
-            mine, stride = order[rank::world], 1
-        else:
-            mine, stride = order, world
-        rng = random.Random(f"{seed}:{epoch}:{rank}:buffer")
-        pick_caption = random.Random(f"{seed}:{epoch}:{rank}:captions")
-        buffer: list[RawSample] = []
-        index = 0
-        for shard in mine:
-            for sample in _read_tar(shard, pick_caption):
-                index += 1
-                if stride > 1 and (index - 1) % stride != rank:
-                    continue
-                buffer.append(sample)
-                if len(buffer) >= shuffle_buffer:
-                    yield buffer.pop(rng.randrange(len(buffer)))
-        while buffer:
-            yield buffer.pop(rng.randrange(len(buffer)))
+        samples = (_resampled_epoch(shards, rank, seed, shuffle_buffer, epoch) if resample
+                   else _shuffled_epoch(shards, rank, world, seed, shuffle_buffer, epoch))
+        yield from samples if epoch_samples is None else itertools.islice(samples, epoch_samples)
+        samples.close()
         epoch += 1
 
 
-def _resampled_stream(shards: Sequence[Path], consumer: int, seed: int, shuffle_buffer: int) -> Iterator[RawSample]:
-    pick = random.Random(f"{seed}:{consumer}:resample")
-    rng = random.Random(f"{seed}:{consumer}:buffer")
-    pick_caption = random.Random(f"{seed}:{consumer}:captions")
+def _shuffled_epoch(shards: Sequence[Path], rank: int, world: int, seed: int | str, shuffle_buffer: int,
+                    epoch: int) -> Iterator[RawSample]:
+    order = list(shards)
+    random.Random(f"{seed}:{epoch}:shards").shuffle(order)
+    if len(order) >= world:
+        mine, stride = order[rank::world], 1
+    else:
+        mine, stride = order, world
+    rng = random.Random(f"{seed}:{epoch}:{rank}:buffer")
+    pick_caption = random.Random(f"{seed}:{epoch}:{rank}:captions")
+    buffer: list[RawSample] = []
+    index = 0
+    for shard in mine:
+        for sample in _read_tar(shard, pick_caption):
+            index += 1
+            if stride > 1 and (index - 1) % stride != rank:
+                continue
+            buffer.append(sample)
+            if len(buffer) >= shuffle_buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
+    while buffer:
+        yield buffer.pop(rng.randrange(len(buffer)))
+
+
+def _resampled_epoch(shards: Sequence[Path], consumer: int, seed: int | str, shuffle_buffer: int,
+                     epoch: int) -> Iterator[RawSample]:
+    tag = f"{seed}:{consumer}" if epoch == 0 else f"{seed}:{consumer}:{epoch}"  # epoch 0: the seeds of old
+    pick = random.Random(f"{tag}:resample")
+    rng = random.Random(f"{tag}:buffer")
+    pick_caption = random.Random(f"{tag}:captions")
     buffer: list[RawSample] = []
     while True:
         for sample in _read_tar(shards[pick.randrange(len(shards))], pick_caption):
             buffer.append(sample)
             if len(buffer) >= shuffle_buffer:
                 yield buffer.pop(rng.randrange(len(buffer)))
+
+
+@dataclass(frozen=True)
+class DataMix:
+    """The training shards of several datasets, each dataset drawn per sample with probability weight / total."""
+
+    sources: tuple[tuple[Path, ...], ...]  # one dataset's training shards each
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sources) != len(self.weights) or not self.sources:
+            raise ValueError("a data mix needs one weight per dataset, and at least one dataset")
+        if any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError(f"data mix weights {self.weights}: each must be >= 0 and their sum > 0")
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[Sequence[Path | str], float]]) -> DataMix:
+        """From (shards, weight) pairs (the form a Ray worker's config carries)."""
+        return cls(tuple(tuple(Path(p) for p in shards) for shards, _ in pairs), tuple(float(w) for _, w in pairs))
+
+
+def mixed_stream(mix: DataMix, consumer: int, consumers: int, seed: int, shuffle_buffer: int, resample: bool = False,
+                 epoch_samples: int | None = None) -> Iterator[RawSample]:
+    """Endless, deterministic stream of one consumer over a ``DataMix``: each sample's dataset drawn by weight
+    (``random.Random`` seeded by seed, epoch and consumer: webdataset's ``RandomMix`` draws from the process-wide
+    RNG, which nothing here may share), then that dataset's next sample from its own ``training_stream`` (seeded
+    apart per dataset). ``epoch_samples``: after that many samples every dataset's stream starts over with the next
+    epoch's seeds."""
+    cum_weights = list(itertools.accumulate(mix.weights))
+    indices = range(len(mix.sources))
+    epoch = 0
+    while True:
+        streams = [training_stream(shards, consumer, consumers, f"{seed}:{epoch}:source{i}", shuffle_buffer, resample)
+                   for i, shards in enumerate(mix.sources)]
+        pick = random.Random(f"{seed}:{epoch}:{consumer}:mix")
+        drawn = 0
+        while epoch_samples is None or drawn < epoch_samples:
+            yield next(streams[pick.choices(indices, cum_weights=cum_weights)[0]])
+            drawn += 1
+        for stream in streams:
+            stream.close()
+        epoch += 1
 
 
 @dataclass
@@ -169,16 +232,30 @@ class TrainingBatches(torch.utils.data.IterableDataset):
     Split two ways: by data-parallel rank (Ray Train worker) and, inside a rank, by torch DataLoader worker; each
     (rank, worker) pair is one consumer of ``training_stream`` (``world * num_workers`` consumers). The DataLoader
     takes batches round-robin from its workers, so the batch sequence is a pure function of (seed, rank, world,
-    num_workers, resample) and resuming at ``start_step`` has each worker skip, undecoded, the raw samples of the
-    batches it made before that step. Decoding happens in the workers, off the training process."""
+    num_workers, resample, epoch_samples) and resuming at ``start_step`` has each worker skip, undecoded, the raw
+    samples of the batches it made before that step. Decoding happens in the workers, off the training process.
 
-    def __init__(self, shards: Sequence[Path], *, rank: int, world: int, seed: int, shuffle_buffer: int,
+    ``shards``: one dataset's training shards, or a ``DataMix``. ``epoch_samples``: the length of an epoch over
+    all consumers (``Recipe.train_num_samples``), rounded up as open_clip does to whole batches per consumer."""
+
+    def __init__(self, shards: Sequence[Path] | DataMix, *, rank: int, world: int, seed: int, shuffle_buffer: int,
                  transform: ImageTransform, batch_size: int, num_workers: int, start_step: int = 0,
-                 resample: bool = False) -> None:
+                 resample: bool = False, epoch_samples: int | None = None) -> None:
         super().__init__()
-        self.shards, self.rank, self.world, self.seed = list(shards), rank, world, seed
+        self.shards = shards if isinstance(shards, DataMix) else list(shards)
+        self.rank, self.world, self.seed = rank, world, seed
         self.shuffle_buffer, self.transform, self.batch_size = shuffle_buffer, transform, batch_size
         self.num_workers, self.start_step, self.resample = max(0, num_workers), start_step, resample
+        self.epoch_samples = epoch_samples
+
+    def consumer_stream(self, consumer: int, consumers: int) -> Iterator[RawSample]:
+        """The raw samples of one consumer, from its first (an epoch of ``epoch_samples`` over all consumers is
+        ``ceil(epoch_samples / (consumers * batch_size))`` batches of each)."""
+        epoch = None if self.epoch_samples is None else \
+            math.ceil(self.epoch_samples / (consumers * self.batch_size)) * self.batch_size
+        if isinstance(self.shards, DataMix):
+            return mixed_stream(self.shards, consumer, consumers, self.seed, self.shuffle_buffer, self.resample, epoch)
+        return training_stream(self.shards, consumer, consumers, self.seed, self.shuffle_buffer, self.resample, epoch)
 
     def __iter__(self) -> Iterator[DecodedBatch]:
         info = torch.utils.data.get_worker_info()
@@ -187,7 +264,7 @@ class TrainingBatches(torch.utils.data.IterableDataset):
         # worker asked first must play the part of the worker that made batch s: rotate the roles by s.
         role = (worker + self.start_step) % workers
         consumer, consumers = self.rank * workers + role, self.world * workers
-        stream = training_stream(self.shards, consumer, consumers, self.seed, self.shuffle_buffer, self.resample)
+        stream = self.consumer_stream(consumer, consumers)
         made_before = len(range(role, self.start_step, workers))  # batches this role made before start_step
         for _ in range(made_before * self.batch_size):
             next(stream)
@@ -223,13 +300,14 @@ def _single_thread_worker(_: int) -> None:
     torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
 
 
-def training_loader(shards: Sequence[Path], *, rank: int, world: int, seed: int, shuffle_buffer: int,
+def training_loader(shards: Sequence[Path] | DataMix, *, rank: int, world: int, seed: int, shuffle_buffer: int,
                     transform: ImageTransform, batch_size: int, num_workers: int = 2, start_step: int = 0,
-                    resample: bool = False, prefetch_factor: int = 4) -> torch.utils.data.DataLoader:
+                    resample: bool = False, epoch_samples: int | None = None,
+                    prefetch_factor: int = 4) -> torch.utils.data.DataLoader:
     """A DataLoader over ``TrainingBatches`` (batches are made in the workers; ``batch_size=None`` here)."""
     dataset = TrainingBatches(shards, rank=rank, world=world, seed=seed, shuffle_buffer=shuffle_buffer,
                               transform=transform, batch_size=batch_size, num_workers=num_workers,
-                              start_step=start_step, resample=resample)
+                              start_step=start_step, resample=resample, epoch_samples=epoch_samples)
     extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": _single_thread_worker} if num_workers else {}
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers,
                                        collate_fn=_as_is, **extra)

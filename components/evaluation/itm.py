@@ -1,7 +1,12 @@
 """Image-text matching (fusion families: ALBEF/ViLT-style ITM heads): for every image, its own caption and a
 caption taken from another sample (the next one in the split with a different caption) are scored by the family's
 matching head. ``itm_accuracy``: the head's yes/no (logit > 0) is right, over both pairs of every image (chance
-0.5); ``itm_pair_accuracy``: the true caption scores above the swapped one."""
+0.5); ``itm_pair_accuracy``: the true caption scores above the swapped one.
+
+A dual encoder (CLIP, VLMo's retrieval side without its head...) has no yes/no: the same pairs are scored by its
+cosine similarity and only ``itm_pair_accuracy`` is reported (with ``itm_scored_by_cosine`` 1), the reference a
+fusion family's matching head is compared with in one command (``vlforge run eval --tasks itm`` on each). A family
+with a matching head is always scored by the head."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -36,8 +41,12 @@ def run_itm(ctx: EvalContext) -> TaskOutput:
     where = {t: k for k, t in enumerate(texts)}
     n = len(captions)
     pairs = [(i, where[captions[i]]) for i in range(n)] + [(i, where[negatives[i]]) for i in range(n)]
-    scores = ctx.score_pairs(ctx.images(), texts, pairs, head="itm")
+    head = "itm" in ctx.offers
+    scores = ctx.score_pairs(ctx.images(), texts, pairs, head="itm" if head else None)
     pos, neg = scores[:n], scores[n:]
     rows = {"key": [s.key for s in ctx.samples], "caption": captions, "negative": negatives,
-            "pos_logit": pos.tolist(), "neg_logit": neg.tolist()}
-    return TaskOutput(itm_metrics(pos, neg), rows)
+            "pos_logit" if head else "pos_cosine": pos.tolist(), "neg_logit" if head else "neg_cosine": neg.tolist()}
+    if head:
+        return TaskOutput(itm_metrics(pos, neg), rows)
+    return TaskOutput({"itm_pair_accuracy": float((pos > neg).float().mean()), "itm_chance": 0.5,
+                       "itm_scored_by_cosine": 1.0}, rows)

@@ -146,8 +146,9 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
           [{"zero_shot_classification", "pair_scoring"}], "zs_top1", "classification:run_zero_shot"),
     _spec("linear_probe", "logistic regression on frozen image features (fit on train)", {"labels", "train_labels"},
           [{"image_features"}], "probe_top1", "linear_probe:run_linear_probe"),
-    _spec("itm", "image-text matching accuracy on true and swapped captions", {"captions"}, [{"itm"}], "itm_accuracy",
-          "itm:run_itm"),
+    _spec("itm", "image-text matching on true and swapped captions (a dual encoder: its cosine similarity as the "
+          "score, pair ranking only)", {"captions"}, [{"itm"}, {"retrieval"}], "itm_accuracy", "itm:run_itm",
+          ("itm_pair_accuracy",)),
     _spec("vqa", "questions from scene facts (colour, shape, count, position, yes/no)", {"facts"},
           [{"vqa_answer"}, {"pair_scoring"}, {"generate"}], "vqa_accuracy", "vqa:run_vqa"),
     _spec("nlvr", "true/false statements about a pair of scenes", {"facts"}, [{"pair_scoring"}], "nlvr_accuracy",

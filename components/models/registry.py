@@ -71,6 +71,13 @@ class Recipe(BaseModel):
                                                              "metrics and catalog ids to MLflow/TensorBoard "
                                                              "(components/training/tracking.py)")
     shuffle_buffer: int = Field(512, ge=1)
+    resampled: bool = Field(False, description="draw training shards with replacement, per loader consumer "
+                            "(open_clip's --dataset-resampled; components/data/loader.py)")
+    train_num_samples: int | None = Field(None, ge=1, description="samples per data epoch (open_clip's "
+                                          "--train-num-samples): every that many samples, rounded up to whole "
+                                          "batches per loader consumer, the loader starts a new epoch (new shard "
+                                          "order or draws, empty shuffle buffer); training still lasts steps. "
+                                          "None: an epoch is one pass over the shards")
     loader_workers: int = Field(0, ge=0, description="DataLoader processes decoding images per Ray worker (0: decode "
                                 "in the training process; the batch sequence depends on this number)")
     freeze: list[str] = Field(default_factory=list, description="parameter-name globs to freeze (the loop's general "

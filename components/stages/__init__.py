@@ -26,15 +26,19 @@ from vlforge.components.stages.plan import (
 from vlforge.components.stages.tokenizer import TASK_PROMPT_WORDS, run_tokenizer, task_texts, tokenizer_key
 from vlforge.components.stages.train import (
     artifact_refs,
+    TrainData,
     check_teacher,
+    parse_data_options,
     resolve_artifact_fields,
     run_train,
     teacher_overrides,
     train_key,
+    training_data,
 )
 
 __all__ = [
-    "TASK_PROMPT_WORDS", "ImportResult", "Output", "ResolvedSource", "RetryPlan", "StageResult", "TrainPlan", "TrainStep",
+    "TASK_PROMPT_WORDS", "ImportResult", "Output", "ResolvedSource", "RetryPlan", "StageResult", "TrainData", "TrainPlan",
+    "TrainStep", "parse_data_options", "training_data",
     "artifact_refs", "check_teacher", "check_train_stages", "code_files", "code_fingerprint", "continue_overrides",
     "default_teacher_overrides", "eval_plan", "eval_suite", "filter_plan", "import_closure", "ingest_key", "ingest_retry_plan",
     "load_source_rows", "missing_teachers", "on_cluster", "plan_training", "require_kind", "resolve_artifact_fields",

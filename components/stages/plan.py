@@ -88,13 +88,19 @@ def missing_teachers(family_name: str, recipe: BaseModel) -> dict[str, str]:
 
 
 def default_teacher_overrides(family_name: str, recipe: BaseModel, field: str, shared: dict[str, Any],
-                              dataset_dir: Path) -> dict[str, Any]:
+                              dataset_dir: Path | Sequence[Path]) -> dict[str, Any]:
     """The overrides of the default teacher trained for ``field``: the fields every recipe shares (``shared``,
-    e.g. ``--steps``), then what the student family asks of that teacher for this dataset's training split."""
+    e.g. ``--steps``), then what the student family asks of that teacher for this dataset's training split.
+
+    A teacher trains on the student's data: with a weighted mix (``dataset_dir`` one folder per dataset), the whole
+    mix with the same weights, not its first dataset, so it sees what the student sees; the data then offers it
+    only what every dataset of the mix offers (labels only if every dataset has them)."""
     from vlforge.components.evaluation.tasks import dataset_offers
 
     family = get_family(family_name)
-    return {**shared, **family.teacher_overrides(field, recipe, dataset_offers(dataset_dir, "train"))}  # type: ignore[arg-type]
+    dirs = [dataset_dir] if isinstance(dataset_dir, Path) else list(dataset_dir)
+    offers = frozenset.intersection(*(dataset_offers(d, "train") for d in dirs))
+    return {**shared, **family.teacher_overrides(field, recipe, offers)}  # type: ignore[arg-type]
 
 
 def continue_overrides(family_name: str, recipe_name: str, overrides: dict[str, Any], previous: str,
@@ -123,11 +129,13 @@ def check_train_stages(family_name: str, recipe_name: str, overrides: dict[str, 
         continue_overrides(family_name, stage.recipe, stage.overrides, PLACEHOLDER[len("catalog:"):], f"train.then[{i}]")
 
 
-def plan_training(family_name: str, recipe_name: str, overrides: dict[str, Any], dataset_dir: Path,
+def plan_training(family_name: str, recipe_name: str, overrides: dict[str, Any], dataset_dir: Path | Sequence[Path],
                   then: Sequence[ContinueStage] = ()) -> TrainPlan:
     """Resolve a training request into its plan (UserError for a request that does not fit, before any work).
     A teacher is the teacher family's recipe of the same name when it has one, else ``tiny``, with the fields
-    every recipe shares (e.g. ``--steps``) and what the student's family asks of it for this data."""
+    every recipe shares (e.g. ``--steps``) and what the student's family asks of it for this data.
+    ``dataset_dir``: the dataset's folder, or one folder per dataset of a weighted mix; the flows train every
+    step, teachers included, on the same data (the mix, with its weights: ``default_teacher_overrides``)."""
     steps: list[TrainStep] = []
 
     def add(step: TrainStep) -> int:

@@ -5,10 +5,17 @@ stage continues with ``init_from``) becomes that artifact's local folder, and th
 The key fingerprints the family's own package and the packages of the families whose models the recipe loads,
 never another family's code.
 
-    vlforge run train --family clip --data shapes --recipe tiny"""
+The data is one dataset, or several mixed by weight (``--data A=3 --data B=1``: each training sample drawn from A
+with probability 3/4, ``loader.DataMix``): every dataset of a mix, with its weight, is in the key and is a parent
+of the model; the first is the one validation (``eval_every``) reads.
+
+    vlforge run train --family clip --data shapes --recipe tiny
+    vlforge run train --family clip --data shapes=3 --data other-shapes=1"""
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,38 +82,117 @@ def teacher_overrides(family_name: str, refs: list[str], catalog: Catalog) -> di
     return overrides
 
 
-def train_key(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: str, tokenizer_ref: str,
+# the train stage's data: one dataset REF, or REF -> weight (a weighted mix; see ``training_data``)
+TrainData = str | Mapping[str, float]
+
+
+def parse_data_options(values: Sequence[str]) -> TrainData:
+    """``--data`` options -> the train stage's data: one ``REF`` as it is, else REF -> weight (``REF=WEIGHT``; a
+    REF without ``=`` weighs 1). One-line UserErrors for a missing REF, a weight that is not a number or is
+    negative, and a REF given twice (the sum of the weights is ``training_data``'s to check)."""
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    mix: dict[str, float] = {}
+    for value in values:
+        ref, _, text = value.rpartition("=") if "=" in value else (value, "", "1")
+        if not ref:
+            raise UserError(f"--data '{value}': no dataset REF before '=' (use REF or REF=WEIGHT)")
+        try:
+            weight = float(text)
+        except ValueError:
+            raise UserError(f"--data '{value}': weight '{text}' is not a number (use REF=WEIGHT)") from None
+        if ref in mix:
+            raise UserError(f"--data '{ref}' is given twice")
+        mix[ref] = weight
+    return mix
+
+
+def training_data(data: TrainData, catalog: Catalog) -> list[tuple[Artifact, float]]:
+    """The datasets a train stage reads, each with its weight: ``[(dataset, 1.0)]`` for one REF; for a mix, every
+    REF resolved, in the order given, without those of weight 0 (a one-dataset mix is that dataset alone: the same
+    key and batches as its plain REF). One-line UserErrors, before any work: a REF that is unknown or not a
+    dataset, a weight that is negative or not finite, weights that do not sum to a positive number, one dataset
+    named twice, datasets of different formats (a text-only one with image-text ones), a mixed dataset without
+    training shards."""
+    if isinstance(data, str):
+        return [(require_kind(catalog, data, "dataset", "--data"), 1.0)]
+    for ref, weight in data.items():
+        if not math.isfinite(weight):
+            raise UserError(f"--data '{ref}={weight}': the weight is not a finite number")
+        if weight < 0:
+            raise UserError(f"--data '{ref}={weight:g}': the weight is negative (weights are >= 0)")
+    total = sum(data.values())
+    if not total > 0:
+        raise UserError(f"--data: the weights sum to {total:g}; at least one dataset needs a positive weight")
+    resolved = [(ref, require_kind(catalog, ref, "dataset", "--data"), float(w)) for ref, w in data.items()]
+    seen: dict[str, str] = {}
+    for ref, art, _ in resolved:
+        if art.id in seen:
+            raise UserError(f"--data '{seen[art.id]}' and '{ref}' are the same dataset ({art.name}:{art.version})")
+        seen[art.id] = ref
+    mix = [(art, w) for _, art, w in resolved if w > 0]
+    if len(mix) > 1:
+        manifests = {art.id: _manifest(catalog, art) for art, _ in mix}
+        formats = {art.name: manifests[art.id].get("format", "webdataset") for art, _ in mix}
+        if len(set(formats.values())) > 1:
+            said = ", ".join(f"'{n}' is {f}" for n, f in formats.items())
+            raise UserError(f"--data: cannot mix datasets of different formats ({said})")
+        for art, _ in mix:
+            if not manifests[art.id].get("splits", {}).get("train", {}).get("shards"):
+                raise UserError(f"--data '{art.name}': the dataset has no training shards to mix")
+    return mix
+
+
+def _manifest(catalog: Catalog, art: Artifact) -> dict[str, Any]:
+    path = catalog.path(art.id) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def train_key(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: TrainData, tokenizer_ref: str,
               catalog: Catalog) -> tuple[str, Artifact, Artifact, BaseModel]:
-    """Check the train stage's inputs before any work (kinds, the recipe, the tokenizer's fit) and key it:
-    ``(key, dataset, tokenizer, resolved recipe)``."""
+    """Check the train stage's inputs before any work (kinds, the recipe, the tokenizer's fit, the data mix) and key
+    it: ``(key, dataset, tokenizer, resolved recipe)``; with a mix, ``dataset`` is its first (validation's) and
+    the key holds every dataset id with its weight."""
     family = get_family(family_name)
     raw = family.recipe(recipe_name, overrides)
     refs = artifact_refs(family, raw, catalog)
     recipe, _ = resolve_artifact_fields(family, raw, catalog)
-    dataset = require_kind(catalog, data_ref, "dataset", "--data")
+    datasets = training_data(data_ref, catalog)
+    dataset = datasets[0][0]
     tokenizer = require_kind(catalog, tokenizer_ref, "tokenizer", "--tokenizer")
     family.preflight(recipe, load_tokenizer(catalog.path(tokenizer.id)))
     from vlforge.components.training.loop import check_scale_fields
     from vlforge.components.training.tracking import check_tracking
     from vlforge.components.training.validation import check_validation
 
-    manifest = catalog.path(dataset.id) / "manifest.json"
-    splits = json.loads(manifest.read_text()).get("splits", {}) if manifest.is_file() else {}
-    check_scale_fields(family, recipe, splits.get("train", {}).get("samples"))
+    counts = [_manifest(catalog, art).get("splits", {}).get("train", {}).get("samples") for art, _ in datasets]
+    check_scale_fields(family, recipe, None if None in counts else sum(counts))
     check_tracking(recipe.tracking)
     check_validation(recipe, catalog.path(dataset.id), dataset.name)
-    config = {"family": family.name, "recipe": recipe_name, "values": recipe.model_dump(mode="json")}
+    config: dict[str, Any] = {"family": family.name, "recipe": recipe_name, "values": recipe.model_dump(mode="json")}
+    inputs = {"dataset": dataset.id, "tokenizer": tokenizer.id}
+    if len(datasets) > 1:
+        inputs = {"datasets": ",".join(art.id for art, _ in datasets), "tokenizer": tokenizer.id}
+        config["mix"] = mix_config(datasets)
     loaded = [art.family for art in refs.values() if art.kind == "model" and art.family]
-    key = stage_key("train", {"dataset": dataset.id, "tokenizer": tokenizer.id}, config, [family.name, *loaded])
+    key = stage_key("train", inputs, config, [family.name, *loaded])
     return key, dataset, tokenizer, recipe
 
 
-def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: str, tokenizer_ref: str,
+def mix_config(datasets: Sequence[tuple[Artifact, float]]) -> list[dict[str, Any]]:
+    """A mix as its key and its model's config record it: ``[{"dataset": ID, "weight": W}, ...]`` in order."""
+    return [{"dataset": art.id, "weight": weight} for art, weight in datasets]
+
+
+def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], data_ref: TrainData, tokenizer_ref: str,
               catalog: Catalog, ray_address: str | None = None, ray_storage: str | None = None) -> StageResult:
     """Train (or find cached) the model; ``ray_storage`` (else ``$VLFORGE_RAY_STORAGE``) puts Ray's checkpoints on
     shared storage such as ``s3://bucket/prefix`` instead of the work folder. Where checkpoints go is not part of
     the cache key: it changes nothing in the model."""
     key, dataset, tokenizer, recipe = train_key(family_name, recipe_name, overrides, data_ref, tokenizer_ref, catalog)
+    datasets = training_data(data_ref, catalog)
+    mixed = len(datasets) > 1
+    data_name = "_".join(art.name for art, _ in datasets)  # a catalog name: [A-Za-z0-9][A-Za-z0-9_.-]*
     family = get_family(family_name)
     refs = artifact_refs(family, family.recipe(recipe_name, overrides), catalog)
     run_name = f"run-{key[:16]}"  # Ray Train's run, and the tracking run (one per cache key, kept over resumes)
@@ -118,21 +204,25 @@ def run_train(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
         out = folder / "model"
         summary = train(family_name=family_name, recipe=recipe, dataset_dir=catalog.path(dataset.id),
                         tokenizer_dir=catalog.path(tokenizer.id), run_dir=folder / "ray" / run_name,
-                        out_dir=out, ray_address=ray_address, storage=ray_storage)
+                        out_dir=out, ray_address=ray_address, storage=ray_storage,
+                        data_mix=[(catalog.path(art.id), w) for art, w in datasets] if mixed else ())
         history = [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines() if line]
-        plot_training_log(history, out / "loss.png", f"{family_name} / {recipe_name} on {dataset.name}")
+        plot_training_log(history, out / "loss.png", f"{family_name} / {recipe_name} on {data_name}")
         config = {"family": family_name, "recipe": recipe_name, "values": recipe.model_dump(mode="json"),
-                  "artifacts": {field: art.id for field, art in refs.items()}}
+                  "artifacts": {field: art.id for field, art in refs.items()},
+                  **({"mix": mix_config(datasets)} if mixed else {})}
         metrics = {k: ",".join(v) if isinstance(v, list) else round(float(v), 6) for k, v in summary.items()}
-        return Output("model", f"{family_name}-{dataset.name}", out, config,
-                      [dataset.id, tokenizer.id, *(art.id for art in refs.values())], metrics, family_name)
+        return Output("model", f"{family_name}-{data_name}", out, config,
+                      [*(art.id for art, _ in datasets), tokenizer.id, *(art.id for art in refs.values())], metrics,
+                      family_name)
 
     result = run_stage("train", key, catalog, work, resume=True)
     if recipe.tracking and not result.cached:
         from vlforge.components.training.tracking import Tracker
 
         tracker = Tracker(recipe.tracking, run_name)  # the run the training loop logged into
-        tracker.log_catalog_ids({"model": result.artifact.id, "dataset": dataset.id, "tokenizer": tokenizer.id,
+        tracker.log_catalog_ids({"model": result.artifact.id, "dataset": ",".join(art.id for art, _ in datasets),
+                                 "tokenizer": tokenizer.id,
                                  **{field: art.id for field, art in refs.items()}})
         tracker.close()
     return result

@@ -17,11 +17,13 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from vlforge.components.data.loader import (
+    DataMix,
     split_shards,
     training_loader,
 )
@@ -181,9 +183,11 @@ def _train_worker(cfg: dict[str, Any], tracker: Tracker) -> None:
     validator = Validator(family, recipe, tokenizer, Path(cfg["dataset_dir"]), device, per_worker) \
         if rank == 0 and recipe.eval_every > 0 else None
     # deterministic resume: the loader skips, undecoded, the samples of the steps already taken
-    batches = iter(training_loader([Path(p) for p in cfg["train_shards"]], rank=rank, world=world, seed=recipe.seed,
+    data = DataMix.of(cfg["train_mix"]) if cfg.get("train_mix") else [Path(p) for p in cfg["train_shards"]]
+    batches = iter(training_loader(data, rank=rank, world=world, seed=recipe.seed,
                                    shuffle_buffer=recipe.shuffle_buffer, transform=transform, batch_size=per_worker,
-                                   num_workers=recipe.loader_workers, start_step=start_step * recipe.accum_freq))
+                                   num_workers=recipe.loader_workers, start_step=start_step * recipe.accum_freq,
+                                   resample=recipe.resampled, epoch_samples=recipe.train_num_samples))
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
     autocast = torch.autocast(device_type=device.type, dtype=half or torch.float32, enabled=half is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.precision == "fp16")
@@ -272,11 +276,13 @@ def train(
     out_dir: Path,
     ray_address: str | None = None,
     storage: str | None = None,
+    data_mix: Sequence[tuple[Path, float]] = (),
 ) -> dict[str, Any]:
     """Train and copy the final checkpoint (without optimiser state) to ``out_dir``. Checkpoints go to ``run_dir``,
     or with ``storage`` (else ``$VLFORGE_RAY_STORAGE``; e.g. ``s3://bucket/prefix``) to ``<storage>/<run_dir.name>``.
     Re-running with the same run resumes from its last checkpoint. Returns a summary: steps, final losses,
-    samples/s, wall time."""
+    samples/s, wall time. ``data_mix``: (dataset folder, weight) pairs to train on instead of ``dataset_dir``'s
+    training split alone (``loader.DataMix``); validation stays on ``dataset_dir``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from vlforge.components.training.checkpoint_storage import copy_checkpoint, resolve_run_storage
@@ -286,6 +292,7 @@ def train(
     run_storage = resolve_run_storage(storage, run_dir)
     ensure_ray(ray_address)
     shards = [str(p) for p in split_shards(dataset_dir, "train")]
+    mix = [([str(p) for p in split_shards(d, "train")], float(w)) for d, w in data_mix]
     start = time.perf_counter()
     with TrainingProgress(recipe.steps, family_name) as progress:
         trainer = TorchTrainer(
@@ -294,6 +301,7 @@ def train(
                 "family": family_name,
                 "recipe": recipe.model_dump(mode="json"),
                 "train_shards": shards,
+                **({"train_mix": mix} if mix else {}),
                 "tokenizer_dir": str(tokenizer_dir),
                 "dataset_dir": str(dataset_dir),
                 # resolved here: a worker's environment and working folder may differ from the driver's

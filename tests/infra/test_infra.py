@@ -425,6 +425,7 @@ def test_local_cluster_script_parses_and_handles_no_cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.timeout(240)
 def test_local_cluster_starts_two_nodes_and_stops():
     with two_node_cluster() as cluster:

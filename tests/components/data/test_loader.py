@@ -16,14 +16,14 @@ from vlforge.components.data.shard import _SplitWriter
 TRANSFORM = ImageTransform(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def write_shards(out: Path, n: int, per_shard: int, corrupt: set[int] = frozenset()) -> list[Path]:
+def write_shards(out: Path, n: int, per_shard: int, corrupt: set[int] = frozenset(), prefix: str = "s") -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     writer = _SplitWriter(out, "train", per_shard)
     for i in range(n):
         buf = io.BytesIO()
         Image.new("RGB", (20, 20), (i % 256, 7, 9)).save(buf, "PNG")
         data = b"\x89PNG\r\n\x1a\ngarbage" if i in corrupt else buf.getvalue()
-        writer.write(f"s{i:04d}", {"png": data, "txt": f"caption {i}".encode()})
+        writer.write(f"{prefix}{i:04d}", {"png": data, "txt": f"caption {i}".encode()})
     return [out / s["shard"] for s in writer.close()]
 
 

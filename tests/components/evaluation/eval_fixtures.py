@@ -75,3 +75,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def clip_context(model_dir: Path, dataset: Path, split: str = "validation"):
+    """An ``EvalContext`` of the model in ``model_dir`` on ``split`` of ``dataset`` (its train split for probes)."""
+    from vlforge.components.data.loader import read_split
+    from vlforge.components.evaluation.tasks import EvalContext
+    from vlforge.components.models.registry import read_family_file
+    from vlforge.components.tokenizer import load_tokenizer
+
+    family, recipe = read_family_file(model_dir)
+    return EvalContext(family, family.load(model_dir).eval(), recipe, load_tokenizer(model_dir), read_split(dataset, split),
+                       lambda: read_split(dataset, "train"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_fixtures import one_torch_thread, shapes_dataset, tiny_clip_dir  # noqa: F401  (fixtures)
+from eval_fixtures import clip_context, one_torch_thread, shapes_dataset, tiny_clip_dir  # noqa: F401  (fixtures)
 from vlforge.components.data.loader import read_split
 from vlforge.components.data.shard import write_text_dataset
 from vlforge.components.evaluation import nlu_probe
@@ -16,16 +16,8 @@ from vlforge.components.evaluation.nlu_probe import glue_task_metrics
 from vlforge.components.evaluation.runner import evaluate
 from vlforge.components.sources.glue import load_glue
 from vlforge.components.sources.shapes import COLORS, SHAPES
-from vlforge.components.evaluation.tasks import EvalContext, run_task
+from vlforge.components.evaluation.tasks import run_task
 from vlforge.components.evaluation.vqa import FEW_SHOT_K, few_shot_items, run_vqa_few_shot
-from vlforge.components.models.registry import read_family_file
-from vlforge.components.tokenizer import load_tokenizer
-
-
-def clip_context(model_dir: Path, dataset: Path, split: str = "validation") -> EvalContext:
-    family, recipe = read_family_file(model_dir)
-    return EvalContext(family, family.load(model_dir).eval(), recipe, load_tokenizer(model_dir), read_split(dataset, split),
-                       lambda: read_split(dataset, "train"))
 
 
 def test_nlu_probe_fine_tunes_a_copy_and_learns_the_label_from_text(tiny_clip_dir: Path, shapes_dataset: Path) -> None:

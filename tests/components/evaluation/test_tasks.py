@@ -2,7 +2,7 @@
 from pathlib import Path
 
 import pytest
-from eval_fixtures import make_dataset, one_torch_thread, shapes_dataset  # noqa: F401  (fixtures)
+from eval_fixtures import clip_context, make_dataset, one_torch_thread, shapes_dataset, tiny_clip_dir  # noqa: F401  (fixtures)
 from vlforge.components.evaluation.tasks import (
     CAPABILITIES,
     TASKS,
@@ -35,9 +35,8 @@ def test_clip_offers_and_suite(shapes_dataset: Path) -> None:
     assert "linear_probe" in suite_tasks("default", clip, dataset_offers(shapes_dataset, "all"))[1]
     tasks, skipped = suite_tasks("default", clip, data)
     assert tasks == [
-        "retrieval", "zero_shot_classification", "linear_probe", "vqa", "nlvr", "grounding", "nlu_probe"]
-    assert set(skipped) == {"itm", "captioning", "vqa_few_shot", "vqav2", "nlvr2", "nlvr2_finetune", "detection"}
-    assert "lacks capability itm" in skipped["itm"]
+        "retrieval", "zero_shot_classification", "linear_probe", "itm", "vqa", "nlvr", "grounding", "nlu_probe"]
+    assert set(skipped) == {"captioning", "vqa_few_shot", "vqav2", "nlvr2", "nlvr2_finetune", "detection"}
 
 
 def test_tasks_that_do_not_fit_give_one_line(make_dataset) -> None:
@@ -47,7 +46,7 @@ def test_tasks_that_do_not_fit_give_one_line(make_dataset) -> None:
     assert data == {"captions"}
     check_fit(["retrieval"], clip, data, "plain")
     cases = {
-        "itm": "family 'clip' lacks capability itm that task 'itm' needs",
+        "nlvr2_finetune": "family 'clip' lacks capability fused_features that task 'nlvr2_finetune' needs",
         "captioning": "family 'clip' lacks capability generate that task 'captioning' needs",
         "vqa": "dataset 'plain' lacks scene facts per sample (builtin:shapes datasets), which task 'vqa' needs",
         "zero_shot_classification": "dataset 'plain' lacks a class label",
@@ -59,3 +58,18 @@ def test_tasks_that_do_not_fit_give_one_line(make_dataset) -> None:
         assert message in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UserError, match="unknown suite 'big'"):
         suite_tasks("big", clip, data)
+
+
+def test_a_dual_encoder_is_scored_on_itm_by_its_cosine(tiny_clip_dir: Path, shapes_dataset: Path) -> None:
+    """CLIP as the ITM reference: the true caption against the swapped one ranked by cosine similarity; no yes/no
+    accuracy (a cosine has no threshold); text-lm, with neither a head nor embeddings, cannot run the task."""
+    from vlforge.components.evaluation.tasks import run_task
+
+    ctx = clip_context(tiny_clip_dir, shapes_dataset, "all")
+    out = run_task("itm", ctx)
+    assert out.metrics["itm_scored_by_cosine"] == 1.0 and "itm_accuracy" not in out.metrics
+    pos, neg = out.rows["pos_cosine"], out.rows["neg_cosine"]
+    assert out.metrics["itm_pair_accuracy"] == pytest.approx(sum(p > n for p, n in zip(pos, neg)) / len(pos))
+    assert all(-1.0001 <= v <= 1.0001 for v in pos + neg)
+    with pytest.raises(UserError, match="lacks capability itm or retrieval"):
+        check_fit(["itm"], get_family("text-lm"), frozenset({"captions"}), "plain")
