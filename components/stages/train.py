@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from vlforge.catalog import Artifact, Catalog
-from vlforge.components.models.registry import Family, get_family
+from vlforge.components.models.registry import FAMILY_FILE, Family, get_family, read_family_file
 from vlforge.components.stages.base import Output, StageResult, require_kind, run_stage
 from vlforge.components.stages.keys import stage_key
 from vlforge.components.tokenizer import load_tokenizer
@@ -80,6 +80,28 @@ def teacher_overrides(family_name: str, refs: list[str], catalog: Catalog) -> di
             raise UserError(f"--teacher '{ref}' is {what}; family '{family_name}' takes teachers ({wanted})")
         overrides[free[0]] = f"catalog:{art.id}"
     return overrides
+
+
+PREPROCESSING_FIELDS = ("image_resize", "image_mean", "image_std")
+
+
+def inherit_preprocessing(family: Family, recipe_name: str, overrides: dict[str, Any],
+                          catalog: Catalog) -> dict[str, Any]:
+    """The overrides, plus the ``init_from`` model's preprocessing (``PREPROCESSING_FIELDS``) where the run does not
+    set it: a model fine-tuned from an imported CLIP keeps resizing and normalising images as that CLIP was trained
+    to (its source's ``preprocessor_config.json``), and so does what is trained from it in turn."""
+    if "init_from" not in family.recipe_cls.model_fields:
+        return overrides
+    start = family.recipe(recipe_name, overrides).init_from
+    if not (isinstance(start, str) and start.startswith("catalog:")):
+        return overrides
+    art = catalog.get(start[len("catalog:"):])
+    if art.kind != "model" or not (catalog.path(art.id) / FAMILY_FILE).is_file():
+        return overrides  # the family's own init_from checks name what is wrong with it
+    _, kept = read_family_file(catalog.path(art.id))
+    inherited = {field: getattr(kept, field) for field in PREPROCESSING_FIELDS
+                 if field not in overrides and field in type(kept).model_fields}
+    return {**inherited, **overrides}
 
 
 # the train stage's data: one dataset REF, or REF -> weight (a weighted mix; see ``training_data``)
@@ -154,7 +176,7 @@ def train_key(family_name: str, recipe_name: str, overrides: dict[str, Any], dat
     it: ``(key, dataset, tokenizer, resolved recipe)``; with a mix, ``dataset`` is its first (validation's) and
     the key holds every dataset id with its weight."""
     family = get_family(family_name)
-    raw = family.recipe(recipe_name, overrides)
+    raw = family.recipe(recipe_name, inherit_preprocessing(family, recipe_name, overrides, catalog))
     refs = artifact_refs(family, raw, catalog)
     recipe, _ = resolve_artifact_fields(family, raw, catalog)
     datasets = training_data(data_ref, catalog)

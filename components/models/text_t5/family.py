@@ -10,8 +10,9 @@ t5-base, standing in for the released weights where none are on disk.
 Objective: span corruption (section 3.1.4, the baseline objective): 15% of each caption's words in spans of mean
 length 3 (T5's ``random_spans_noise_mask``), each span replaced by one sentinel; the decoder writes the masked spans,
 each after its sentinel (cross-entropy, teacher-forced from the pad token as T5 does). The noise is the one VL-T5's
-``lm`` task uses (``vlt5.tasks.corrupt``), drawn from ``masking.batch_generator(keys, seed + step)``; as there, the
-tokenizer's one ``<mask>`` token is every span's sentinel (T5 has ``<extra_id_k>``). Images are ignored.
+``lm`` task uses (``vlt5.tasks.corrupt``), drawn from ``masking.batch_generator(keys, seed + step)``; as there, span k
+reads T5's ``<extra_id_k>`` where the tokenizer has them (a released T5's), else vlforge's one ``<mask>`` token is
+every span's sentinel (``vlt5.tasks.span_sentinels``). Images are ignored.
 
 Run:  vlforge run train --family text-t5 --data shapes --recipe tiny
 Recipes: ``recipes/tiny.yaml`` (width 128, 2+2 layers; 2 CPU cores, minutes) and ``recipes/base.yaml`` (t5-base)."""
@@ -24,12 +25,12 @@ from pydantic import Field
 from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 from vlforge.components.models.common.config import VocabRecipe
-from vlforge.components.models.common.preflight import check_multiple, check_token, check_vocab_size, require_special_ids
+from vlforge.components.models.common.preflight import check_multiple, check_vocab_size, require_special_ids
 from vlforge.components.models.heads import mean_pool
 from vlforge.components.models.masking import IGNORE_INDEX, batch_generator
 from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, load_pretrained, register_family
 from vlforge.components.models.registry import unwrap as _unwrap
-from vlforge.components.models.vlt5.tasks import corrupt
+from vlforge.components.models.vlt5.tasks import check_sentinels, corrupt, span_sentinels
 
 
 class TextT5Recipe(VocabRecipe):
@@ -75,14 +76,14 @@ class TextT5Family(Family):
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, TextT5Recipe)
-        require_special_ids(self.name, special_ids, ("pad", "mask", "eos"), "span corruption and decoding")
+        require_special_ids(self.name, special_ids, ("pad", "eos"), "span corruption and decoding")
         if recipe.d_kv is None:
             check_multiple(self.name, "d_model", recipe.d_model, "num_heads", recipe.num_heads)
         return T5ForConditionalGeneration(t5_config(recipe, vocab_size, special_ids))
 
     def preflight(self, recipe: Recipe, tokenizer: object) -> None:
         assert isinstance(recipe, TextT5Recipe)
-        check_token(self.name, tokenizer, "mask", " (span corruption's sentinel)")
+        check_sentinels(self.name, tokenizer)
         check_vocab_size(tokenizer, recipe.vocab_size)
 
     def training_step(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor]:
@@ -91,7 +92,7 @@ class TextT5Family(Family):
         if tok is None:
             raise RuntimeError("text-t5 corrupts the captions' words and needs the batch's tokenizer")
         gen = batch_generator(batch.keys, recipe.seed + batch.step)
-        pairs = [corrupt(c, tok.mask_token, recipe.noise_density, recipe.mean_span_length, gen, "t5") for c in batch.captions]
+        pairs = [corrupt(c, span_sentinels(tok), recipe.noise_density, recipe.mean_span_length, gen, "t5") for c in batch.captions]
         length = batch.input_ids.shape[1]
         src = tok([s for s, _ in pairs], padding="max_length", truncation=True, max_length=length, return_tensors="pt")
         tgt = tok([t for _, t in pairs], padding="max_length", truncation=True, max_length=length, return_tensors="pt")

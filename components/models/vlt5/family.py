@@ -38,8 +38,9 @@ match: <caption>"`` -> ``true``/``false``, mismatches are other samples' differe
 (phrase -> region token) and grounded captioning (region token -> phrase); the last three use the builtin scenes'
 facts and are not offered for batches without them. Prompts, negatives and spans draw from
 ``masking.batch_generator(keys, seed + step)``, so a step's loss is a pure function of the batch and the step.
-Deviations from the paper: one task per step for the whole batch (the paper mixes tasks inside a batch); one
-``<mask>`` sentinel for every span (T5 has ``<extra_id_k>``); T5's relative bias and BART's positions also cover
+Deviations from the paper: one task per step for the whole batch (the paper mixes tasks inside a batch); with
+vlforge's own tokenizer one ``<mask>`` sentinel for every span (a released T5 tokenizer's ``<extra_id_k>`` are used
+where present: ``tasks.span_sentinels``); T5's relative bias and BART's positions also cover
 the region positions; images are patches, not detector regions.
 
 Capabilities:
@@ -91,6 +92,7 @@ from vlforge.components.models.vlt5.tasks import (
     TASKS,
     TaskContext,
     build_task,
+    check_sentinels,
     encode_prompts,
     prefixed,
     region_token,
@@ -313,9 +315,8 @@ class VLSeq2SeqFamily(Family):
             if width % heads:
                 raise UserError(f"{self.name} recipe: {what} {width} is not a multiple of its heads {heads}")
         check_patches(self.name, recipe)
-        for role in ("eos", "mask"):
-            if role not in special_ids:
-                raise UserError(f"{self.name} needs a tokenizer with a{'n' if role == 'eos' else ''} {role} token")
+        if "eos" not in special_ids:
+            raise UserError(f"{self.name} needs a tokenizer with an eos token")
         text_vocab = recipe.vocab_size or vocab_size
         text_source = None
         if recipe.text_init:
@@ -378,8 +379,8 @@ class VLSeq2SeqFamily(Family):
 
     def preflight(self, recipe: Recipe, tokenizer: Any) -> None:
         assert isinstance(recipe, VLSeq2SeqRecipe)
-        for role in ("eos", "mask"):
-            check_token(self.name, tokenizer, role, ", which the text-to-text tasks need")
+        check_token(self.name, tokenizer, "eos", ", which the text-to-text tasks need")
+        check_sentinels(self.name, tokenizer)
         check_vocab_size(tokenizer, recipe.vocab_size)
         if recipe.text_init and not recipe.init_from:
             part_family(recipe.text_init, "text_init", self.name, (self.text_family,))

@@ -4,8 +4,9 @@ Every task is conditional text generation with a task prefix, the paper's recipe
 Table 1; the prefixes of ``j-min/VL-T5`` ``pretrain_data.py``):
 - ``lm`` multimodal LM. VL-T5: T5 span corruption, ``"span prediction: a red <mask> left of a blue square"`` ->
   ``"<mask> circle"`` (the masked spans, each after its sentinel). VL-BART: text infilling,
-  ``"denoise text: ..."`` -> the whole caption. The tokenizer's one ``<mask>`` token is every span's sentinel
-  (the paper's T5 has ``<extra_id_k>``); spans are filled in order. Noise density 0.15, mean span length 3 (T5's
+  ``"denoise text: ..."`` -> the whole caption. Sentinels: T5's numbered ``<extra_id_k>`` when the tokenizer has
+  them (a released T5's, as the paper), else vlforge's one ``<mask>`` token for every span; spans are filled in
+  order. Noise density 0.15, mean span length 3 (T5's
   ``random_spans_noise_mask``: kept and masked runs alternate, starting with a kept run).
 - ``caption`` ``"caption:"`` -> the caption (what ``generate_texts`` prompts with when given no prompt).
 - ``vqa`` ``"question: <q> answer:"`` -> the answer, the very input the evaluation's VQA-by-generation uses
@@ -23,6 +24,7 @@ fixed text length keeps their positions (BART) and relative distances (T5) the s
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +33,7 @@ import torch
 from vlforge.components.models.heads import not_negative_mask, sample_negatives
 from vlforge.components.models.vlt5.modeling import region_of_point
 from vlforge.components.sources.scene_tasks import grounding_phrases, vqa_questions
+from vlforge.errors import UserError
 
 TASKS: tuple[str, ...] = ("lm", "caption", "vqa", "itm", "grounding", "grounded_caption")
 LM_PREFIX = {"t5": "span prediction:", "bart": "denoise text:"}
@@ -78,19 +81,50 @@ def random_spans_noise_mask(n: int, density: float, mean_span: float, generator:
     return mask
 
 
-def corrupt(caption: str, mask_token: str, density: float, mean_span: float, generator: torch.Generator,
-            style: Literal["t5", "bart"]) -> tuple[str, str]:
-    """The corrupted caption (each masked span -> one ``mask_token``) and the target: the masked spans, each
-    after a sentinel (T5 span corruption), or the whole caption (BART text infilling)."""
+T5_SENTINEL = "<extra_id_{}>"
+T5_SENTINELS = 100  # a released T5 tokenizer's <extra_id_0> ... <extra_id_99>
+
+
+def span_sentinels(tokenizer: Any) -> tuple[str, ...]:
+    """The tokens that stand for masked spans: T5's numbered ``<extra_id_k>`` where the tokenizer has them (a
+    released T5's), else its one mask token for every span (vlforge's own BPE), else none."""
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    numbered = []
+    for k in range(T5_SENTINELS):
+        token = T5_SENTINEL.format(k)
+        found = tokenizer.convert_tokens_to_ids(token)
+        if found is None or found == unknown:
+            break
+        numbered.append(token)
+    if numbered:
+        return tuple(numbered)
+    return (tokenizer.mask_token,) if getattr(tokenizer, "mask_token", None) else ()
+
+
+def check_sentinels(who: str, tokenizer: Any) -> None:
+    """Preflight: span corruption needs T5's ``<extra_id_k>`` or a mask token."""
+    if not span_sentinels(tokenizer):
+        raise UserError(f"{who}: the tokenizer has neither T5's <extra_id_0> sentinels nor a mask token, which span "
+                        "corruption needs")
+
+
+def corrupt(caption: str, sentinels: str | Sequence[str], density: float, mean_span: float,
+            generator: torch.Generator, style: Literal["t5", "bart"]) -> tuple[str, str]:
+    """The corrupted caption (masked span k -> sentinel k, the last sentinel for every span past them: one mask
+    token is every span's) and the target: the masked spans, each after its sentinel (T5 span corruption), or
+    the whole caption (BART text infilling)."""
+    marks = (sentinels,) if isinstance(sentinels, str) else tuple(sentinels)
     words = caption.split()
     noise = random_spans_noise_mask(len(words), density, mean_span, generator)
     source: list[str] = []
     target: list[str] = []
+    spans = 0
     for i, (word, masked) in enumerate(zip(words, noise)):
-        starts = masked and (i == 0 or not noise[i - 1])
-        if starts:
-            source.append(mask_token)
-            target.append(mask_token)
+        if masked and (i == 0 or not noise[i - 1]):
+            mark = marks[min(spans, len(marks) - 1)]
+            spans += 1
+            source.append(mark)
+            target.append(mark)
         if masked:
             target.append(word)
         else:
@@ -98,10 +132,12 @@ def corrupt(caption: str, mask_token: str, density: float, mean_span: float, gen
     return " ".join(source), (" ".join(target) if style == "t5" else " ".join(words))
 
 
-def fill_spans(source: str, target: str, mask_token: str) -> str:
+def fill_spans(source: str, target: str, sentinels: str | Sequence[str]) -> str:
     """Put T5 span-corruption target spans back in place of the source's sentinels (in order)."""
-    spans = [s.strip() for s in target.split(mask_token)][1:]
-    parts = source.split(mask_token)
+    marks = (sentinels,) if isinstance(sentinels, str) else tuple(sentinels)
+    split = re.compile("|".join(re.escape(m) for m in sorted(set(marks), key=len, reverse=True)))
+    spans = [s.strip() for s in split.split(target)][1:]
+    parts = split.split(source)
     if len(parts) != len(spans) + 1:
         raise ValueError(f"{len(parts) - 1} sentinels in the source but {len(spans)} spans in the target")
     out = parts[0]
@@ -246,8 +282,8 @@ def build_task(task: str, ctx: TaskContext, captions: Sequence[str], keys: Seque
     bsz = len(captions)
     suffixes: list[list[int]] | None = None
     if task == "lm":
-        mask_token = ctx.tokenizer.mask_token
-        pairs = [corrupt(c, mask_token, ctx.span_density, ctx.mean_span_length, generator, ctx.style) for c in captions]
+        sentinels = span_sentinels(ctx.tokenizer)
+        pairs = [corrupt(c, sentinels, ctx.span_density, ctx.mean_span_length, generator, ctx.style) for c in captions]
         prompts = [f"{LM_PREFIX[ctx.style]} {src}" for src, _ in pairs]
         targets: list[Target] = [tgt for _, tgt in pairs]
     elif task == "caption":

@@ -15,6 +15,7 @@ from vlforge.components.models.vlt5.tasks import (
     ITM_PREFIX,
     box_region,
     build_task,
+    check_sentinels,
     corrupt,
     encode_prompts,
     fill_spans,
@@ -22,6 +23,7 @@ from vlforge.components.models.vlt5.tasks import (
     itm_partners,
     prefixed,
     random_spans_noise_mask,
+    span_sentinels,
     supported_tasks,
     vqa_prompt,
 )
@@ -120,6 +122,44 @@ def test_lm_task_labels_are_the_tokenised_span_targets(tokenizer) -> None:
         assert labels[i][labels[i] != -100].tolist() == want
         assert labels[i][0].item() == SPECIALS["mask"]  # each span starts with the sentinel
         assert ids[i, 0].item() == SPECIALS["bos"] and ids[i].tolist().count(SPECIALS["mask"]) >= 1
+
+
+def t5_style_tokenizer(words: list[str], sentinels: int = 10):
+    """A tokenizer laid out as a released T5's: pad, eos, unk and ``<extra_id_k>`` sentinels, no mask token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    extra = [f"<extra_id_{k}>" for k in range(sentinels)]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(["<pad>", "</s>", "<unk>", *extra, *words]))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   additional_special_tokens=extra)
+
+
+def test_a_t5_tokenizer_corrupts_spans_with_its_numbered_sentinels(tokenizer) -> None:
+    """A released T5's tokenizer (no mask token): span k reads <extra_id_k>, as T5 and VL-T5 pretrain; the text-t5
+    and vl-t5 preflights take it, and vlforge's own tokenizer keeps its one <mask> for every span."""
+    captions = [make_scene(0, i).caption for i in range(20)]
+    t5_tok = t5_style_tokenizer(sorted({w for c in captions for w in c.split()}))
+    sentinels = span_sentinels(t5_tok)
+    assert sentinels == tuple(f"<extra_id_{k}>" for k in range(10)) and t5_tok.mask_token is None
+    assert span_sentinels(tokenizer) == (tokenizer.mask_token,)
+    several = 0
+    for k, caption in enumerate(captions):
+        source, target = corrupt(caption, sentinels, 0.3, 2.0, torch.Generator().manual_seed(k), "t5")
+        marks = [w for w in source.split() if w.startswith("<extra_id_")]
+        assert marks == list(sentinels[: len(marks)]) == [w for w in target.split() if w.startswith("<extra_id_")]
+        assert fill_spans(source, target, sentinels) == caption
+        assert t5_tok.unk_token_id not in t5_tok(source)["input_ids"]
+        several += len(marks) > 1
+    assert several  # spans after the first read <extra_id_1>, ...
+    for name in ("text-t5", "vl-t5"):
+        family = get_family(name)
+        family.preflight(family.recipe("tiny", SMALL), t5_tok)
+    bare = t5_style_tokenizer(["a", "b"], sentinels=0)
+    with pytest.raises(UserError, match="neither T5's <extra_id_0> sentinels nor a mask token"):
+        check_sentinels("text-t5", bare)
 
 
 # -------------------------------------------------------------------------------------------- visual boxes

@@ -308,3 +308,23 @@ def test_a_vlforge_export_of_any_family_imports_back(catalog: Catalog, tmp_path:
     assert back.config["origin"]["format"] == "vlforge" and back.config["values"] == recipe.model_dump(mode="json")
     again = family.load(catalog.path(back.id))
     assert all(torch.equal(a, b) for a, b in zip(family.load(folder).state_dict().values(), again.state_dict().values()))
+
+
+def test_a_run_started_from_an_import_keeps_its_preprocessing(catalog: Catalog, tmp_path: Path, tok_dir: Path) -> None:
+    """``init_from`` an imported open_clip model: the run resizes and normalises as the import does, unless it
+    sets those fields itself; a run with no init_from keeps the family's."""
+    from vlforge.components.stages.train import inherit_preprocessing
+
+    mean, std = (0.5, 0.25, 0.75), (0.2, 0.3, 0.4)
+    pre = {"mean": mean, "std": std, "interpolation": "bicubic", "resize_mode": "shortest"}
+    model = run_import(write_open_clip_hub(tmp_path / "oc", open_clip_state(), preprocess=pre), "clip", catalog,
+                       tokenizer=tok_dir).model.artifact
+    family = get_family("clip")
+    start = {"init_from": f"catalog:{model.id}", "image_size": 32}
+    recipe = family.recipe("tiny", inherit_preprocessing(family, "tiny", start, catalog))
+    assert recipe.image_resize == "shortest-crop"
+    assert recipe.image_mean == pytest.approx(mean) and recipe.image_std == pytest.approx(std)
+    assert family.image_transform(recipe).mean.flatten().tolist() == pytest.approx(mean)
+    own = inherit_preprocessing(family, "tiny", {**start, "image_resize": "squash"}, catalog)
+    assert own["image_resize"] == "squash" and own["image_mean"] == pytest.approx(mean)
+    assert inherit_preprocessing(family, "tiny", {"image_size": 32}, catalog) == {"image_size": 32}
