@@ -14,7 +14,8 @@ from vlforge.components.tokenizer import TokenizerConfig
 
 from vlforge.errors import UserError
 
-__all__ = ["MixPart", "SourceConfig", "PipelineConfig", "load_pipeline_config", "parse_assignments"]
+__all__ = ["MixPart", "SourceConfig", "PipelineConfig", "ingest_configs", "load_pipeline_config", "parse_assignments",
+           "section_config", "split_sections"]
 
 
 class ContinueStageConfig(BaseModel):
@@ -100,3 +101,59 @@ def parse_assignments(pairs: list[str], where: str = "--set") -> dict[str, Any]:
         except yaml.YAMLError:
             out[key.strip()] = value
     return out
+
+
+def split_sections(pairs: dict[str, Any], sections: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``{"crawl.timeout": 5}`` -> ``{"crawl": {"timeout": 5}, ...}``; UserError for a key outside ``sections``."""
+    out: dict[str, dict[str, Any]] = {s: {} for s in sections}
+    for key, value in pairs.items():
+        section, dot, field = key.partition(".")
+        if not dot or section not in sections:
+            raise UserError(f"--set '{key}' must name a section: {', '.join(s + '.FIELD' for s in sections)}")
+        out[section][field] = value
+    return out
+
+
+def section_config(default: BaseModel, updates: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """``default`` with ``updates`` applied and validated; UserError naming ``where`` and the field (under
+    ``prefix.``) that is wrong."""
+    try:
+        return default.model_validate(default.model_dump() | updates)
+    except ValidationError as exc:
+        message = validation_message(where, exc)
+        raise UserError(message.replace("field '", f"field '{prefix}.", 1) if prefix else message) from None
+
+
+def parse_mix_options(items: list[str], columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """``--mix SOURCE=WEIGHT`` options -> the mix parts of a ``SourceConfig`` (each with ``columns``)."""
+    parts = []
+    for item in items:
+        spec, sep, text = item.rpartition("=")
+        try:
+            weight = float(text)
+        except ValueError:
+            weight = 0.0
+        if not sep or not spec or not weight > 0:
+            raise UserError(f"--mix '{item}' is not SOURCE=WEIGHT with a positive weight")
+        parts.append({"spec": spec, "weight": weight, **columns})
+    return parts
+
+
+def ingest_configs(source: str, *, name: str | None = None, columns: dict[str, Any] | None = None,
+                   mix: list[str] | None = None, images: str | None = None, classnames: str | None = None,
+                   templates: str | None = None, crawl: dict[str, Any] | None = None,
+                   assignments: dict[str, Any] | None = None) -> tuple[SourceConfig, CrawlConfig, ShardConfig]:
+    """The ingest stage's (source, crawl, shard) configs from ``vlforge run ingest``'s options: ``columns`` (url_col,
+    caption_col, path_col, label_col, key_col), ``--mix SOURCE=WEIGHT`` parts (with ``source == "mix"``), the crawl
+    options given (``crawl``: field -> value, None ones left out) and ``--set crawl.X=.. shard.Y=..``
+    (``assignments``) over the pipeline's defaults. One-line UserErrors name the option that is wrong."""
+    columns = dict(columns or {})
+    sections = split_sections(assignments or {}, ("crawl", "shard"))
+    sections["crawl"].update({k: v for k, v in (crawl or {}).items() if v is not None})
+    if bool(mix) != (source == "mix"):
+        raise UserError("--mix SOURCE=WEIGHT goes with --source mix (and --source mix needs at least one --mix)")
+    src = SourceConfig(spec=source, name=name, mix=parse_mix_options(mix or [], columns), images=images,
+                       classnames=classnames, templates=templates, **columns)
+    defaults = PipelineConfig()
+    return (src, section_config(defaults.crawl, sections["crawl"], "--set crawl.*", "crawl"),
+            section_config(defaults.shard, sections["shard"], "--set shard.*", "shard"))

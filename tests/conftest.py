@@ -10,6 +10,9 @@ from cli_harness import EMOJI_DIR
 # pytest-xdist workers run with COLUMNS=80; rich would then wrap and truncate the tables the CLI tests read.
 for _var in ("COLUMNS", "LINES"):
     os.environ.pop(_var, None)
+# two test workers on two cores: a Prefect server's cold start (uvicorn + database migrations) was seen to take over
+# 120 s while the other worker trains (CI, 2 cores; vlforge allows 300 by default)
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 
 
 @pytest.fixture

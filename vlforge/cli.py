@@ -39,7 +39,6 @@ from vlforge.cli_common import (
     err_console,
     open_catalog,
     run_app,
-    split_sections,
 )
 from vlforge.components.training.ray_runtime import check_ray_address
 from vlforge.errors import UserError
@@ -114,44 +113,16 @@ def run_ingest(
 
     With --json: {"dataset": ID, "samples": N, "failures": {reason: count}, "retried": N, "recovered": N,
     "cached": {...}}, plus "captions": N where images have several captions."""
-    from pydantic import ValidationError
-
-    from vlforge.components.pipeline_config import (
-        PipelineConfig,
-        SourceConfig,
-        parse_assignments,
-        validation_message,
-    )
+    from vlforge.components.pipeline_config import ingest_configs, parse_assignments
     from vlforge.components.stages import ingest_key, ingest_retry_plan
 
-    sections = split_sections(parse_assignments(set_ or []), ("crawl", "shard"))
-    for field_name, value in (("allow_hosts", allow_host), ("timeout", timeout), ("retries", retries),
-                              ("max_bytes", max_bytes), ("min_image_size", min_side)):
-        if value is not None:
-            sections["crawl"][field_name] = value
-    defaults = PipelineConfig()
-    if bool(mix) != (source == "mix"):
-        raise UserError("--mix SOURCE=WEIGHT goes with --source mix (and --source mix needs at least one --mix)")
-    parts = []
-    for item in mix or []:
-        spec, sep, weight = item.rpartition("=")
-        try:
-            parts.append({"spec": spec, "weight": float(weight), "url_col": url_col, "caption_col": caption_col,
-                          "path_col": path_col, "label_col": label_col, "key_col": key_col})
-        except ValueError:
-            sep = ""
-        if not sep or not spec or parts[-1]["weight"] <= 0:
-            raise UserError(f"--mix '{item}' is not SOURCE=WEIGHT with a positive weight")
-    src = SourceConfig(spec=source, name=name, url_col=url_col, caption_col=caption_col, path_col=path_col,
-                       label_col=label_col, key_col=key_col, mix=parts, images=images, classnames=classnames,
-                       templates=templates)
-    validated = {}
-    for section, model in (("crawl", defaults.crawl), ("shard", defaults.shard)):
-        try:
-            validated[section] = model.model_validate(model.model_dump() | sections[section])
-        except ValidationError as exc:
-            raise UserError(validation_message(f"--set {section}.*", exc).replace("field '", f"field '{section}.")) from None
-    crawl, shard = validated["crawl"], validated["shard"]
+    src, crawl, shard = ingest_configs(
+        source, name=name, mix=mix, images=images, classnames=classnames, templates=templates,
+        columns={"url_col": url_col, "caption_col": caption_col, "path_col": path_col, "label_col": label_col,
+                 "key_col": key_col},
+        crawl={"allow_hosts": allow_host, "timeout": timeout, "retries": retries, "max_bytes": max_bytes,
+               "min_image_size": min_side},
+        assignments=parse_assignments(set_ or []))
     ingest_key(src, crawl, shard)  # validates the source before anything starts
     plan = ingest_retry_plan(src, crawl, shard, open_catalog()) if retry_failures else None
     check_ray_address(ray_address)
@@ -234,19 +205,9 @@ def run_tokenizer(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a tokenizer on a dataset's training captions."""
-    from pydantic import ValidationError
+    from vlforge.components.pipeline_config import PipelineConfig, parse_assignments, section_config
 
-    from vlforge.components.pipeline_config import (
-        PipelineConfig,
-        parse_assignments,
-        validation_message,
-    )
-
-    base = PipelineConfig().tokenizer
-    try:
-        cfg = base.model_validate(base.model_dump() | parse_assignments(set_ or []))
-    except ValidationError as exc:
-        raise UserError(validation_message("--set", exc)) from None
+    cfg = section_config(PipelineConfig().tokenizer, parse_assignments(set_ or []), "--set")
     art = open_catalog().get(data)
     if art.kind != "dataset":
         raise UserError(f"--data '{data}' is a {art.kind}, not a dataset")

@@ -126,13 +126,3 @@ def artifacts_table(result: dict[str, Any], title: str) -> Table:
 
 def artifact_ids(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k in ("dataset", "tokenizer", "model", "eval", "teachers", "stages")} | {"cached": result.get("cached", {})}
-
-
-def split_sections(pairs: dict[str, Any], sections: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {s: {} for s in sections}
-    for key, value in pairs.items():
-        section, dot, field = key.partition(".")
-        if not dot or section not in sections:
-            raise UserError(f"--set '{key}' must name a section: {', '.join(s + '.FIELD' for s in sections)}")
-        out[section][field] = value
-    return out
