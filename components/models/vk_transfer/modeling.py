@@ -17,8 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertForMaskedLM, BertModel
+from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead, BertPreTrainedModel
+from vlforge.components.models.common.parts import load_part, part_family
 from vlforge.components.models.teachers import load_frozen_teacher
 
 from vlforge.errors import UserError
@@ -115,28 +116,19 @@ def student_config(
 
 
 def load_text_init(model: VkTransferModel, init_dir: str) -> None:
-    """Copy a ``BertForMaskedLM`` checkpoint (a ``text-mlm`` model) into the student's ``bert`` and ``cls``; the
-    pooler and the joint-space heads keep their initialisation (a masked LM has no pooler)."""
-    path = Path(init_dir)
-    try:
-        init, info = BertForMaskedLM.from_pretrained(path, local_files_only=True, output_loading_info=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"text_init '{init_dir}' holds no BertForMaskedLM checkpoint: {str(exc).splitlines()[0]}") from None
-    if info.get("missing_keys"):
-        raise UserError(f"text_init '{init_dir}' is not a BertForMaskedLM checkpoint (missing {min(info['missing_keys'])})")
+    """Copy a ``text-mlm`` model (a ``BertForMaskedLM``: one trained here, or a BERT imported with ``vlforge import
+    model DIR --family text-mlm``) into the student's ``bert`` and ``cls``; the pooler and the joint-space heads keep
+    their initialisation (a masked LM has no pooler)."""
+    init = load_part(init_dir, "text_init", "vk-transfer", ("text-mlm",))
     result = model.load_state_dict(init.state_dict(), strict=False)
     if result.unexpected_keys:
-        raise UserError(f"text_init '{init_dir}': unexpected weight {result.unexpected_keys[0]}")
+        raise UserError(f"vk-transfer: text_init '{init_dir}': unexpected weight {result.unexpected_keys[0]}")
 
 
 def text_init_config(init_dir: str) -> BertConfig:
-    path = Path(init_dir)
-    if not (path / "config.json").is_file():
-        raise UserError(f"text_init '{init_dir}' is not a model directory (no config.json)")
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    if model_type != "bert":
-        raise UserError(f"text_init '{init_dir}' holds a '{model_type}' model, not a BERT masked LM")
-    return BertConfig.from_pretrained(path, local_files_only=True)
+    """The ``text_init`` model's BERT config, read without its weights (UserError unless it is a ``text-mlm`` model)."""
+    part_family(init_dir, "text_init", "vk-transfer", ("text-mlm",))
+    return BertConfig.from_pretrained(Path(init_dir), local_files_only=True)
 
 
 # ------------------------------------------------------------------------------------------------- teacher

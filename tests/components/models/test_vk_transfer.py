@@ -158,13 +158,11 @@ def test_simcse_views_are_the_same_caption(teacher_dir: Path, tokenizer) -> None
 
 
 def test_text_init_encoders_and_image_resizing(teacher_dir: Path, tokenizer, tmp_path: Path) -> None:
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=40)
-    torch.manual_seed(3)
-    BertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
-    recipe = _recipe(teacher_dir, {"mlm": 1.0, "xmodal_contrastive": 1.0}, text_init=str(tmp_path / "mlm"), image_size=40)
+    mlm = save_untrained("text-mlm", {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "max_text_length": 16},
+                         len(tokenizer), tmp_path / "mlm")
+    recipe = _recipe(teacher_dir, {"mlm": 1.0, "xmodal_contrastive": 1.0}, text_init=str(mlm), image_size=40)
     model = FAMILY.build_model(recipe, len(tokenizer), SPECIALS)
-    init = BertForMaskedLM.from_pretrained(tmp_path / "mlm")
+    init = BertForMaskedLM.from_pretrained(mlm)
     assert model.config.hidden_size == 64
     assert torch.equal(model.bert.encoder.layer[0].output.dense.weight, init.bert.encoder.layer[0].output.dense.weight)
     assert isinstance(FAMILY.text_encoder(model), BertModel)
@@ -175,6 +173,11 @@ def test_text_init_encoders_and_image_resizing(teacher_dir: Path, tokenizer, tmp
     assert FAMILY.text_features(model, batch.input_ids, batch.attention_mask, None).shape == (8, 64)
     with pytest.raises(UserError, match="text_init .* holds a 'clip' model"):
         FAMILY.build_model(_recipe(teacher_dir, {"mlm": 1.0}, text_init=str(teacher_dir)), len(tokenizer), SPECIALS)
+    # a Hugging Face BERT folder is imported first (vlforge import model DIR --family text-mlm), as every family's parts
+    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=128, max_position_embeddings=40)).save_pretrained(tmp_path / "hf")
+    with pytest.raises(UserError, match="text_init .* is not a vlforge model .*--family text-mlm"):
+        FAMILY.preflight(_recipe(teacher_dir, {"mlm": 1.0}, text_init=str(tmp_path / "hf")), tokenizer)
 
 
 def test_preflight_one_line_errors(teacher_dir: Path, tokenizer, tmp_path: Path) -> None:
