@@ -75,6 +75,7 @@ bench: test-bench
 	$(PY) bench/orchestration_bench.py
 	$(PY) bench/openclip_bench.py --profile $$([ -x .bench-venvs/openclip/bin/python ] || echo --setup-peer)
 	$(PY) bench/catalog_bench.py
+	$(PY) bench/memory_bench.py
 	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then $(PY) bench/gpu_bench.py; \
 	else $(PY) bench/gpu_bench.py --dry-run; fi
 

@@ -2,6 +2,7 @@
 same tiny ViT CLIP on the same webdataset shards, cores, threads and precision (vlforge issue 9, items 1 and 6).
 
     .venv/bin/python bench/openclip_bench.py [--repeat 3] [--steps 300] [--profile] [--setup-peer] [--tiny]
+    .venv/bin/python bench/openclip_bench.py --quality [--steps 750] [--ours-set K=V] [--ours-recipe NAME] [--tiny]
 
 Data: builtin scenes ingested once by the project's ingest stage (``run_ingest``: loopback server + img2dataset
 -> webdataset shards of jpg + txt) and a BPE tokenizer trained on them (``run_tokenizer``). Model (both sides):
@@ -25,7 +26,10 @@ the table gives the median over repeats with min/max and the ratio ours / peer o
 top ops by self CPU time and the split loader wait / tokenise / forward / backward / optimiser.
 ``--tiny``: a few hundred scenes, 40 steps, one repeat; without the peer venv it runs ours only and records
 ``"peer": null`` with the reason. Prints a markdown table; writes ``<out>/openclip.json`` (and, with
-``--profile``, ``<out>/openclip_profile.txt``)."""
+``--profile``, ``<out>/openclip_profile.txt``).
+
+``--quality``: the other comparison, zero-shot retrieval on held-out emoji concepts after the same training budget
+on both sides (vlforge issue 21; bench/openclip_quality.py says how); writes ``<out>/openclip_quality.json``."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +47,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_venv import peer_python  # noqa: E402 - shared with the other reference benchmarks
+
+# run as a script, this module is also the ``openclip_bench`` that bench/openclip_quality.py imports (one BenchError)
+sys.modules.setdefault("openclip_bench", sys.modules[__name__])
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -145,6 +152,29 @@ def peer_windows(marks: list, batch: int, log_every: int) -> list[dict]:
     return wins[1:]
 
 
+def peer_train_command(venv: Path, *, model: str, model_config: Path | None, shards: list[str], batch: int,
+                       n_steps: int, log_every: int, threads: int | None, workers: int, precision: str, device: str,
+                       run: Path, extra: list[str] = (), lr: float = 1e-3, wd: float = 0.1, warmup: int = 10,
+                       save_frequency: int = 0) -> tuple[list[str], dict]:
+    """The argv and environment of one open_clip training run of ``n_steps`` steps in ``run`` (its ``peer.json``
+    and ``logs/``; with ``save_frequency`` 1, the checkpoint ``logs/run/checkpoints/epoch_1.pt``)."""
+    argv = [str(peer_python(venv)), str(PEER_RUNNER), "train", "--model", model, "--out", str(run / "peer.json")]
+    argv += ["--model-config", str(model_config)] if model_config else []
+    argv += ["--threads", str(threads)] if threads else []
+    argv += ["--", "--model", model, "--train-data", "::".join(shards), "--dataset-type", "webdataset",
+             "--dataset-resampled", "--train-num-samples", str(n_steps * batch), "--epochs", "1",
+             "--batch-size", str(batch), "--workers", str(workers), "--precision", precision, "--device", device,
+             "--lr", str(lr), "--wd", str(wd), "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6",
+             "--warmup", str(warmup), "--grad-clip-norm", "1.0", "--log-every-n-steps", str(log_every),
+             "--logs", str(run / "logs"), "--name", "run", "--save-frequency", str(save_frequency),
+             "--zeroshot-frequency", "0", "--val-frequency", "0", "--seed", "0", *extra]
+    env = {**os.environ, "PYTHONNOUSERSITE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("PYTHONPATH", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return argv, env
+
+
 def run_peer(venv: Path, *, model: str, model_config: Path | None, shards: list[str], batch: int, steps: int,
              log_every: int, threads: int | None, workers: int, precision: str, device: str, work: Path,
              extra: list[str] = (), lr: float = 1e-3, wd: float = 0.1, warmup: int = 10) -> dict:
@@ -153,21 +183,10 @@ def run_peer(venv: Path, *, model: str, model_config: Path | None, shards: list[
     run = work / f"peer-{uuid.uuid4().hex[:8]}"
     run.mkdir(parents=True)
     out, log = run / "peer.json", run / "peer.log"
-    n_steps = steps + 1
-    argv = [str(peer_python(venv)), str(PEER_RUNNER), "train", "--model", model, "--out", str(out)]
-    argv += ["--model-config", str(model_config)] if model_config else []
-    argv += ["--threads", str(threads)] if threads else []
-    argv += ["--", "--model", model, "--train-data", "::".join(shards), "--dataset-type", "webdataset",
-             "--dataset-resampled", "--train-num-samples", str(n_steps * batch), "--epochs", "1",
-             "--batch-size", str(batch), "--workers", str(workers), "--precision", precision, "--device", device,
-             "--lr", str(lr), "--wd", str(wd), "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6",
-             "--warmup", str(warmup), "--grad-clip-norm", "1.0", "--log-every-n-steps", str(log_every),
-             "--logs", str(run / "logs"), "--name", "run", "--save-frequency", "0", "--zeroshot-frequency", "0",
-             "--val-frequency", "0", "--seed", "0", *extra]
-    env = {**os.environ, "PYTHONNOUSERSITE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("PYTHONPATH", None)
-    if threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    argv, env = peer_train_command(venv, model=model, model_config=model_config, shards=shards, batch=batch,
+                                   n_steps=steps + 1, log_every=log_every, threads=threads, workers=workers,
+                                   precision=precision, device=device, run=run, extra=extra, lr=lr, wd=wd,
+                                   warmup=warmup)
     start = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=run, env=env)
@@ -238,20 +257,27 @@ def _ours_child(spec_path: str) -> None:
     write_json(Path(spec["out"]), results)
 
 
+def run_child(script: Path, spec: dict, work: Path, what: str) -> Any:
+    """``script --_ours SPEC`` in a fresh process (Ray, when it trains, goes down with it): ``spec`` with ``work``
+    and ``out`` added goes in, the JSON the child writes to ``out`` comes back; RuntimeError naming ``what``."""
+    tag = uuid.uuid4().hex[:8]
+    spec_path, out, log = work / f"ours-{tag}.json", work / f"ours-{tag}.out.json", work / f"ours-{tag}.log"
+    write_json(spec_path, {**spec, "work": str(work), "out": str(out)})
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, str(script), "--_ours", str(spec_path)],
+                              stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail_line(log)}")
+    return json.loads(out.read_text())
+
+
 def run_ours(runs: list[dict], *, dataset_dir: Path, tokenizer_dir: Path, work: Path, recipe: str = "tiny",
              family: str = "clip") -> list[dict]:
     """Every run in ``runs`` ({"label", "overrides"}) with the project's Ray trainer, in one fresh subprocess."""
-    tag = uuid.uuid4().hex[:8]
-    spec_path, out, log = work / f"ours-{tag}.json", work / f"ours-{tag}.out.json", work / f"ours-{tag}.log"
-    write_json(spec_path, {"runs": runs, "dataset_dir": str(dataset_dir), "tokenizer_dir": str(tokenizer_dir),
-                           "work": str(work), "out": str(out), "recipe": recipe, "family": family})
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_ours", str(spec_path)],
-                              stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(f"the project's trainer failed (exit {proc.returncode}): {tail_line(log)}")
-    return json.loads(out.read_text())
+    return run_child(Path(__file__).resolve(), {"runs": runs, "dataset_dir": str(dataset_dir),
+                     "tokenizer_dir": str(tokenizer_dir), "recipe": recipe, "family": family}, work,
+                     "the project's trainer")
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -379,10 +405,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder for openclip.json")
     parser.add_argument("--repeat", type=int, default=None, help="runs of each side (default 3; --tiny: 1)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 300; --tiny: 40)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 300; --tiny: 40; "
+                        "--quality: 750, with --tiny 10)")
     parser.add_argument("--log-every", type=int, default=10, help="steps per measured window (both sides)")
     parser.add_argument("--samples", type=int, default=None, help="builtin scenes to ingest (default 2000; --tiny 400)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default 32 (--quality: 64, with --tiny 32)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--layers", type=int, default=2, help="transformer layers of each tower")
@@ -391,14 +418,32 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=32, help="text context length")
     parser.add_argument("--embed-dim", type=int, default=64)
     parser.add_argument("--vocab-size", type=int, default=49408, help="both sides' token embedding rows")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (ours: 1 Ray worker x THREADS)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (ours: 1 Ray worker x THREADS; "
+                        "--quality: open_clip's only, ours keeps the recipe's workers and threads)")
     parser.add_argument("--no-scaling", action="store_true", help="skip ours with 2 Ray workers x 1 thread")
     parser.add_argument("--profile", action="store_true", help="profile our training step (torch.profiler)")
     parser.add_argument("--peer-venv", default=str(DEFAULT_PEER_VENV), help="open_clip's virtual environment")
     parser.add_argument("--setup-peer", action="store_true", help="create/refresh the peer venv with the pins first")
     parser.add_argument("--tiny", action="store_true", help="a smoke run (well under 90 s on 2 cores)")
+    parser.add_argument("--quality", action="store_true", help="zero-shot retrieval on held-out emoji concepts after "
+                        "the same budget on both sides (bench/openclip_quality.py), instead of samples/s")
+    parser.add_argument("--quality-data", default=None, help="--quality: a pairs.parquet with key, path, caption, "
+                        "concept (default ../shared/data/emoji-noto/pairs.parquet)")
+    parser.add_argument("--holdout", type=float, default=0.2, help="--quality: share of concepts held out")
+    parser.add_argument("--split-seed", type=int, default=0, help="--quality: seed of the concept hash")
+    parser.add_argument("--ours-set", action="append", metavar="KEY=VALUE", help="--quality: a run of ours' tiny "
+                        "recipe with these overrides (repeatable), an extra row")
+    parser.add_argument("--ours-recipe", action="append", metavar="NAME", help="--quality: a run of another clip "
+                        "recipe (e.g. tiny-minilm) at the same steps and batch (repeatable), an extra row")
     args = parser.parse_args()
     try:
+        if args.quality:
+            from openclip_quality import DEFAULT_DATA, run_quality
+
+            args.quality_data = args.quality_data or str(DEFAULT_DATA)
+            run_quality(args)
+            return
+        args.batch_size = args.batch_size if args.batch_size is not None else 32
         run_bench(args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -314,14 +314,19 @@ class _Handler(BaseHTTPRequestHandler):
         if not rows:
             return _page("leaderboard", "<p>No eval reports yet: run <code>vlforge run eval</code> or "
                                         "<code>vlforge run pipeline</code>.</p>")
+        # the NLU probe's comparison with the text encoder the model started from, where some eval made one
+        compared = any(r.get("visual_extension_delta") is not None for r in rows)
         table = _table(["family", "model", "task", "metric", "value", "untrained", "data", "split", "config", "code",
-                        "eval"], [[
+                        "eval", *(("text encoder", "visual extension delta") if compared else ())], [[
                             _e(r["family"]), f'<a href="/a/{r["model_id"]}">{_e(r["model"])}</a>', _e(r["task"]),
                             _e(r["metric"]), f'{r["value"]:.4f}',
                             "-" if r["baseline"] is None else f'{r["baseline"]:.4f}',
                             f'<a href="/a/{r["data_id"]}">{_e(r["data"])}</a>', _e(r["split"]), _e(r["config"]),
                             f'<code>{_e(r["code_version"][:12] or "-")}</code>',
-                            f'<a href="/a/{r["eval_id"]}">{r["eval_id"][:12]}</a>'] for r in rows], "leaderboard")
+                            f'<a href="/a/{r["eval_id"]}">{r["eval_id"][:12]}</a>',
+                            *((_e(r.get("text_encoder") or "-"), "-" if r.get("visual_extension_delta") is None
+                               else f'{r["visual_extension_delta"]:+.4f}') if compared else ())] for r in rows],
+                       "leaderboard")
         return _page("leaderboard", "<p>Each value is the task's headline metric on the named data split; "
                      "<em>untrained</em> is the same metric for an untrained model of the same family and recipe.</p>"
                      + table + '<p><img class="plot" id="leaderboard-chart" alt="headline metric per task" '

@@ -48,6 +48,8 @@ class EvalStageConfig(BaseModel):
     templates: str | None = Field(None, description="zero-shot prompt templates file, one a line with {}")
     baseline: bool | None = Field(None, description="score an untrained model too (default: where cheap)")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    text_encoder: bool = Field(True, description="NLU probe: also fine-tune the text encoder the model started from "
+                               "and report the delta (vlforge run eval --text-encoder/--no-text-encoder)")
 
 
 class PipelineConfig(BaseModel):

@@ -96,7 +96,8 @@ def _rebuild(art: Artifact, new_ids: dict[str, str], scratch: Catalog, catalog: 
         from vlforge.components.evaluation.options import EvalOptions
 
         options = EvalOptions(classnames=cfg.get("classnames"), templates=cfg.get("templates"),
-                              baseline=cfg.get("baseline"), device="cpu")  # CPU: the numbers compared exactly
+                              baseline=cfg.get("baseline"), text_encoder=cfg.get("text_encoder", True),
+                              device="cpu")  # CPU: the numbers compared exactly
         return stages.run_eval(parents[0], parents[1], cfg["tasks"], cfg["split"], scratch, options=options).artifact
     raise UserError(f"artifact '{art.short_id}' is a {art.kind}: vlforge cannot re-run the stage that made it")
 

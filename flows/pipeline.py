@@ -52,7 +52,7 @@ def pipeline_flow(config: PipelineConfig) -> dict:
 
     t = time.perf_counter()
     ev = config.eval
-    options = EvalOptions.from_files(ev.classnames, ev.templates, ev.baseline, ev.device)
+    options = EvalOptions.from_files(ev.classnames, ev.templates, ev.baseline, ev.device, ev.text_encoder)
     key, *_ = eval_plan(model, dataset, ev.tasks, ev.split, catalog, options)
     report, cached["eval"] = run_cached(eval_task, key, model=model, data=dataset, tasks=ev.tasks, split=ev.split,
                                         ray_address=config.train.ray_address, options=options)

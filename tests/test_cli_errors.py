@@ -53,10 +53,19 @@ def test_data_ref_that_is_not_a_dataset(home: Path, seeded: Catalog) -> None:
     check_error(["run", "train", "--family", "clip", "--data", "some-tokenizer"], home, seeded, "is a tokenizer, not a dataset")
 
 
-def test_bad_config_values(home: Path, seeded: Catalog, tmp_path: Path) -> None:
+def test_bad_config_values(home: Path, seeded: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     check_error(["run", "train", "--family", "clip", "--data", "some-tokenizer", "--set", "batch_size=-4"], home, seeded,
                 "field 'batch_size'")
     check_error(["run", "train", "--family", "clip", "--data", "some-tokenizer", "--set", "lr=fast"], home, seeded, "field 'lr'")
+    # the training-at-scale and tracking fields are checked before any stage (no tokenizer trained, nothing registered)
+    for setting, pattern in (("precision=fp16", "fp16 needs a GPU"), ("tracking=[wandb]", "field 'tracking.0'"),
+                             ("parallel=fsdp", "family 'unit' cannot shard with fsdp")):
+        family = "unit" if setting.startswith("parallel") else "clip"
+        check_error(["run", "train", "--family", family, "--data", "some-tokenizer", "--set", setting], home, seeded,
+                    pattern)
+    monkeypatch.setenv("VLFORGE_MLFLOW_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    check_error(["run", "train", "--family", "clip", "--data", "some-tokenizer", "--set", "tracking=[mlflow]"], home,
+                seeded, "127.0.0.1:9")
     (tmp_path / "bad.yaml").write_text("crawl:\n  image_size: big\n")
     check_error(["run", "pipeline", "--config", str(tmp_path / "bad.yaml")], home, seeded, "field 'crawl.image_size'")
     (tmp_path / "neg.yaml").write_text("train:\n  overrides: {batch_size: -1}\n")

@@ -55,3 +55,38 @@ def test_eval_options(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     rows = cli_json(["leaderboard"], home)
     assert sorted(r["task"] for r in rows) == ["retrieval", "zero_shot_classification"]
     assert all(r["baseline"] is None and r["eval_id"] == result["eval"] for r in rows)
+
+
+@pytest.mark.slow
+def test_nlu_probe_against_the_text_encoder(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vk-transfer student whose BERT started from a catalog text-mlm: `run eval --task nlu_probe` reports the
+    encoder's accuracy and the delta, the leaderboard's table shows them; `--no-text-encoder` skips the encoder
+    and is a different eval."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("COLUMNS", "400")  # the leaderboard's table, unwrapped
+    catalog = Catalog(home / "catalog")
+    data_dir = eval_fixtures.write_shapes_dataset(tmp_path / "shapes", 24, image_size=32)
+    dataset = catalog.register(kind="dataset", name="shapes", files=data_dir, config={"test": True})
+    captions = ["a red circle", "a blue square left of a green star"]
+    bert = eval_fixtures.save_untrained("text-mlm", eval_fixtures.TEXT_MLM_OVERRIDES, captions, tmp_path / "bert")
+    enc = catalog.register(kind="model", name="bert-tiny", family="text-mlm", files=bert, config={})
+    student = eval_fixtures.save_untrained("vk-transfer", {**eval_fixtures.VK_STUDENT_OVERRIDES,
+                                           "text_init": str(catalog.path(enc.id))}, captions, tmp_path / "vk", seed=2)
+    catalog.register(kind="model", name="vk-tiny", family="vk-transfer", files=student, parents=[enc.id],
+                     config={"recipe": "tiny", "artifacts": {"text_init": enc.id}})
+    base = ["run", "eval", "--model", "vk-tiny", "--data", "shapes", "--task", "nlu_probe", "--no-baseline"]
+
+    result = cli_json(base, home)
+    m = result["metrics"]
+    assert m["nlu_visual_extension_delta"] == pytest.approx(m["nlu_accuracy"] - m["nlu_text_encoder_accuracy"],
+                                                            abs=2e-6)
+    assert catalog.get(result["eval"]).config["nlu_text_encoder_id"] == enc.id
+    proc = run_cli(["leaderboard"], home, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "visual_extension_delta" in proc.stdout and "bert-tiny:v1" in proc.stdout
+    assert f"{m['nlu_visual_extension_delta']:+.4f}" in proc.stdout
+
+    off = cli_json([*base, "--no-text-encoder"], home)
+    assert off["eval"] != result["eval"] and catalog.get(off["eval"]).config["text_encoder"] is False
+    assert not [k for k in off["metrics"] if "text_encoder" in k or "visual_extension" in k]
+    assert off["metrics"]["nlu_accuracy"] == m["nlu_accuracy"]

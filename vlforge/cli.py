@@ -9,6 +9,7 @@
     vlforge run train --family clip --data REF[=WEIGHT] [--data ...] [--recipe tiny] [--steps N] [--set KEY=VALUE ...] [--json]
     vlforge run eval --model REF --data REF [--task retrieval ... | --suite default] [--split validation] [--json]
                      [--classnames FILE] [--templates FILE] [--baseline|--no-baseline] [--device auto|cpu|cuda[:N]]
+                     [--no-text-encoder]
     vlforge leaderboard [--json]
     vlforge catalog list|show|lineage ...
     vlforge families
@@ -236,13 +237,13 @@ def run_train(
     as_json: JsonOpt = False,
 ) -> None:
     """Pretrain a family on a catalog dataset with Ray Train and register the checkpoint."""
-    from vlforge.components.models.registry import get_family
     from vlforge.components.pipeline_config import PipelineConfig, parse_assignments
+    from vlforge.components.stages import check_train_stages
 
     overrides = parse_assignments(set_ or [])
     if steps is not None:
         overrides["steps"] = steps
-    get_family(family).recipe(recipe, overrides)
+    check_train_stages(family, recipe, overrides, ())  # before any stage runs or registers anything
 
     check_ray_address(ray_address)
     catalog = open_catalog()
@@ -276,6 +277,8 @@ def run_eval(
     baseline: Annotated[Optional[bool], typer.Option("--baseline/--no-baseline", help="Also score an untrained model "
                         "of the same recipe (default: when the split has at most 10,000 samples).")] = None,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
+    text_encoder: Annotated[bool, typer.Option("--text-encoder/--no-text-encoder", help="NLU probe: also fine-tune "
+                            "the text encoder the model started from (text_init) and report the delta.")] = True,
     ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -290,7 +293,7 @@ def run_eval(
         tasks, skipped = eval_suite(model, data, suite or "default", split, open_catalog())
     else:
         tasks = task
-    options = EvalOptions.from_files(classnames, templates, baseline, device)
+    options = EvalOptions.from_files(classnames, templates, baseline, device, text_encoder)
     eval_plan(model, data, tasks, split, open_catalog(), options)
     check_ray_address(ray_address)
     from vlforge.flows.evaluate import eval_flow

@@ -24,7 +24,8 @@ def leaderboard(
     publish: Annotated[bool, typer.Option("--publish", help="Also publish a Prefect table artifact (runs the flow).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare every evaluated model on every task: headline metric, untrained baseline, data/config/code versions."""
+    """Compare every evaluated model on every task: headline metric, untrained baseline, data/config/code versions
+    and, for the NLU probe of a model started from a text encoder, that encoder and the visual extension's delta."""
     from vlforge.components.evaluation.leaderboard import leaderboard_rows, write_html
     from vlforge.settings import vlforge_home
 
@@ -38,12 +39,16 @@ def leaderboard(
 
     def human() -> None:
         table = Table(title=f"leaderboard ({vlforge_home() / 'leaderboard.html'})")
-        for col in ("family", "model", "task", "metric", "value", "baseline", "data", "config", "code_version"):
+        compared = any(r.get("visual_extension_delta") is not None for r in rows)  # the NLU probe's text encoder
+        for col in ("family", "model", "task", "metric", "value", "baseline", "data", "config", "code_version",
+                    *(("text_encoder", "visual_extension_delta") if compared else ())):
             table.add_column(col)
         for r in rows:
+            delta = r.get("visual_extension_delta")
             table.add_row(r["family"], r["model"], r["task"], r["metric"], f"{r['value']:.4f}",
                           "-" if r["baseline"] is None else f"{r['baseline']:.4f}", f"{r['data']} ({r['split']})",
-                          r["config"], _short_version(r["code_version"]))
+                          r["config"], _short_version(r["code_version"]),
+                          *((r.get("text_encoder") or "-", "-" if delta is None else f"{delta:+.4f}") if compared else ()))
         out.print(table)
 
     emit(out, as_json, rows, human)

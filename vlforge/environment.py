@@ -2,12 +2,20 @@
 
 Offline by construction (``HF_HUB_OFFLINE``), Prefect's home, results and embedded server kept under
 ``$VLFORGE_HOME`` unless the user points elsewhere (``PREFECT_HOME``/``PREFECT_API_URL``), telemetry off, and the
-server start-up timeout raised for slow cold starts on small machines (see the stack notes)."""
+server start-up timeout raised for slow cold starts on small machines (see the stack notes). A ``UserError`` that a
+stage raises inside a Prefect flow or task reaches the user as vlforge's one line, without the traceback Prefect's
+run loggers would print first (``quiet_user_errors``)."""
 from __future__ import annotations
 
+import logging
 import os
 
+from vlforge.errors import UserError
 from vlforge.settings import vlforge_home
+
+# the loggers Prefect's engines report a failed flow / task run on ("Encountered exception during execution", "Task
+# run failed with exception ... Retries are exhausted"), each with the traceback
+PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 
 def configure_environment() -> None:
@@ -32,3 +40,23 @@ def configure_environment() -> None:
         os.environ.setdefault(key, value)
     # Prefect creates its home but not the folders above it
     os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+    quiet_user_errors()
+
+
+class _DropUserErrors(logging.Filter):
+    """Drops a log record that carries a ``UserError`` (its exception, or one of its arguments): the CLI prints the
+    error's one line itself; any other failure keeps Prefect's report and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (isinstance(exc, UserError) or any(isinstance(a, UserError) for a in args))
+
+
+def quiet_user_errors() -> None:
+    """Install the filter on Prefect's run loggers (once; ``logging.config.dictConfig``, which Prefect runs on import,
+    keeps a logger's filters)."""
+    for name in PREFECT_RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropUserErrors) for f in logger.filters):
+            logger.addFilter(_DropUserErrors())

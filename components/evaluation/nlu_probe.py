@@ -14,12 +14,28 @@ headline there, as the task has no accuracy) and ``nlu_mse``.
 Procedure: a copy of the model (the evaluated checkpoint is never changed) gets a linear head (a classifier, or
 one output for STS-B) on ``text_features``; both are fine-tuned end to end with AdamW for ``EPOCHS`` passes over
 (at most ``MAX_TRAIN``) train-split captions in a seeded order, then scored on the evaluated split. The runner's untrained-model baseline
-goes through the same fine-tuning, so the gap is what pretraining gave the text side."""
+goes through the same fine-tuning, so the gap is what pretraining gave the text side.
+
+The paper's comparison: a V&L model whose text side started from a text-only encoder (a recipe's
+``text_init``, e.g. a ``text-mlm`` trained here or an imported BERT; for a model continued from another,
+``init_from``, that model's, followed back; a teacher does not count, the weights never start from it) is compared
+with that very encoder: the probe fine-tunes and scores the encoder too, with the same procedure, seed, text
+length (the evaluated model's ``max_text_length``), data and head, each with its own tokenizer (the V&L model kept
+the encoder's vocabulary), and reports ``nlu_text_encoder_<metric>``
+for each headline metric (``nlu_text_encoder_accuracy``, ``nlu_text_encoder_glue_score``) and
+``nlu_visual_extension_delta``, the model's headline minus the encoder's: what the visual extension did to the text
+side's language understanding. It doubles the probe's cost; ``vlforge run eval --no-text-encoder`` skips it. An
+encoder the probe cannot run (a family without ``text_features``, a folder that is gone) gets a note in the
+report (``notes.nlu_text_encoder_note``), never a number."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,7 +46,9 @@ from vlforge.components.models.capabilities import DualEncoder, TextFeatures, ca
 from vlforge.errors import UserError
 
 if TYPE_CHECKING:
+    from vlforge.catalog import Artifact, Catalog
     from vlforge.components.evaluation.tasks import EvalContext, TaskOutput
+    from vlforge.components.models.registry import Family, Recipe
 
 MAX_TRAIN = 2000
 EPOCHS = 3
@@ -38,6 +56,73 @@ BATCH = 32
 LR = 1e-4
 HEAD_LR = 1e-2
 REGRESSION_TASKS = frozenset({"stsb"})  # GLUE's regression: one output, MSE loss, Pearson/Spearman
+ENCODER_PREFIX = "nlu_text_encoder_"
+DELTA = "nlu_visual_extension_delta"
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """The text-only model a V&L model's text side started from: its folder and, where the catalog gave it, its id."""
+
+    path: Path
+    id: str | None = None
+    via: str = "text_init"  # how it was reached: ``text_init``, or ``init_from -> text_init`` back a chain
+
+
+def find_text_encoder(model_dir: Path, catalog: Catalog | None = None, artifact: Artifact | None = None) -> TextEncoder | None:
+    """The text encoder the model in ``model_dir`` started its text side from: its recipe's ``text_init`` or, for a
+    model continued from another (``init_from``, which decides the weights when both are set), that model's,
+    followed back; None where the text side started from scratch. With the catalog and the model's artifact, the
+    ids its config records (``artifacts``: what the train stage resolved ``catalog:REF`` to) are followed, so the
+    encoder is found where the catalog keeps it; else the folders the saved recipe names."""
+    from vlforge.components.models.registry import FAMILY_FILE
+
+    hops: list[str] = []
+    seen: set[Path] = set()
+    while (model_dir / FAMILY_FILE).is_file() and model_dir.resolve() not in seen:
+        seen.add(model_dir.resolve())
+        meta = json.loads((model_dir / FAMILY_FILE).read_text())
+        recorded = {"init_from": meta.get("init_from") or meta["recipe"].get("init_from"),
+                    "text_init": meta["recipe"].get("text_init")}
+        ids = ((artifact.config.get("artifacts") or {}) if artifact is not None else {})
+        field = next((f for f in ("init_from", "text_init") if recorded[f] or ids.get(f)), None)
+        if field is None:
+            return None
+        hops.append(field)
+        ref = ids.get(field) if catalog is not None and catalog.exists(ids.get(field) or "") else None
+        path = catalog_folder(catalog, ref) if catalog is not None and ref else None
+        path = path or Path(str(recorded[field] or ids.get(field)))
+        if field == "text_init":
+            return TextEncoder(path, ref, " -> ".join(hops))
+        model_dir, artifact = path, (catalog.get(ref) if catalog is not None and ref else None)
+    return None
+
+
+def catalog_folder(catalog: Catalog, ref: str) -> Path | None:
+    """The catalog's folder of ``ref``, or None where it cannot give it (its files are gone from every store): the
+    probe then says so in a note instead of the eval failing."""
+    try:
+        return catalog.path(ref)
+    except UserError:
+        return None
+
+
+def probe_family(encoder: TextEncoder) -> tuple[Family, Recipe] | str:
+    """The encoder's family and recipe, or why the NLU probe cannot run it (one line, for the report's note)."""
+    from vlforge.components.evaluation.tasks import TASKS, family_offers
+    from vlforge.components.models.registry import FAMILY_FILE, read_family_file
+
+    if not (encoder.path / FAMILY_FILE).is_file():
+        return (f"the text encoder ({encoder.via}) is not a vlforge model here (its folder is gone or has no "
+                f"{FAMILY_FILE})")
+    try:
+        family, recipe = read_family_file(encoder.path)
+    except UserError as exc:
+        return f"the text encoder ({encoder.via}) cannot be read: {str(exc).splitlines()[0]}"
+    if not any(need <= family_offers(family) for need in TASKS["nlu_probe"].model_any):
+        return (f"the text encoder ({encoder.via}) is a '{family.name}' model, which the NLU probe cannot run "
+                "(no text_features)")
+    return family, recipe
 
 
 def text_features_fn(ctx: EvalContext):
@@ -129,6 +214,54 @@ def _score(label: str) -> float | None:
 
 
 def run_nlu_probe(ctx: EvalContext) -> TaskOutput:
+    """The probe on the model and, where its text side started from a text encoder (``ctx.text_encoder``), on that
+    encoder with the same procedure: its headline metrics and the delta join the model's metrics."""
+    output = probe(ctx)
+    if ctx.text_encoder is not None:
+        metrics, notes = compare_with_text_encoder(ctx, output.metrics)
+        output.metrics |= metrics
+        output.notes |= notes
+    return output
+
+
+def compare_with_text_encoder(ctx: EvalContext, metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+    """The text encoder's headline metrics (``nlu_text_encoder_<metric>``, ``nlu_`` dropped) and the model's
+    headline minus the encoder's (``nlu_visual_extension_delta``), from the probe run on the encoder with the
+    model's seed, text length, data and head, and the encoder's own tokenizer (the one its vocabulary is; the V&L
+    model kept it). The notes say how the encoder was reached and its family, or why it could not be probed; they
+    name no folder or id, which differ between catalogs (the report stays byte-identical under ``vlforge
+    reproduce``; the eval stage records the encoder's id in the eval's config)."""
+    from vlforge.components.evaluation.tasks import TASKS
+    from vlforge.components.tokenizer import load_tokenizer
+
+    encoder = ctx.text_encoder
+    assert encoder is not None
+    notes = {"nlu_text_encoder_via": encoder.via}
+    found = probe_family(encoder)
+    if isinstance(found, str):
+        return {}, notes | {"nlu_text_encoder_note": f"{found}: not compared"}
+    family, recipe = found
+    try:
+        model, tokenizer = family.load(encoder.path).eval(), load_tokenizer(encoder.path)
+    except (UserError, OSError) as exc:  # its weights or tokenizer missing or unreadable
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return {}, notes | {"nlu_text_encoder_note": f"the text encoder ({encoder.via}) cannot be loaded: {why}: "
+                            "not compared"}
+    recipe = recipe.model_copy(update={"seed": ctx.recipe.seed, "max_text_length": ctx.recipe.max_text_length})
+    own = dataclasses.replace(ctx, family=family, model=model, recipe=recipe, tokenizer=tokenizer,
+                              text_encoder=None, _images=None, _image_emb=None)
+    del model
+    theirs = probe(own).metrics
+    del own
+    heads = [k for k in TASKS["nlu_probe"].headlines if k in metrics and k in theirs]
+    out = {ENCODER_PREFIX + k.removeprefix("nlu_"): theirs[k] for k in heads}
+    if heads:
+        out[DELTA] = metrics[heads[0]] - theirs[heads[0]]
+    return out, notes | {"nlu_text_encoder_family": family.name}
+
+
+def probe(ctx: EvalContext) -> TaskOutput:
+    """The probe proper on ``ctx.model``: classification, or STS-B's regression on a ``glue:stsb`` dataset."""
     task = (ctx.manifest.get("source") or {}).get("glue_task")
     if task in REGRESSION_TASKS:
         return run_nlu_regression(ctx, task)

@@ -1,16 +1,20 @@
 """How an eval runs, beside its tasks and split: class names and prompt templates that override the dataset's own
 for zero-shot classification (CLIP_benchmark's per-dataset ``classnames`` / ``templates``), whether the untrained
-baseline runs, and the device.
+baseline runs, whether the NLU probe also scores the text encoder the model started from, and the device.
 
     vlforge run eval --model REF --data REF --classnames FILE --templates FILE [--no-baseline] [--device cuda:0]
+    vlforge run eval --model REF --data glue-rte --task nlu_probe [--no-text-encoder]
 
-The class names and templates (their contents, not their paths) and whether the baseline runs are part of the eval
-stage's cache key (``components/stages/eval.py``); the device is not (the same numbers up to float rounding), it is
-recorded in the report. The untrained baseline runs by default only where it is cheap: when the evaluated split has
-at most ``BASELINE_AUTO_MAX_SAMPLES`` samples; ``--baseline`` asks for it on any split, ``--no-baseline`` skips it."""
+The class names and templates (their contents, not their paths), whether the baseline runs and, for the NLU probe,
+whether it scores the text encoder are part of the eval stage's cache key (``components/stages/eval.py``) and so
+of the eval's config, which ``vlforge reproduce`` re-runs; the device is not (the same numbers up to float rounding),
+it is recorded in the report. The untrained baseline runs by default only where it is cheap: when the evaluated
+split has at most ``BASELINE_AUTO_MAX_SAMPLES`` samples; ``--baseline`` asks for it on any split, ``--no-baseline``
+skips it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,31 +33,37 @@ BASELINE_AUTO_MAX_SAMPLES = 10_000
 
 
 class EvalOptions(BaseModel):
-    """``classnames``: line i names the dataset's class i; ``baseline`` None: where cheap (see the module)."""
+    """``classnames``: line i names the dataset's class i; ``baseline`` None: where cheap (see the module);
+    ``text_encoder``: the NLU probe also fine-tunes the text encoder the model's text side started from (its
+    ``text_init``) and reports the delta (``nlu_probe.py``), doubling the probe's cost."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     classnames: tuple[str, ...] | None = None
     templates: tuple[str, ...] | None = None
     baseline: bool | None = None
     device: str = "auto"
+    text_encoder: bool = True
     classnames_file: str | None = None  # where the names came from, for messages (not keyed: the contents are)
 
     @classmethod
     def from_files(cls, classnames: str | Path | None = None, templates: str | Path | None = None,
-                   baseline: bool | None = None, device: str = "auto") -> EvalOptions:
+                   baseline: bool | None = None, device: str = "auto", text_encoder: bool = True) -> EvalOptions:
         """Read and check the files (missing, empty, a template without ``{}``, a duplicate) and the device's form."""
         check_device_name(device)
         return cls(classnames=tuple(read_classnames(classnames)) if classnames else None,
                    templates=tuple(read_templates(templates)) if templates else None, baseline=baseline, device=device,
-                   classnames_file=str(classnames) if classnames else None)
+                   classnames_file=str(classnames) if classnames else None, text_encoder=text_encoder)
 
-    def key_config(self, samples: int) -> dict:
-        """What of these options goes into the eval's cache key and its catalog config."""
+    def key_config(self, samples: int, tasks: Sequence[str] = ()) -> dict:
+        """What of these options goes into the eval's cache key and its catalog config (``text_encoder`` only for
+        an eval that runs the NLU probe, the one task it changes)."""
         config: dict = {"baseline": wants_baseline(self.baseline, samples)}
         if self.classnames is not None:
             config["classnames"] = list(self.classnames)
         if self.templates is not None:
             config["templates"] = list(self.templates)
+        if not self.text_encoder and "nlu_probe" in tasks:  # only when off: an eval with it on keeps its config
+            config["text_encoder"] = False
         return config
 
 

@@ -4,9 +4,11 @@ The eval stage (``components/stages.py``) calls ``evaluate`` after checking that
 the data (``tasks.check_fit``). Every task runs twice: on the trained checkpoint and on an untrained model of the
 same family and recipe (built with the recipe's seed), so each metric has a baseline computed the same way,
 stored as ``baseline_<metric>``; ``baseline=False`` skips that second run (the stage decides: ``options.py``).
+The NLU probe of the trained model also runs on the text encoder its text side started from (``text_encoder``, or
+found from the model's recipe: ``nlu_probe.find_text_encoder``) unless ``EvalOptions.text_encoder`` is off.
 The models run on one device (``EvalOptions.device``: a GPU when there is one), batched by ``EvalContext``.
 
-A report folder holds ``report.json`` (per task: its metrics, the baseline's and the headline metric; the device,
+A report folder holds ``report.json`` (per task: its metrics, the baseline's, the headline metric and notes; the device,
 whether the baseline ran, and zero-shot classification's class names and templates where the eval gave them),
 ``per_sample/<task>.parquet`` (the trained model's output for every item: ranks, predictions, answers) and the
 tasks' PNGs (``retrieval.png``, ``retrieval_examples.png``, confusion matrices, VQA accuracy by question type,
@@ -20,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from vlforge.components.data.loader import read_split
+from vlforge.components.evaluation.nlu_probe import TextEncoder, find_text_encoder
 from vlforge.components.evaluation.options import EvalOptions, class_renames, resolve_device
 from vlforge.components.evaluation.tasks import (
     TASKS,
@@ -49,9 +52,14 @@ def untrained_model(family: Family, recipe: Recipe, tokenizer) -> torch.nn.Modul
 
 
 def evaluate(model_dir: Path, dataset_dir: Path, split: str, tasks: list[str], out_dir: Path,
-             baseline: bool = True, options: EvalOptions | None = None) -> dict[str, float]:
+             baseline: bool = True, options: EvalOptions | None = None,
+             text_encoder: TextEncoder | None = None) -> dict[str, float]:
     """Run ``tasks`` and write the report to ``out_dir``; returns the flat metrics (baseline ones prefixed)."""
     options = options or EvalOptions()
+    if "nlu_probe" in tasks and options.text_encoder:
+        text_encoder = text_encoder or find_text_encoder(model_dir)
+    else:
+        text_encoder = None
     family, recipe = read_family_file(model_dir)
     check_fit(tasks, family, dataset_offers(dataset_dir, split), dataset_dir.name)
     device = resolve_device(options.device)
@@ -84,7 +92,8 @@ def evaluate(model_dir: Path, dataset_dir: Path, split: str, tasks: list[str], o
         model = models.pop(which)  # the trained model leaves the device before the untrained one comes
         ctx = EvalContext(family, model, recipe, tokenizer, samples, train_samples, manifest=manifest,
                           classnames=renames, templates=options.templates, device=device,
-                          seen_formats=model_seen_formats(model_dir))
+                          seen_formats=model_seen_formats(model_dir),
+                          text_encoder=text_encoder if which == "trained" else None)
         del model
         ctx._images = images  # decoded once, shared by the trained and the untrained model
         images = ctx.images() if manifest.get("format") != "text" else None
@@ -94,6 +103,8 @@ def evaluate(model_dir: Path, dataset_dir: Path, split: str, tasks: list[str], o
             entry = report["tasks"].setdefault(name, {"headline": (measured or [TASKS[name].headline])[0]})
             if which == "trained":
                 entry["metrics"] = output.metrics
+                if output.notes:
+                    entry["notes"] = output.notes
                 flat.update(output.metrics)
                 if output.rows is not None:
                     pq.write_table(pa.table(output.rows), out_dir / "per_sample" / f"{name}.parquet")

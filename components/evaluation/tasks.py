@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 import torch
@@ -26,6 +26,9 @@ from vlforge.components.models.registry import Family, Recipe
 from vlforge.components.sources.tables import read_parquet
 
 from vlforge.errors import UserError
+
+if TYPE_CHECKING:
+    from vlforge.components.evaluation.nlu_probe import TextEncoder
 
 # ------------------------------------------------------------------------------------------- capabilities
 # name -> what a family offering it implements. Families list the names in ``Family.capabilities``.
@@ -222,6 +225,7 @@ class TaskOutput:
     metrics: dict[str, float]
     rows: dict[str, list] | None = None  # per-sample outputs (one parquet per task)
     plots: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # file name -> writer
+    notes: dict[str, str] = field(default_factory=dict)  # words beside the numbers (report.json), never metrics
 
 
 @dataclass
@@ -246,6 +250,8 @@ class EvalContext:
     # the task formats the model (or a model it started from) saw in training (``registry.model_seen_formats``):
     # a metric is called zero-shot only where its format is not among them
     seen_formats: frozenset[str] = frozenset()
+    # the text encoder the model's text side started from, which the NLU probe compares it with (``nlu_probe``)
+    text_encoder: TextEncoder | None = None
     _image_emb: torch.Tensor | None = None
     _images: list[Image.Image] | None = None
 

@@ -57,6 +57,10 @@ class Recipe(BaseModel):
                              "ones only (memory linear in the global batch; same loss and gradient as the global loss)")
     grad_checkpointing: bool = Field(False, description="activation checkpointing of the transformer layers "
                                      "(recomputed in the backward pass: less memory, about a third more compute)")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="how the Ray workers split the model: ddp "
+                                             "(a replica per worker) or fsdp (FSDP2: parameters, gradients and "
+                                             "optimiser state sharded per transformer layer; also on one worker, as a "
+                                             "1-rank group; fp32 or bf16)")
     lr_scheduler: Literal["cosine", "const", "const-cooldown"] = Field("cosine", description="after warmup_steps of "
                                                                       "linear warmup: cosine decay to 0, constant, or "
                                                                       "constant then a linear cooldown")
@@ -198,6 +202,9 @@ class Family(ABC):
     # batch's gradient); such a family trains with accum_freq > 1 only through features + loss_from_features.
     batch_coupled_loss: ClassVar[bool] = False
     supports_local_loss: ClassVar[bool] = False  # its contrastive loss honours recipe.local_loss
+    # Why ``parallel: fsdp`` cannot shard the family's model ("" where it can): FSDP hands a layer's full parameters
+    # only to that layer's forward, so a step that reads parameters elsewhere cannot run sharded.
+    shard_blocker: ClassVar[str] = ""
 
     def features(self, model: nn.Module, batch: ImageTextBatch, recipe: Recipe) -> dict[str, torch.Tensor] | None:
         """GradCache's first half: the per-sample features (B, ...) the loss contrasts, or None where the family
@@ -255,7 +262,8 @@ class Family(ABC):
 
 
 def unwrap(model: nn.Module) -> Any:
-    """The family's own model inside a data-parallel wrapper (``DistributedDataParallel.module``), or the model."""
+    """The family's own model inside a data-parallel wrapper (``DistributedDataParallel.module``, FSDP's
+    ``training.fsdp.ShardedModel.module``), or the model."""
     return getattr(model, "module", model)
 
 

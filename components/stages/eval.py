@@ -1,6 +1,8 @@
 """Evaluate: a model + a dataset split -> an eval report (each task's metrics beside an untrained baseline's,
 per-sample rows, plots). The tasks and the options (``components/evaluation/options.py``: class names, templates,
-baseline, device) are checked against the family and the data before anything runs.
+baseline, device) are checked against the family and the data before anything runs. The NLU probe of a model
+whose text side started from a catalog text encoder (``text_init``, back an ``init_from`` chain) scores that
+encoder too; its id is in the eval's config (``nlu_text_encoder_id``) and lineage (a parent after the dataset).
 
     vlforge run eval --model clip-shapes --data shapes --suite default
     vlforge run eval --model clip-in1k --data in1k --task zero_shot_classification --templates t.txt --device cuda"""
@@ -17,6 +19,7 @@ from vlforge.components.stages.keys import stage_key
 from vlforge.errors import UserError
 
 if TYPE_CHECKING:
+    from vlforge.components.evaluation.nlu_probe import TextEncoder
     from vlforge.components.evaluation.options import EvalOptions
 
 SPLITS = ("train", "validation", "all")  # every dataset's; a benchmark layout may add its own (``test``)
@@ -33,8 +36,9 @@ def _check_split(split: str, dataset_dir: Path) -> None:
 def eval_plan(model_ref: str, data_ref: str, tasks: list[str], split: str, catalog: Catalog,
               options: EvalOptions | None = None) -> tuple[str, Artifact, Artifact]:
     """Check the eval stage's inputs and key it: ``(key, model, dataset)``. The key fingerprints the runner, the
-    modules of the tasks asked for and the model's family, and holds the options that change a number (class names,
-    templates, whether the baseline runs), not the device."""
+    modules of the tasks asked for, the model's family and that of the text encoder the NLU probe also runs, and
+    holds the options that change a number (class names, templates, whether the baseline runs, ``text_encoder``),
+    not the device."""
     from vlforge.components.evaluation.options import EvalOptions, class_renames, resolve_device
     from vlforge.components.evaluation.tasks import check_fit, dataset_offers, get_task
 
@@ -52,16 +56,35 @@ def eval_plan(model_ref: str, data_ref: str, tasks: list[str], split: str, catal
     resolve_device(options.device)
     class_renames(options, catalog.path(dataset.id), dataset.name)
     runners = sorted({get_task(t).run.partition(":")[0] for t in tasks})
+    families = [family.name, *_encoder_family(model, tasks, options, catalog)]
     key = stage_key("eval", {"model": model.id, "dataset": dataset.id}, eval_config(tasks, split, options,
-                    catalog.path(dataset.id)), [family.name], runners)
+                    catalog.path(dataset.id)), families, runners)
     return key, model, dataset
+
+
+def _encoder_family(model: Artifact, tasks: list[str], options: EvalOptions, catalog: Catalog) -> list[str]:
+    """The family of the text encoder the NLU probe will also run (its code is part of the key), or none."""
+    from vlforge.components.evaluation.nlu_probe import probe_family
+
+    encoder = _text_encoder(model, tasks, options, catalog)
+    found = probe_family(encoder) if encoder is not None else None
+    return [found[0].name] if isinstance(found, tuple) else []
+
+
+def _text_encoder(model: Artifact, tasks: list[str], options: EvalOptions, catalog: Catalog) -> TextEncoder | None:
+    """The text encoder the NLU probe compares the model with, found through the catalog, or None."""
+    from vlforge.components.evaluation.nlu_probe import find_text_encoder
+
+    if "nlu_probe" not in tasks or not options.text_encoder:
+        return None
+    return find_text_encoder(catalog.path(model.id), catalog, model)
 
 
 def eval_config(tasks: list[str], split: str, options: EvalOptions, dataset_dir: Path) -> dict:
     """The eval's keyed config: its tasks, split and the options that change a number (``EvalOptions.key_config``)."""
     from vlforge.components.evaluation.options import split_size
 
-    return {"tasks": sorted(tasks), "split": split, **options.key_config(split_size(dataset_dir, split))}
+    return {"tasks": sorted(tasks), "split": split, **options.key_config(split_size(dataset_dir, split), tasks)}
 
 
 def eval_suite(model_ref: str, data_ref: str, suite: str, split: str, catalog: Catalog) -> tuple[list[str], dict[str, str]]:
@@ -85,13 +108,22 @@ def run_eval(model_ref: str, data_ref: str, tasks: list[str], split: str, catalo
     key, model, dataset = eval_plan(model_ref, data_ref, tasks, split, catalog, options)
 
     def work(folder: Path) -> Output:
+        from vlforge.components.evaluation.nlu_probe import DELTA
         from vlforge.components.evaluation.runner import evaluate
 
         config = eval_config(tasks, split, options, catalog.path(dataset.id))
+        encoder = _text_encoder(model, tasks, options, catalog)
         metrics = on_cluster(ray_address, evaluate, catalog.path(model.id), catalog.path(dataset.id), split,
-                             sorted(tasks), folder, config["baseline"], options)
-        device = json.loads((folder / "report.json").read_text())["device"]
-        return Output("eval", f"{model.name}-eval", folder, config | {"device": device},
-                      [model.id, dataset.id], {k: round(v, 6) for k, v in metrics.items()}, model.family)
+                             sorted(tasks), folder, config["baseline"], options, encoder)
+        report = json.loads((folder / "report.json").read_text())
+        notes = report["tasks"].get("nlu_probe", {}).get("notes", {})
+        if encoder is not None:  # the catalog's id where it has the encoder, else the folder the recipe names
+            config |= {"nlu_text_encoder_id": encoder.id} if encoder.id else {"nlu_text_encoder": str(encoder.path)}
+        if "nlu_text_encoder_note" in notes:
+            config["nlu_text_encoder_note"] = notes["nlu_text_encoder_note"]
+        compared = encoder is not None and encoder.id and DELTA in metrics
+        return Output("eval", f"{model.name}-eval", folder, config | {"device": report["device"]},
+                      [model.id, dataset.id, *([encoder.id] if compared else [])],
+                      {k: round(v, 6) for k, v in metrics.items()}, model.family)
 
     return run_stage("eval", key, catalog, work)

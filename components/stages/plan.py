@@ -123,8 +123,15 @@ def continue_overrides(family_name: str, recipe_name: str, overrides: dict[str, 
 
 def check_train_stages(family_name: str, recipe_name: str, overrides: dict[str, Any],
                        then: Sequence[ContinueStage]) -> None:
-    """Before any work: the family, each stage's recipe and overrides exist and fit (UserError otherwise)."""
-    get_family(family_name).recipe(recipe_name, overrides)
+    """Before any work (no tokenizer or teacher trained yet): the family, each stage's recipe and overrides exist
+    and fit, and the first stage's training-at-scale and tracking fields are valid (UserError otherwise)."""
+    from vlforge.components.training.loop import check_scale_fields
+    from vlforge.components.training.tracking import check_tracking
+
+    family = get_family(family_name)
+    recipe = family.recipe(recipe_name, overrides)
+    check_scale_fields(family, recipe, None, resolved=False)
+    check_tracking(recipe.tracking)
     for i, stage in enumerate(then):
         continue_overrides(family_name, stage.recipe, stage.overrides, PLACEHOLDER[len("catalog:"):], f"train.then[{i}]")
 

@@ -7,10 +7,11 @@ process; a sample whose image does not decode is skipped and counted in the log'
 run the family's objective under optional bf16 autocast, log every ``log_every`` steps (rank 0 also sends each log
 row to the driver's progress bar: ``progress.py``), and every ``checkpoint_every`` steps (and at the last) report
 to Ray Train a checkpoint: the model's ``save_pretrained`` directory, the tokenizer, the optimiser/scheduler state
-and the training log. A run restarted with the same ``run_dir`` resumes from its last checkpoint and ends with the
-same weights an uninterrupted run would have (CPU, same seed). With ``eval_every`` rank 0 adds the validation
-metrics (``validation.py``) to the log rows of those steps; with ``tracking`` it logs the recipe and every log row
-to MLflow/TensorBoard (``tracking.py``)."""
+and the training log. The workers replicate the model (DDP) or, with ``parallel: fsdp``, shard it (FSDP2: ``fsdp.py``;
+the same checkpoint, its optimiser state keyed by parameter name). A run restarted with the same ``run_dir`` resumes
+from its last checkpoint and ends with the same weights an uninterrupted run would have (CPU, same seed). With
+``eval_every`` rank 0 adds the validation metrics (``validation.py``) to the log rows of those steps; with ``tracking``
+it logs the recipe and every log row to MLflow/TensorBoard (``tracking.py``)."""
 from __future__ import annotations
 
 import json
@@ -37,8 +38,10 @@ from vlforge.components.models.registry import (
     special_token_ids,
 )
 from vlforge.components.models.common.checkpointing import enable_grad_checkpointing
+from vlforge.components.models.common.preflight import check_shardable, require_shardable
 from vlforge.components.tokenizer import copy_tokenizer, load_tokenizer
 from vlforge.components.training.accumulation import accumulate_gradients
+from vlforge.components.training.fsdp import Sharding, clip_grad_norm, sync_replicated_grads
 from vlforge.components.training.progress import TrainingProgress, publish
 from vlforge.components.training.tracking import Tracker
 from vlforge.components.training.validation import Validator
@@ -49,13 +52,20 @@ TRAIN_LOG = "train_log.jsonl"
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings' scalars and the temperature (open_clip's rule)."""
+    """No weight decay on biases, norms, embeddings' scalars and the temperature (open_clip's rule). Under FSDP the
+    sharded (DTensor) and replicated parameters go in separate groups: one fused kernel call takes one kind."""
+    from torch.distributed.tensor import DTensor
+
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "logit_scale" in name or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if not any(isinstance(p, DTensor) for g in groups for p in g["params"]):
+        return groups
+    return [{**g, "params": part} for g in groups for sharded in (True, False)
+            if (part := [p for p in g["params"] if isinstance(p, DTensor) == sharded])]
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.AdamW:
@@ -87,9 +97,10 @@ def _lr_lambda(recipe: Recipe):
     return f
 
 
-def check_scale_fields(family: Family, recipe: Recipe, train_samples: int | None) -> None:
-    """Plan-time checks of the training-at-scale fields (precision, accum_freq, local_loss, the lr schedule):
-    one-line UserErrors before anything runs or is registered."""
+def check_scale_fields(family: Family, recipe: Recipe, train_samples: int | None, resolved: bool = True) -> None:
+    """Plan-time checks of the training-at-scale fields (precision, accum_freq, local_loss, parallel, the lr
+    schedule): one-line UserErrors before anything runs or is registered. ``resolved=False``: the recipe's artifact
+    fields may still be ``catalog:REF`` (the CLI's check before any stage), so fsdp's model check waits."""
     if recipe.precision == "fp16" and not (recipe.use_gpu and torch.cuda.is_available()):
         raise UserError("recipe field 'precision': fp16 needs a GPU (use_gpu: true on a machine with CUDA); "
                         "use bf16 or fp32 on CPU")
@@ -103,9 +114,38 @@ def check_scale_fields(family: Family, recipe: Recipe, train_samples: int | None
         if train_samples is not None and step_samples > train_samples:
             raise UserError(f"recipe field 'accum_freq': batch_size x accum_freq = {step_samples} samples per step, "
                             f"more than the {train_samples} of the training split (samples would repeat in a step)")
+    if recipe.parallel == "fsdp":
+        check_shardable(family, recipe, build=resolved)
     if recipe.lr_scheduler == "const-cooldown" and not 0 < recipe.cooldown_steps <= recipe.steps - recipe.warmup_steps:
         raise UserError(f"recipe field 'cooldown_steps': const-cooldown needs 1 to steps - warmup_steps = "
                         f"{recipe.steps - recipe.warmup_steps} cooldown steps (got {recipe.cooldown_steps})")
+
+
+def optimizer_step(family: Family, model: torch.nn.Module, batches: Sequence[ImageTextBatch], recipe: Recipe,
+                   optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler, autocast: Any,
+                   sharded: bool = False) -> dict[str, torch.Tensor]:
+    """One optimiser step over ``recipe.accum_freq`` micro-batches (``batches``); returns the losses. ``sharded``:
+    ``model`` is ``fsdp.Sharding``'s root and ``family`` its ``ShardedFamily``."""
+    optimizer.zero_grad(set_to_none=True)
+    if len(batches) == 1:
+        with autocast:
+            losses = family.training_step(model, batches[0], recipe)
+        scaler.scale(losses["loss"]).backward()
+    else:
+        losses = accumulate_gradients(family, model, batches, recipe, autocast, lambda loss: scaler.scale(loss).backward())
+    if sharded:
+        sync_replicated_grads(model)
+    if recipe.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        if sharded:
+            clip_grad_norm(model, recipe.grad_clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    family.after_optimizer_step(model, recipe)
+    return losses
 
 
 def word_id_tensor(enc: Any, n: int) -> torch.Tensor:
@@ -171,11 +211,22 @@ def _train_worker(cfg: dict[str, Any], tracker: Tracker) -> None:
             start_step = opt_state["step"]
             history = [json.loads(line) for line in (Path(d) / TRAIN_LOG).read_text().splitlines() if line]
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False}) if world > 1 else model.to(device)
+    sharding, step_family = None, family
+    if recipe.parallel == "fsdp":  # sharded on every world size (one worker: a 1-rank group)
+        require_shardable(family, model)
+        sharding = Sharding(model, device, keep_copy=rank == 0)
+        model, step_family = sharding.root, sharding.family(family)
+    elif world > 1:
+        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False})
+    else:
+        model = model.to(device)
     optimizer = make_optimizer(model, recipe, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(recipe))
     if opt_state is not None:
-        optimizer.load_state_dict(opt_state["optimizer"])
+        if sharding is not None:
+            sharding.load_optimizer_state(optimizer, opt_state["optimizer"])
+        else:
+            optimizer.load_state_dict(opt_state["optimizer"])
         scheduler.load_state_dict(opt_state["scheduler"])
 
     per_worker = max(1, recipe.batch_size // world)
@@ -217,45 +268,37 @@ def _train_worker(cfg: dict[str, Any], tracker: Tracker) -> None:
         )
 
     for step in range(start_step, recipe.steps):
-        optimizer.zero_grad(set_to_none=True)
-        if recipe.accum_freq == 1:
-            with autocast:
-                losses = family.training_step(model, micro_batch(step), recipe)
-            scaler.scale(losses["loss"]).backward()
-        else:
-            losses = accumulate_gradients(family, model, [micro_batch(step) for _ in range(recipe.accum_freq)], recipe,
-                                          autocast, lambda loss: scaler.scale(loss).backward())
-        if recipe.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        family.after_optimizer_step(model, recipe)
+        losses = optimizer_step(step_family, model, [micro_batch(step) for _ in range(recipe.accum_freq)], recipe, optimizer,
+                                scheduler, scaler, autocast, sharded=sharding is not None)
         window_samples += per_worker * world * recipe.accum_freq
         done = step + 1
         evaluate = recipe.eval_every > 0 and (done % recipe.eval_every == 0 or done == recipe.steps)
-        if done % recipe.log_every == 0 or done == recipe.steps or done % recipe.checkpoint_every == 0 or evaluate:
+        save = done % recipe.checkpoint_every == 0 or done == recipe.steps
+        if done % recipe.log_every == 0 or done == recipe.steps or save or evaluate:
             elapsed = time.perf_counter() - window_start
+            # the family's own, unsharded model on rank 0 (under fsdp: the copy the full state is gathered into)
+            core = sharding.gather() if sharding is not None and (evaluate or save) else unwrap(model)
             row = {"step": done, "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
                    **param_counts, "worker_nodes": nodes, "skipped_images": skipped_images}
             row.update({k: float(v.detach().float()) for k, v in losses.items()})
             if validator is not None and evaluate:
                 # after the window's elapsed time and before its reset: validation counts in no throughput
-                row.update(validator(unwrap(model), done))
+                row.update(validator(core.to(device), done))
+                if sharding is not None:
+                    core.cpu()
             history.append(row)
             if rank == 0:
                 publish(cfg.get("progress_queue"), row)
                 tracker.log_metrics(done, row)
             window_start, window_samples = time.perf_counter(), 0
-            if done % recipe.checkpoint_every == 0 or done == recipe.steps:
+            if save:
+                gathered = sharding.optimizer_state(optimizer) if sharding is not None else None  # all ranks
                 with tempfile.TemporaryDirectory() as tmp:
                     ckpt_dir = Path(tmp)
                     if rank == 0:
-                        core = unwrap(model)
                         family.save(core, ckpt_dir, recipe)
                         copy_tokenizer(Path(cfg["tokenizer_dir"]), ckpt_dir)
-                        torch.save({"step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        torch.save({"step": done, "optimizer": optimizer.state_dict() if gathered is None else gathered, "scheduler": scheduler.state_dict(),
                                     "scaler": scaler.state_dict()}, ckpt_dir / TRAIN_STATE)
                         (ckpt_dir / TRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in history))
                         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))

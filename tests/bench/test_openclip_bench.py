@@ -102,3 +102,117 @@ def test_peer_venv_probe(tmp_path: Path) -> None:
     assert "--setup-peer" in bench.peer_missing_reason(tmp_path)
     if (PEER_VENV / "bin" / "python").exists():
         assert bench.peer_missing_reason(PEER_VENV) is None
+
+
+# ---------------------------------------------------------------------------------------------- --quality
+def _quality():
+    load_module("openclip_bench", SCRIPT)  # what openclip_quality imports its helpers from
+    return load_module("openclip_quality_under_test", REPO / "bench" / "openclip_quality.py")
+
+
+def _pairs_table(tmp_path: Path, concepts: int = 200) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"key": f"k{i}-{s}", "path": f"images/{i}-{s}.png", "caption": f"thing {i % 50}", "concept": f"c{i}"}
+            for i in range(concepts) for s in ("a", "b")]  # two pairs (styles) per concept
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_quality_split_holds_out_whole_concepts(tmp_path: Path) -> None:
+    q = _quality()
+    table = _pairs_table(tmp_path)
+    split = q.split_pairs(table, seed=0, fraction=0.2)
+    train, held = ({r["concept"] for r in split[s]} for s in ("train", "heldout"))
+    assert not train & held and len(train | held) == 200
+    assert 25 <= len(held) <= 55  # ~20% of 200 concepts
+    assert all(len([r for r in split["heldout"] if r["concept"] == c]) == 2 for c in held)
+    assert all(Path(r["path"]).is_absolute() and Path(r["path"]).parent == tmp_path / "images" for r in split["train"])
+    assert split == q.split_pairs(table, seed=0, fraction=0.2)  # stable
+    assert {r["concept"] for r in q.split_pairs(table, seed=1, fraction=0.2)["heldout"]} != held
+    assert sum(len(v) for v in q.split_pairs(table, seed=0, fraction=0.2, limit=50).values()) == 50
+
+
+def test_quality_scorer_and_ratios() -> None:
+    import numpy as np
+
+    q = _quality()
+    s = q.eval_set([{"path": "a", "caption": "x"}, {"path": "b", "caption": "y"}, {"path": "c", "caption": "x"}])
+    assert s["texts"] == ["x", "y"] and s["caption_ids"] == [0, 1, 0]
+    text = np.array([[1.0, 0.0], [0.0, 3.0]])
+    perfect = q.score(np.array([[2.0, 0.1], [0.0, 1.0], [1.0, -0.2]]), text, s["caption_ids"])
+    assert perfect["i2t_r1"] == 1.0 and perfect["t2i_r1"] == 1.0 and perfect["unique_captions"] == 2
+    swapped = q.score(np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), text, s["caption_ids"])
+    assert swapped["i2t_r1"] == 0.0 and swapped["i2t_r5"] == 1.0
+    ours = {st: {m: 0.5 for m in q.METRICS} for st in q.SETS}
+    peer = {st: {m: (0.25 if m != "t2i_r5" else 0.0) for m in q.METRICS} for st in q.SETS}
+    r = q.ratios(ours, peer)
+    assert r["heldout"]["i2t_r1"] == 2.0 and r["train"]["t2i_r5"] is None and q.ratios(ours, None) is None
+
+
+def test_quality_runs_of_ours_are_checked_before_training() -> None:
+    q = _quality()
+    runs = q.our_runs(20, 8, {"lr": 5e-4}, ["tiny-minilm"])
+    assert [r["recipe"] for r in runs] == ["tiny", "tiny", "tiny-minilm"]
+    assert all(r["overrides"]["steps"] == 20 and r["overrides"]["batch_size"] == 8 for r in runs)
+    assert runs[0]["overrides"] == {"steps": 20, "batch_size": 8} and runs[1]["overrides"]["lr"] == 5e-4
+    assert runs[0]["tower"] is None and runs[1]["tower"] is None
+    assert (Path(runs[2]["tower"]) / "config.json").is_file()  # the MiniLM tower: its own tokenizer
+    assert len({r["label"] for r in runs}) == 3
+    with pytest.raises(q.BenchError, match="--ours-recipe: .*no recipe 'nope'"):
+        q.our_runs(20, 8, {}, ["nope"])
+    with pytest.raises(q.BenchError, match="--ours-set: .*'bogus'"):
+        q.our_runs(20, 8, {"bogus": 1}, [])
+
+
+def test_quality_errors_are_one_line(tmp_path: Path) -> None:
+    table = _pairs_table(tmp_path)
+    proc = _run("--quality", "--quality-data", str(table), "--peer-venv", str(tmp_path / "no-venv"), "--out",
+                str(tmp_path))
+    assert proc.returncode == 2 and "--setup-peer" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = _run("--quality", "--quality-data", str(table), "--holdout", "1.5", "--out", str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --holdout")
+    proc = _run("--quality", "--quality-data", str(table), "--steps", "0", "--out", str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --steps must be at least 1 (got 0)"
+    proc = _run("--quality", "--quality-data", str(tmp_path / "none.parquet"), "--out", str(tmp_path))
+    assert proc.returncode == 2 and "none.parquet" in proc.stderr
+    proc = _run("--quality", "--tiny", "--quality-data", str(table), "--ours-recipe", "nope", "--peer-venv",
+                str(tmp_path / "no-venv"), "--out", str(tmp_path))  # --tiny runs without the peer: no probe
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --ours-recipe")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "openclip_quality.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.bench
+@pytest.mark.timeout(1200)
+def test_quality_tiny_run_writes_a_well_formed_result(tmp_path: Path, emoji_dir: Path) -> None:
+    proc = _run("--quality", "--tiny", "--quality-data", str(emoji_dir / "pairs.parquet"), "--ours-recipe",
+                "tiny-minilm", "--out", str(tmp_path), timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "openclip_quality.json").read_text())
+    assert result["bench"] == "openclip_quality" and result["tiny"] is True and result["steps"] == 10
+    data = result["data"]
+    assert data["train_pairs"] + data["heldout_pairs"] == 300 and data["train_samples_ingested"] == data["train_pairs"]
+    ours, (minilm,) = result["ours"], result["variants"]
+    assert ours["steps"] == 10 and ours["recipe"]["batch_size"] == 32 and ours["params"] > 1_000_000
+    assert ours["recipe_name"] == "tiny" and ours["text_tower"] is None and data["tokenizer_vocab_ours"] == 512
+    assert minilm["recipe_name"] == "tiny-minilm" and minilm["steps"] == 10 and minilm["recipe"]["lock_text"] is True
+    assert minilm["params"] > 20_000_000 and minilm["model"] != ours["model"]
+    for run in (ours, minilm):
+        for s in ("heldout", "train"):
+            assert all(0.0 <= run["scores"][s][m] <= 1.0 for m in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"))
+            assert run["scores"][s]["i2t_r1"] <= run["scores"][s]["i2t_r5"]
+            assert run["scores"][s]["images"] == data[f"{s}_pairs"]
+    if result["peer"] is None:
+        assert isinstance(result["peer_reason"], str) and "venv" in result["peer_reason"]
+        assert result["ratio_ours_over_peer"] is None and minilm["ratio_over_peer"] is None
+    else:
+        peer = result["peer"]
+        assert result["peer_reason"] is None and peer["steps"] == 10 and peer["wd"] == 0.2
+        assert peer["scores"]["heldout"]["images"] == data["heldout_pairs"]
+        assert set(result["ratio_ours_over_peer"]) == {"heldout", "train"} == set(minilm["ratio_over_peer"])
+    assert "| model |" in proc.stdout and "ratio vlforge / open_clip" in proc.stdout
+    assert "ratio vlforge tiny-minilm / open_clip" in proc.stdout

@@ -47,3 +47,17 @@ def test_tokenizer_assignments_are_validated_against_the_default() -> None:
     assert section_config(base, {"vocab_size": 300}, "--set").vocab_size == 300
     with pytest.raises(UserError, match="--set: field 'vocab_size'"):
         section_config(base, {"vocab_size": "many"}, "--set")
+
+
+def test_the_eval_section_takes_the_eval_options(tmp_path) -> None:
+    from vlforge.components.pipeline_config import load_pipeline_config
+
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("eval:\n  text_encoder: false\n  baseline: true\n")
+    ev = load_pipeline_config(config).eval
+    assert ev.text_encoder is False and ev.baseline is True
+    assert PipelineConfig().eval.text_encoder is True
+    config.write_text("eval:\n  text_encoder: sometimes\n")
+    with pytest.raises(UserError, match="text_encoder") as err:
+        load_pipeline_config(config)
+    assert "\n" not in str(err.value)

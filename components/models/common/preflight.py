@@ -67,3 +67,40 @@ def check_per_worker_batch(who: str, recipe: Any, what: str, why: str, least: in
     if per_worker_batch(recipe) < least:
         raise UserError(f"{who}: batch_size {recipe.batch_size} over {recipe.num_workers} workers leaves fewer than "
                         f"{least} {what} per worker; {why}")
+
+
+def check_shardable(family: Any, recipe: Any, build: bool = True) -> None:
+    """``parallel: fsdp`` needs what ``require_shardable`` checks and, under fp16, a GradScaler that agrees across
+    shards, which the loop does not have. The model is built on the meta device (no weights, no memory); a family
+    that cannot build there (one reading a checkpoint) has its layers checked on the workers. ``build=False``: the
+    recipe's artifact fields are not resolved yet (``catalog:REF``), so no model is built."""
+    import torch
+
+    if recipe.precision == "fp16":
+        raise UserError("recipe field 'parallel': fsdp trains in fp32 or bf16, not fp16 (use precision: bf16)")
+    if not build:
+        require_shardable(family, None)
+        return
+    try:
+        with torch.device("meta"):
+            model = family.build_model(recipe, getattr(recipe, "vocab_size", None) or 1024,
+                                       {"pad": 0, "unk": 1, "mask": 2, "bos": 3, "eos": 4})
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - the workers check the real model (loop.py)
+        model = None
+    require_shardable(family, model)
+
+
+def require_shardable(family: Any, model: Any) -> None:
+    """``parallel: fsdp`` needs a family whose step reads parameters only inside their layers' forward (its
+    ``shard_blocker`` is empty) and a model with transformer layers to shard (``checkpointing.transformer_layers``;
+    not checked when ``model`` is None)."""
+    from vlforge.components.models.common.checkpointing import transformer_layers
+
+    if family.shard_blocker:
+        raise UserError(f"recipe field 'parallel': family '{family.name}' cannot shard with fsdp: "
+                        f"{family.shard_blocker} (use parallel: ddp)")
+    if model is not None and not transformer_layers(model):
+        raise UserError(f"recipe field 'parallel': family '{family.name}' has no transformer layers to shard with "
+                        "fsdp (use parallel: ddp)")

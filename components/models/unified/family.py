@@ -224,6 +224,7 @@ class UnifiedFamily(Family):
                   "gradient masking on the shared encoder")
     image_mean = (0.5, 0.5, 0.5)  # ViT's [-1, 1], as the image teacher
     image_std = (0.5, 0.5, 0.5)
+    shard_blocker = "its gradient masking differentiates each loss with respect to every parameter inside the step"
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, UnifiedRecipe)

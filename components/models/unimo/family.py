@@ -12,14 +12,26 @@ sample ``i`` is paired, image-only or text-only by ``stream_pattern[i % len(stre
 half paired, a quarter images whose caption is dropped, a quarter captions whose image is dropped).
 
 Objectives (``UnimoModel.forward``), summed with weight 1 each (the recipe's ``*_weight``):
-- CMCL, cross-modal contrastive learning (``losses.info_nce`` with a multi-positive ``pos_mask``): images (paired +
-  image-only, each alone through the transformer, [IMG] state) against texts (captions of paired and text-only
-  samples, plus rewrites, each alone, [CLS] state). Text rewriting from the scene facts (``rewrites.py``):
-  positives are captions regenerated from the same facts (UNIMO: back-translation paraphrases); hard negatives
-  change one colour, one shape or one relation (UNIMO: scene-graph rewriting), each verified to be false of the
-  image. Retrieval of related samples: every text of the batch is a positive of every image it is *true of* (the
-  facts decide), so text-only captions and image-only images join as UNIMO's retrieved related texts and images.
-  The relatedness is judged from the ground-truth facts (an oracle), where UNIMO retrieves by similarity.
+- CMCL, cross-modal contrastive learning (``losses.info_nce`` with a multi-positive ``pos_mask``, UNIMO's
+  ``-log Σ_pos / Σ_all``): images (paired + image-only, each alone through the transformer, [IMG] state) against
+  texts (captions of paired and text-only samples, plus rewrites, each alone, [CLS] state). A text is a positive of
+  the image it is the caption of (or one whose caption is the identical string) and of the related samples
+  retrieved for it (below). Text rewriting, by the recipe's ``rewrites``:
+  - ``model`` (the default, as the paper: no oracle; ``mlm_rewrites.py``, any caption): hard negatives at word,
+    phrase and sentence level, the caption's content words masked and refilled by the model's own MLM head (no
+    grad, eval mode, the top prediction other than the original). No positive rewrites: UNIMO's are
+    back-translations, and there is no translation model here.
+  - ``facts`` (the scene-facts oracle; ``rewrites.py``, a sample with scene facts, i.e. the builtin shapes):
+    positives are captions regenerated from the same facts (UNIMO: back-translation paraphrases); hard negatives
+    change one colour, one shape or one relation (UNIMO: scene-graph rewriting), each verified to be false of the
+    image; and every in-batch text true of an image is its positive, judged from the ground-truth facts
+    (``rewrites.holds``). Samples without facts get no rewrites.
+  ``auto`` takes the facts route where a sample has facts and the model route elsewhere; ``none`` rewrites nothing.
+  Retrieval of related samples, by similarity as UNIMO (``memory.py``; ``memory_size``, ``related_k``): a FIFO
+  memory of the contrastive images and captions of earlier batches (detached features, the CMCL space); each paired
+  image adds its ``related_k`` most similar memory images, each paired caption its most similar memory captions,
+  to the pair's positives. The memory is model buffers, so it is saved in the checkpoint and a resumed run goes on
+  with it; it is filled only in training mode (validation reads it).
 - MLM (``masking.mask_tokens``, whole-word, 15%): text-only captions alone and paired captions with their image.
 - Seq2seq LM (``losses.lm_loss``): the caption generated from the image (source: the image and <bos>; target:
   the caption, causal); and, where the batch has facts, VQA as generation: source the image and
@@ -27,9 +39,11 @@ Objectives (``UnimoModel.forward``), summed with weight 1 each (the recipe's ``*
 - Masked patch regression on image-only samples (``masking.masked_patch_loss``, 15% of patches masked; stands in for
   UNIMO's masked region feature regression; its region classification needs detector labels and is not done).
 
-Data without facts (e.g. emoji captions): no rewrites and no VQA; a text is a positive only of its own image (or
-of an image whose caption is the identical string); the other in-batch texts are the negatives. Rewriting
-"honestly" without facts would need a paraphraser we do not have, so none is attempted.
+Data without facts (e.g. emoji captions): no VQA; the facts route has nothing to rewrite or judge, so there CMCL
+is in-batch InfoNCE plus the retrieved related samples.
+Measured (BENCHMARKS.md, issue 21): on emoji-noto at the tiny budget (300 steps), ITM pair ranking 0.601 with
+``rewrites: model``, 0.607 with ``none`` and 0.638 with ``none`` and ``related_k: 0`` (plain in-batch InfoNCE;
+untrained 0.491), retrieval alike: the rewrites and the retrieval do not measurably help at this scale.
 
 Initialisation (``text_init``): UNIMO starts its transformer from RoBERTa. ``text_init`` names a ``text-mlm`` model
 (``catalog:REF`` of an imported BERT-style checkpoint, ``vlforge import model DIR --family text-mlm``, or of a
@@ -40,23 +54,30 @@ Its width, depth, heads and MLP must be the recipe's, its vocabulary the run's t
 imported model's tokenizer), and it needs at least the recipe's text positions (the first ones are copied); any
 mismatch is a one-line error naming both sides. Empty (the default), everything starts at random.
 
-Not implemented: the detector features, back-translation, UNIMO's text-only corpora (text-only data is the
-dropped-image captions), and the paper's downstream fine-tuning.
+Not implemented: the detector features, back-translation, UNIMO's single-modal corpora (text-only data is the
+dropped-image captions; related samples come from the memory of earlier batches, not from a corpus searched
+offline), and the paper's downstream fine-tuning.
 
 Data parallelism (``gather_features``, on by default, as CLIP and VLMo): CMCL contrasts every worker's images and
 texts against the global batch. The features are gathered with their gradients (``losses.gather_ragged_with_grad``:
 the rewrites make the text count differ per worker), and the texts and facts with ``losses.gather_objects``, so a
-text from another worker that is true of an image is judged by the same rule as a local one.
+text from another worker that is true of an image is judged by the same rule as a local one. Every worker pushes the
+gathered images and captions into its memory (with or without ``gather_features``), so all hold the same memory:
+DDP's buffer broadcast changes nothing, and rank 0's checkpoint is every rank's. Each worker makes its own samples'
+model rewrites; they are gathered as texts like the facts rewrites.
 
 Capabilities: "retrieval" (``encode_images`` / ``encode_texts``: the [IMG] / [CLS] state of each modality alone,
 L2-normalised, the CMCL space) and "generate" (``generate_texts``: greedy seq2seq decoding, a caption without a
 prompt, or an answer after ``question: ... answer:``). Randomness (masks, rewrites, question choice) draws from
-``masking.batch_generator`` / ``random.Random`` seeded by (recipe seed, step, keys).
+``masking.batch_generator`` / ``random.Random`` seeded by (recipe seed, step, keys); the model rewrites' fillings
+and the retrieval are functions of the weights and the memory.
 
 Run:  vlforge run train --family unimo --data REF --recipe tiny
 Recipes: ``recipes/tiny.yaml`` (2 CPU cores, minutes), ``recipes/base.yaml`` (UNIMO-base)."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import random
 from pathlib import Path
@@ -76,6 +97,7 @@ from vlforge.components.models.masking import (
 )
 from vlforge.components.models.registry import Family, ImageTextBatch, Recipe, load_pretrained, register_family
 from vlforge.components.models.registry import unwrap as _unwrap
+from vlforge.components.models.unimo.mlm_rewrites import LEVELS, ModelRewrite, mlm_rewrites
 from vlforge.components.models.unimo.modeling import MODEL_TYPE, UnimoConfig, UnimoModel
 from vlforge.components.models.unimo.rewrites import (
     holds,
@@ -98,9 +120,22 @@ class UnimoRecipe(MaskedLMRecipe, VocabRecipe, PatchRecipe, TransformerRecipe):
     stream_pattern: str = Field("PPIT", pattern="^[PIT]*P[PIT]*$", description="sample i is paired (P), image-only (I) "
                                 "or text-only (T) by pattern[i % len]; needs at least one P")
     mim_mask_ratio: float = Field(0.15, gt=0, lt=1, description="share of an image-only sample's patches masked")
-    positive_rewrites: int = Field(1, ge=0, description="captions regenerated from the facts per paired sample")
+    rewrites: Literal["model", "facts", "auto", "none"] = Field(
+        "model", description="CMCL text rewriting: model (as the paper, no oracle: hard negatives by the model's own "
+        "MLM head, any caption), facts (the scene-facts oracle: positive and verified hard-negative rewrites, in-batch "
+        "positives judged from the facts; samples without facts get none), auto (facts where a sample has them, else "
+        "model), none")
+    positive_rewrites: int = Field(1, ge=0, description="captions regenerated from the facts per paired sample "
+                                   "(the facts route)")
     negative_rewrites: list[Literal["color", "shape", "relation"]] = Field(
-        default_factory=lambda: ["color", "shape", "relation"], description="hard-negative rewrites per paired sample")
+        default_factory=lambda: ["color", "shape", "relation"], description="hard-negative rewrites per paired sample "
+        "(the facts route)")
+    model_rewrite_levels: list[Literal["word", "phrase", "sentence"]] = Field(
+        default_factory=lambda: list(LEVELS), description="hard-negative rewrites per paired sample (the model route)")
+    memory_size: int = Field(1024, ge=0, description="images and captions of earlier batches kept (each) to retrieve "
+                             "related samples from by similarity; 0: no retrieval")
+    related_k: int = Field(1, ge=0, description="related images and captions retrieved per paired sample from the "
+                           "memory, added to its CMCL positives")
     vqa_task: bool = Field(True, description="train VQA as generation from the facts' questions")
     cmcl_weight: float = Field(1.0, ge=0)
     mlm_weight: float = Field(1.0, ge=0)
@@ -128,6 +163,7 @@ def unimo_config(recipe: UnimoRecipe, vocab_size: int, special_ids: dict[str, in
         image_size=recipe.image_size,
         patch_size=recipe.patch_size,
         logit_scale_init=recipe.logit_scale_init,
+        related_memory_size=recipe.memory_size if recipe.related_k else 0,
         tie_word_embeddings=True,
     )
 
@@ -185,15 +221,26 @@ def _rng(recipe: UnimoRecipe, batch: ImageTextBatch, key: str, purpose: str) -> 
     return random.Random(f"{recipe.seed}-{batch.step}-{key}-{purpose}")
 
 
+def rewrite_route(recipe: UnimoRecipe, facts: dict | None) -> str | None:
+    """A sample's route: "facts" (its caption rewritten and its positives judged from its facts), "model" (rewritten
+    by the MLM head) or None (see ``UnimoRecipe.rewrites``)."""
+    if recipe.rewrites == "auto":
+        return "facts" if facts is not None else "model"
+    if recipe.rewrites == "facts":
+        return "facts" if facts is not None else None
+    return None if recipe.rewrites == "none" else "model"
+
+
 def cmcl_texts(batch: ImageTextBatch, recipe: UnimoRecipe, streams: dict[str, list[int]]) -> tuple[list[str], list[str | None], list[str]]:
-    """The contrastive texts: captions of the paired and text-only samples, then each paired sample's rewrites
-    (where it has facts). Returns the texts, the key of the sample each is the caption of (None for a rewrite), and
-    each text's kind ("caption", "positive", or the changed fact)."""
+    """The contrastive texts: captions of the paired and text-only samples, then each paired sample's facts-based
+    rewrites (where its route is "facts"; ``model_rewrites`` makes the others). Returns the texts, the key of the
+    sample each is the caption of (None for a rewrite), and each text's kind ("caption", "positive", or the changed
+    fact)."""
     facts = batch.facts()
     rows = streams["paired"] + streams["text"]
     entries: list[tuple[str, str | None, str]] = [(batch.captions[i], batch.keys[i], "caption") for i in rows]
     for i in streams["paired"] if batch.tokenizer is not None else []:  # rewrites must be tokenised
-        if facts[i] is None:
+        if rewrite_route(recipe, facts[i]) != "facts":
             continue
         key = batch.keys[i]
         for text in positive_rewrites(facts[i], batch.captions[i], _rng(recipe, batch, key, "positive"), recipe.positive_rewrites):
@@ -206,18 +253,50 @@ def cmcl_texts(batch: ImageTextBatch, recipe: UnimoRecipe, streams: dict[str, li
     return texts, owners, kinds  # type: ignore[return-value]
 
 
+def model_rewrites(core: UnimoModel, batch: ImageTextBatch, recipe: UnimoRecipe, paired: list[int]) -> list[ModelRewrite]:
+    """The hard negatives of the paired samples whose route is "model" (``row``: the batch row): their captions
+    rewritten at each of ``recipe.model_rewrite_levels`` by the model's own MLM head (``mlm_rewrites``), in eval
+    mode and without gradients; the choices are seeded by (recipe seed, step, key)."""
+    facts = batch.facts()
+    rows = [i for i in paired if rewrite_route(recipe, facts[i]) == "model"]
+    if not rows or batch.tokenizer is None or not recipe.model_rewrite_levels:
+        return []
+    special: dict[str, int] = core.config.vlforge_special_ids
+
+    def predict(ids: torch.Tensor, mask: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        return core.lm_head(core.encode(input_ids=ids, text_valid=mask)[where])
+
+    was_training = core.training
+    core.eval()  # no dropout: the rewrites depend on the weights and the seeded choices only
+    try:
+        found = mlm_rewrites(predict, batch.tokenizer, batch.input_ids[rows], batch.attention_mask[rows],
+                             None if batch.word_ids is None else batch.word_ids[rows],
+                             [_rng(recipe, batch, batch.keys[i], "model-rewrite") for i in rows],
+                             recipe.model_rewrite_levels, special["mask"], set(special.values()), core.config.vocab_size)
+    finally:
+        core.train(was_training)
+    return [dataclasses.replace(r, row=rows[r.row]) for per_row in found for r in per_row]
+
+
+def sample_id(key: str) -> int:
+    """A sample key as a non-negative int64 (the memory stores keys in tensors; -1 marks a rewrite or no sample)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
+
+
 CmclImage = tuple[Any, str, str]  # (facts or None, key, caption) of a contrastive image
 
 
-def cmcl_images(batch: ImageTextBatch, image_rows: list[int]) -> list[CmclImage]:
+def cmcl_images(batch: ImageTextBatch, recipe: UnimoRecipe, image_rows: list[int]) -> list[CmclImage]:
+    """The contrastive images, with their facts only on the facts route: elsewhere no positive is judged from them."""
     facts = batch.facts()
-    return [(facts[i], batch.keys[i], batch.captions[i]) for i in image_rows]
+    return [(facts[i] if rewrite_route(recipe, facts[i]) == "facts" else None, batch.keys[i], batch.captions[i])
+            for i in image_rows]
 
 
 def cmcl_positives(images: list[CmclImage], texts: list[str], owners: list[str | None]) -> torch.Tensor:
     """(images, texts) bool: a text is a positive of an image when it is true of the image's scene
-    (``rewrites.holds``); where that cannot be judged (no facts, a text outside the shapes grammar), when it is
-    the image's own caption or the identical string."""
+    (``rewrites.holds``); where that cannot be judged (no facts given: off the facts route; a text outside the
+    shapes grammar), when it is the image's own caption or the identical string."""
     pos = torch.zeros(len(images), len(texts), dtype=torch.bool)
     for a, (facts, key, caption) in enumerate(images):
         for b, (text, owner) in enumerate(zip(texts, owners)):
@@ -278,7 +357,7 @@ def prepare_inputs(core: UnimoModel, batch: ImageTextBatch, recipe: UnimoRecipe)
     patch_mask = torch.zeros(len(image_rows) + len(image_only), n_patches, dtype=torch.bool, device=device)
     if image_only:
         patch_mask[len(image_rows):] = random_patch_mask(len(image_only), n_patches, recipe.mim_mask_ratio, device, gen)
-    # text pass: contrastive texts (captions, rewrites), then the text-only captions masked for MLM
+    # text pass: contrastive texts (captions, facts rewrites, model rewrites), then the text-only captions masked
     texts, owners, _ = cmcl_texts(batch, recipe, streams)
     n_captions = len(paired) + len(text_only)
     cap_rows = paired + text_only
@@ -286,6 +365,11 @@ def prepare_inputs(core: UnimoModel, batch: ImageTextBatch, recipe: UnimoRecipe)
     if len(texts) > n_captions:
         r_ids, r_mask = batch.tokenize(texts[n_captions:], max_length=ids.shape[1])
         text_ids, text_mask = torch.cat([text_ids, r_ids]), torch.cat([text_mask, r_mask])
+    rewritten = model_rewrites(core, batch, recipe, paired)
+    if rewritten:  # the caption's own tokens, refilled in place: the caption's mask
+        m_ids = torch.tensor([r.ids for r in rewritten], dtype=ids.dtype, device=device)
+        text_ids, text_mask = torch.cat([text_ids, m_ids]), torch.cat([text_mask, mask[[r.row for r in rewritten]]])
+        texts, owners = texts + [r.text for r in rewritten], owners + [None] * len(rewritten)
     n_cmcl_texts = text_ids.shape[0]
     text_ids, text_mask = torch.cat([text_ids, mlm_ids[text_only]]), torch.cat([text_mask, mask[text_only]])
     text_mlm = torch.full_like(text_ids, IGNORE_INDEX)
@@ -318,8 +402,13 @@ def prepare_inputs(core: UnimoModel, batch: ImageTextBatch, recipe: UnimoRecipe)
         "text_is_cmcl": torch.arange(text_ids.shape[0], device=device) < n_cmcl_texts,
         "text_mlm_labels": text_mlm,
         "cmcl_pos": (global_cmcl_positives if recipe.gather_features else cmcl_positives)(
-            cmcl_images(batch, image_rows), texts, owners).to(device),
+            cmcl_images(batch, recipe, image_rows), texts, owners).to(device),
         "cmcl_gather": recipe.gather_features,
+        "image_keys": torch.tensor([sample_id(batch.keys[i]) for i in image_rows], dtype=torch.long, device=device),
+        "text_keys": torch.tensor([-1 if o is None else sample_id(o) for o in owners], dtype=torch.long, device=device),
+        "image_query": torch.arange(len(image_rows), device=device) < len(paired),
+        "text_query": torch.arange(len(texts), device=device) < len(paired),
+        "related_k": recipe.related_k,
         "joint_pixels": pixels[paired + paired + v_rows],
         "joint_ids": joint_ids,
         "joint_mask": joint_mask,

@@ -12,7 +12,8 @@ sequence-to-sequence model (source bidirectional, target causal): UNIMO's UniLM-
 Heads: a BERT-style LM head whose decoder is tied to the word embeddings, shared by MLM and seq2seq generation (as
 UNIMO shares its output layer); a linear pixel-regression head for masked patches; a learnable contrastive
 temperature (CLIP's ``logit_scale``). The [IMG] and [CLS] final states, L2-normalised, are the image and text
-representations of the cross-modal contrastive loss and of retrieval.
+representations of the cross-modal contrastive loss and of retrieval. With ``related_memory_size``, buffers hold
+the memory of earlier batches' features that related samples are retrieved from (``memory.RelatedMemory``).
 
 ``UnimoModel.forward`` computes every loss of one step from tensors the family prepared (one forward per step, as a
 data-parallel wrapper wants); see ``family.py`` for what goes in."""
@@ -35,6 +36,7 @@ from vlforge.components.models.common.patch_embed import PatchEmbedding, init_vi
 from vlforge.components.models.common.pretrained import ImageTextPreTrainedModel
 from vlforge.components.models.heads import TiedLMHead
 from vlforge.components.models.masking import masked_patch_loss, patchify
+from vlforge.components.models.unimo.memory import RelatedMemory, add_related
 
 MODEL_TYPE = "vlforge_unimo"
 
@@ -46,6 +48,7 @@ class UnimoConfig(BertConfig):
     image_size: int = 224
     patch_size: int = 16
     logit_scale_init: float = math.log(1 / 0.07)
+    related_memory_size: int = 0  # rows of each related-sample memory queue (``memory.RelatedMemory``); 0: none
 
 
 class ImageEmbeddings(PatchEmbedding):
@@ -83,6 +86,8 @@ class UnimoModel(ImageTextPreTrainedModel):
         self.lm_head = TiedLMHead(config.hidden_size, config.vocab_size, config.layer_norm_eps)
         self.mim_head = nn.Linear(config.hidden_size, config.patch_size**2 * 3)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+        size = getattr(config, "related_memory_size", 0)
+        self.related_memory = RelatedMemory(size, config.hidden_size) if size else None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -157,6 +162,11 @@ class UnimoModel(ImageTextPreTrainedModel):
         joint_lm_labels: torch.Tensor,
         joint_task: torch.Tensor,
         cmcl_gather: bool = False,
+        image_keys: torch.Tensor | None = None,
+        text_keys: torch.Tensor | None = None,
+        image_query: torch.Tensor | None = None,
+        text_query: torch.Tensor | None = None,
+        related_k: int = 0,
     ) -> dict[str, torch.Tensor]:
         """The unweighted losses of one step, from three encoder passes (built by ``family.prepare_inputs``):
 
@@ -168,18 +178,43 @@ class UnimoModel(ImageTextPreTrainedModel):
           ``joint_mlm_labels``), 1 = caption generation, 2 = VQA answer generation (seq2seq with
           ``joint_source_len`` text tokens in the source; ``joint_lm_labels`` on the target, lm_loss shifts them).
         ``cmcl_pos`` (cmcl images x cmcl texts): the positives of the multi-positive contrastive loss; with
-        ``cmcl_gather`` the features are gathered across workers first and ``cmcl_pos`` covers the global batch."""
+        ``cmcl_gather`` the features are gathered across workers first and ``cmcl_pos`` covers the global batch.
+        With a related-sample memory and ``related_k``, the paired samples (``image_query`` / ``text_query``) add
+        their most similar memory images and captions to the positives (``memory.add_related``; ``image_keys`` /
+        ``text_keys``: the contrastive samples' hashed keys, -1 for a rewrite); in training mode the step's images
+        and captions, gathered from every worker, then join the memory."""
         out: dict[str, torch.Tensor] = {}
         img_h = self.encode(pixel_values=image_pixels, patch_mask=image_patch_mask)
         txt_h = self.encode(input_ids=text_ids, text_valid=text_mask)
         img_feat = F.normalize(img_h[image_is_cmcl, 0].float(), dim=-1)
         txt_feat = F.normalize(txt_h[text_is_cmcl, 0].float(), dim=-1)
+        memory = self.related_memory if related_k and image_keys is not None else None
         if cmcl_gather:
             img_feat, txt_feat = gather_ragged_with_grad(img_feat), gather_ragged_with_grad(txt_feat)
-        out["cmcl"] = info_nce(img_feat, txt_feat, self.logit_scale.exp(), pos_mask=cmcl_pos)
+        if memory is not None:
+            if cmcl_gather:
+                image_keys, text_keys, image_query, text_query = (
+                    gather_ragged_with_grad(x.long()) for x in (image_keys, text_keys, image_query, text_query))
+            n_img, n_txt = img_feat.shape[0], txt_feat.shape[0]
+            img_all, txt_all, pos = add_related(memory, img_feat, txt_feat, cmcl_pos, image_keys, text_keys,
+                                                image_query.bool(), text_query.bool(), related_k)
+            out["cmcl_related"] = img_feat.new_tensor(float(img_all.shape[0] - n_img + txt_all.shape[0] - n_txt))
+        else:
+            img_all, txt_all, pos = img_feat, txt_feat, cmcl_pos
+        out["cmcl"] = info_nce(img_all, txt_all, self.logit_scale.exp(), pos_mask=pos)
+        out["cmcl_texts"] = txt_feat.new_tensor(float(txt_all.shape[0]))
         with torch.no_grad():  # how often an image's best-scoring text is one of its positives
             best = (img_feat @ txt_feat.t()).argmax(dim=1)
             out["cmcl_top1"] = cmcl_pos.gather(1, best[:, None]).float().mean()
+        if memory is not None and self.training:  # every worker pushes the global batch: one memory on all of them
+            if not cmcl_gather:
+                image_keys, text_keys = gather_ragged_with_grad(image_keys), gather_ragged_with_grad(text_keys)
+                img_mem, txt_mem = gather_ragged_with_grad(img_feat.detach()), gather_ragged_with_grad(txt_feat.detach())
+            else:
+                img_mem, txt_mem = img_feat.detach(), txt_feat.detach()
+            memory.push("image", img_mem, image_keys)
+            captions = text_keys >= 0
+            memory.push("text", txt_mem[captions], text_keys[captions])
         mim_rows = ~image_is_cmcl
         if mim_rows.any():
             pred = self.mim_head(img_h[mim_rows, 1:])

@@ -1,4 +1,5 @@
-"""UNIMO's text rewriting, done from the builtin scenes' facts instead of a scene-graph parser and back-translation.
+"""UNIMO's text rewriting, done from the builtin scenes' facts instead of a scene-graph parser and back-translation
+(the recipe's ``rewrites: facts`` route; ``mlm_rewrites.py`` rewrites captions without facts).
 
 UNIMO (Li et al., 2021) builds its cross-modal contrastive positives from back-translated paraphrases
 and its hard negatives by rewriting the caption's scene graph (objects, attributes, relations) at word, phrase and

@@ -161,6 +161,7 @@ class UnitFamily(Family):
                   "| detection (DETR set prediction)",)
     image_mean = (0.485, 0.456, 0.406)  # DETR / MMF UniT normalise with the ImageNet statistics
     image_std = (0.229, 0.224, 0.225)
+    shard_blocker = "its loss adds every parameter x 0 (so each rank has a gradient for each), outside their layers"
 
     def build_model(self, recipe: Recipe, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
         assert isinstance(recipe, UnitRecipe)

@@ -21,6 +21,10 @@ from vlforge.components.tokenizer import (
 
 CLIP_OVERRIDES = {"image_size": 32, "patch_size": 8, "max_text_length": 16, "embed_dim": 32, "vision_width": 32,
                   "vision_layers": 1, "vision_heads": 2, "text_width": 32, "text_layers": 1, "text_heads": 2}
+# a tiny text-mlm BERT, and a vk-transfer student whose BERT starts from one (add its ``text_init``)
+TEXT_MLM_OVERRIDES = {"max_text_length": 16, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                      "max_position_embeddings": 64}
+VK_STUDENT_OVERRIDES = {"max_text_length": 16, "objectives": {"mlm": 1.0}}
 
 
 def write_shapes_dataset(out: Path, n: int, image_size: int = 48, with_facts: bool = True, labels: bool = True,
@@ -48,18 +52,23 @@ def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", 48)
 
 
+def save_untrained(family_name: str, overrides: dict, captions: list[str], out: Path, seed: int = 1) -> Path:
+    """An untrained model of the family's tiny recipe (built at ``seed``) saved like a pipeline checkpoint, with a
+    tokenizer trained on ``captions`` beside it."""
+    train_tokenizer(captions, out, TokenizerConfig(vocab_size=128))
+    tokenizer = load_tokenizer(out)
+    family = get_family(family_name)
+    recipe = family.recipe("tiny", overrides)
+    torch.manual_seed(seed)
+    family.save(family.build_model(recipe, len(tokenizer), special_token_ids(tokenizer)), out, recipe)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory, shapes_dataset: Path) -> Path:
     """An (untrained) tiny CLIP saved like a pipeline checkpoint, with its tokenizer beside it."""
-    out = tmp_path_factory.mktemp("model") / "clip"
     captions = pq.read_table(shapes_dataset / "samples.parquet", columns=["caption"]).column("caption").to_pylist()
-    train_tokenizer(captions, out, TokenizerConfig(vocab_size=128))
-    tokenizer = load_tokenizer(out)
-    family = get_family("clip")
-    recipe = family.recipe("tiny", CLIP_OVERRIDES)
-    torch.manual_seed(1)
-    family.save(family.build_model(recipe, len(tokenizer), special_token_ids(tokenizer)), out, recipe)
-    return out
+    return save_untrained("clip", CLIP_OVERRIDES, captions, tmp_path_factory.mktemp("model") / "clip")
 
 
 @pytest.fixture

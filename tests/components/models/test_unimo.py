@@ -231,7 +231,7 @@ def test_one_step_builds_paired_image_only_and_text_only_streams(tokenizer) -> N
 
 
 def test_contrastive_positives_come_from_facts_and_rewrites_are_negatives(tokenizer) -> None:
-    _, recipe, model = tiny_model()
+    _, recipe, model = tiny_model(rewrites="facts")
     batch = scene_batch(tokenizer)
     streams = split_streams(8, "PPIT")
     texts, owners, kinds = cmcl_texts(batch, recipe, streams)
@@ -246,14 +246,21 @@ def test_contrastive_positives_come_from_facts_and_rewrites_are_negatives(tokeni
             assert pos[a, texts.index(batch.captions[i])]
     assert {"positive", "color", "shape"} <= set(kinds)
     assert all(not pos[:, b].all() for b, k in enumerate(kinds) if k != "caption")
-    # without facts (e.g. emoji captions): no rewrites, and only a sample's own caption is its positive
+    # without facts (e.g. emoji captions): no facts rewrites, and only a sample's own caption is its positive
     plain = scene_batch(tokenizer, facts=False)
     texts, owners, kinds = cmcl_texts(plain, recipe, streams)
     assert kinds == ["caption"] * 6 and owners == [plain.keys[i] for i in streams["paired"] + streams["text"]]
-    pos = prepare_inputs(model, plain, recipe)["cmcl_pos"]
     expected = torch.zeros(6, 6, dtype=torch.bool)
     expected[range(4), range(4)] = True
-    assert torch.equal(pos, expected)
+    assert torch.equal(prepare_inputs(model, plain, recipe)["cmcl_pos"], expected)
+    # the default model route uses no oracle, facts or not: no facts rewrites, no positive judged from the facts;
+    # the model's own rewrites (test_unimo_rewrites_model.py) are further columns, negatives of every image
+    _, default, _ = tiny_model()
+    assert default.rewrites == "model"
+    for data in (batch, plain):
+        assert cmcl_texts(data, default, streams)[2] == ["caption"] * 6
+        pos = prepare_inputs(model, data, default)["cmcl_pos"]
+        assert pos.shape[1] > 6 and torch.equal(pos[:, :6], expected) and not pos[:, 6:].any()
 
 
 GATHER_WORKER = """
@@ -264,7 +271,7 @@ from vlforge.components.models.unimo.family import prepare_inputs
 from vlforge.components.tokenizer import load_tokenizer
 rank, port, out = int(sys.argv[2]), sys.argv[3], sys.argv[4]
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-_, recipe, model = tiny_model()
+_, recipe, model = tiny_model(rewrites="facts")
 model.eval()
 inp = prepare_inputs(model, scene_batch(load_tokenizer(sys.argv[5]), start=4 * rank), recipe)
 cmcl = model(**inp)["cmcl"]
@@ -276,9 +283,9 @@ dist.destroy_process_group()
 
 def test_two_workers_contrast_the_global_batch_as_one_process_would(tokenizer, tmp_path: Path) -> None:
     """CMCL with ``gather_features`` on 2 gloo workers (scenes 0-7 and 4-11) equals CMCL on their 16 samples in one
-    process: the same loss on every worker, the same positives (judged from the gathered facts: the scenes both
-    workers hold make captions and rewrites of one worker true of the other's images), and the workers' mean
-    gradient (what DDP applies) is the single process's gradient."""
+    process (the facts route): the same loss on every worker, the same positives (judged from the gathered facts:
+    the scenes both workers hold make captions and rewrites of one worker true of the other's images), and the
+    workers' mean gradient (what DDP applies) is the single process's gradient."""
     import socket
     import subprocess
     import sys
@@ -293,7 +300,7 @@ def test_two_workers_contrast_the_global_batch_as_one_process_would(tokenizer, t
                                str(tmp_path / f"rank{r}.pt"), str(tmp_path / "tok")], env=env) for r in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    _, recipe, model = tiny_model()
+    _, recipe, model = tiny_model(rewrites="facts")
     model.eval()
     a, b = scene_batch(tokenizer), scene_batch(tokenizer, start=4)
     both = ImageTextBatch(torch.cat([a.pixel_values, b.pixel_values]), torch.cat([a.input_ids, b.input_ids]),
@@ -308,7 +315,7 @@ def test_two_workers_contrast_the_global_batch_as_one_process_would(tokenizer, t
         assert r["pos"].shape == (n_images, n_texts) and int(r["pos"].sum()) == int(inp["cmcl_pos"].sum())
         assert torch.allclose(r["cmcl"], cmcl, atol=1e-5)
     # positives across workers exist (a caption of one worker true of another's image), so gathering facts matters
-    _, local_recipe, _ = tiny_model(gather_features=False)
+    _, local_recipe, _ = tiny_model(rewrites="facts", gather_features=False)
     local = sum(int(prepare_inputs(model, batch, local_recipe)["cmcl_pos"].sum()) for batch in (a, b))
     assert int(ranks[0]["pos"].sum()) > local
     for name, p in model.named_parameters():
