@@ -60,7 +60,7 @@ test: install browser java cocoeval
 	$(PY) -m pytest -q -p no:cacheprovider -m "serial and not bench" --durations=10
 
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not bench"
 
 test-bench: install java cocoeval clipbench
 	$(PY) -m pytest -q -p no:cacheprovider -m bench

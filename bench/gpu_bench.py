@@ -46,6 +46,7 @@ from openclip_bench import (  # noqa: E402 - the shared helpers of the open_clip
     peer_missing_reason,
     prepare_data,
     run_ours,
+    run_or_exit,
     run_peer,
     spread,
     write_json,
@@ -119,14 +120,7 @@ def main() -> None:
     parser.add_argument("--peer-venv", default=str(DEFAULT_PEER_VENV))
     parser.add_argument("--skip-peer", action="store_true", help="ours only")
     args = parser.parse_args()
-    try:
-        run(args)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_or_exit(run, args)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -436,15 +437,26 @@ def main() -> None:
     parser.add_argument("--ours-recipe", action="append", metavar="NAME", help="--quality: a run of another clip "
                         "recipe (e.g. tiny-minilm) at the same steps and batch (repeatable), an extra row")
     args = parser.parse_args()
-    try:
-        if args.quality:
-            from openclip_quality import DEFAULT_DATA, run_quality
+    run_or_exit(dispatch, args)
 
-            args.quality_data = args.quality_data or str(DEFAULT_DATA)
-            run_quality(args)
-            return
-        args.batch_size = args.batch_size if args.batch_size is not None else 32
-        run_bench(args)
+
+def dispatch(args: argparse.Namespace) -> None:
+    """``--quality`` (bench/openclip_quality.py) or the throughput benchmark."""
+    if args.quality:
+        from openclip_quality import DEFAULT_DATA, run_quality
+
+        args.quality_data = args.quality_data or str(DEFAULT_DATA)
+        run_quality(args)
+        return
+    args.batch_size = args.batch_size if args.batch_size is not None else 32
+    run_bench(args)
+
+
+def run_or_exit(run: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
+    """``run(args)``; a bad argument or missing input (BenchError) is a one-line error and exit code 2, a side that
+    failed (RuntimeError) one line and exit code 1."""
+    try:
+        run(args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

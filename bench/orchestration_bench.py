@@ -41,16 +41,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from pipeline_bench import TINY_CONFIG  # noqa: E402 - the same tiny pipeline as the pipeline benchmark
+
 STAGES = ("dataset", "tokenizer", "model", "eval")
-TINY_CONFIG = """\
-source: {spec: "builtin:shapes?n=200&image_size=64"}
-crawl: {image_size: 64, processes: 1, threads: 4}
-shard: {samples_per_shard: 128, validation_fraction: 0.2}
-tokenizer: {vocab_size: 256}
-train: {family: clip, recipe: tiny, overrides: {steps: 10, batch_size: 32, warmup_steps: 2, checkpoint_every: 10,
-                                                log_every: 5, num_workers: 1}}
-eval: {tasks: [retrieval, zero_shot_classification], split: validation}
-"""
 # metrics whose values are wall-clock measurements, not results: left out of the equality check
 TIMING_METRICS = frozenset({"samples_per_s", "wall_time_s"})
 VERSIONED = ("vlforge", "prefect", "ray", "torch", "transformers", "tokenizers", "img2dataset", "webdataset", "pyarrow")
