@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install browser demo test test-fast test-bench bench clean
+.PHONY: install browser demo test test-fast test-long test-bench bench clean
 
 install: $(VENV)/.installed
 
@@ -56,11 +56,15 @@ clipbench: install
 # Tests marked `serial` (a Ray cluster, a timed kill) then run one at a time: they time out under a loaded machine.
 TEST_WORKERS ?= 2
 test: install browser java cocoeval
-	$(PY) -m pytest -q -p no:cacheprovider -m "not bench and not serial" -n $(TEST_WORKERS) --dist loadfile --durations=30
-	$(PY) -m pytest -q -p no:cacheprovider -m "serial and not bench" --durations=10
+	$(PY) -m pytest -q -p no:cacheprovider -m "not bench and not long and not serial" -n $(TEST_WORKERS) --dist loadfile --durations=30
+	$(PY) -m pytest -q -p no:cacheprovider -m "serial and not bench and not long" --durations=10
 
 test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not bench"
+
+# The long end-to-end runs (marker `long`: every family through the DAG) whose paths `make test` already takes.
+test-long: install
+	$(PY) -m pytest -q -p no:cacheprovider -m "long and not bench" -n $(TEST_WORKERS) --dist loadfile
 
 test-bench: install java cocoeval clipbench
 	$(PY) -m pytest -q -p no:cacheprovider -m bench
@@ -68,7 +72,7 @@ test-bench: install java cocoeval clipbench
 # Every benchmark of BENCHMARKS.md, each against its peer in the same run (results in bench/results/*.json).
 # open_clip gets its own virtual environment (.bench-venvs/openclip), created on first use; the GPU benchmark runs
 # on an NVIDIA GPU when torch sees one and in its CPU --dry-run mode otherwise.
-bench: test-bench
+bench: test-bench test-long
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/loader_bench.py
 	$(PY) bench/crawl_bench.py

@@ -8,6 +8,11 @@ VLFORGE_HOME, so its catalog, Prefect results and cache scope stay its own. ``em
 ``VLFORGE_TEST_EMBEDDED_PREFECT=1`` for the whole run) keeps the per-call embedded server, as a user without
 ``vlforge server start`` gets it.
 
+Each call forks from a warm interpreter that has torch, transformers, Ray and vlforge's components imported
+(tests/cli_zygote.py: Prefect, the flows and the CLI are imported after the fork, in the call's own environment),
+instead of importing them anew: ``VLFORGE_TEST_FRESH_CLI=1`` runs every call as a plain ``python -m vlforge.cli``
+subprocess instead.
+
 ``load_module`` imports a file that is not on the path (a benchmark script, a helper in another test folder)."""
 from __future__ import annotations
 
@@ -76,10 +81,85 @@ def cli_env(home: Path, embedded: bool = False) -> dict[str, str]:
 
 def run_cli(args: list[str], home: Path, timeout: float = 600, embedded: bool = False) -> subprocess.CompletedProcess:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True,
-                          env=cli_env(home, embedded), timeout=timeout, cwd=REPO)
+    env = cli_env(home, embedded)
+    zygote = None if os.environ.get("VLFORGE_TEST_FRESH_CLI") == "1" else _zygote_for(env)
+    if zygote is None:
+        proc = subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=timeout, cwd=REPO)
+    else:
+        proc = zygote.run(args, env, timeout)
     _log_call(args, time.perf_counter() - start, proc.returncode)
     return proc
+
+
+class _Zygote:
+    """Client of one tests/cli_zygote.py process (started with the environment it serves)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.dir = tempfile.mkdtemp(prefix="vlforge-zygote-")
+        self.socket = os.path.join(self.dir, "s")
+        code = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import cli_zygote; sys.path.pop(0); " \
+               f"cli_zygote.serve({self.socket!r})"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, text=True)
+        ready = self.proc.stdout.readline()
+        if ready.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"the CLI zygote did not start ({self.proc.wait()}): {ready!r}")
+        self.calls = 0
+
+    def run(self, args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        self.calls += 1
+        call = os.path.join(self.dir, str(self.calls))
+        req = {"args": args, "env": env, "cwd": str(REPO), "stdout": f"{call}.out", "stderr": f"{call}.err",
+               "pid_file": f"{call}.pid", "rc_file": f"{call}.rc"}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(self.socket)
+            conn.sendall(json.dumps(req).encode() + b"\n")
+            if conn.makefile("rb").readline().strip() != b"ok":
+                raise RuntimeError("the CLI zygote did not take the call")
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(req["rc_file"]):
+            if time.monotonic() > deadline:
+                if os.path.exists(req["pid_file"]):
+                    try:
+                        os.killpg(int(Path(req["pid_file"]).read_text()), 9)
+                    except ProcessLookupError:
+                        pass
+                raise subprocess.TimeoutExpired(["vlforge", *args], timeout)
+            time.sleep(0.02)
+        files = [Path(req[k]) for k in ("stdout", "stderr", "pid_file", "rc_file")]
+        out, err, _, rc = (f.read_text() for f in files)
+        for f in files:
+            f.unlink()
+        return subprocess.CompletedProcess(["vlforge", *args], int(rc), out, err)
+
+    def stop(self) -> None:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.connect(self.socket)
+                conn.sendall(b'{"stop": true}\n')
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_ZYGOTES: dict[tuple, _Zygote] = {}
+MAX_ZYGOTES = 4
+
+
+def _zygote_for(env: dict[str, str]) -> _Zygote | None:
+    """The zygote serving ``env`` (one per environment outside the per-call VLFORGE_*/PREFECT_*/PYTEST_* variables,
+    which nothing preloaded reads on import); None past MAX_ZYGOTES (a plain subprocess then)."""
+    key = tuple(sorted((k, v) for k, v in env.items() if not k.startswith(("VLFORGE_", "PREFECT_", "PYTEST_"))))
+    if key not in _ZYGOTES:
+        if len(_ZYGOTES) >= MAX_ZYGOTES:
+            return None
+        if not _ZYGOTES:
+            atexit.register(lambda: [z.stop() for z in _ZYGOTES.values()])
+        _ZYGOTES[key] = _Zygote({k: v for k, v in env.items() if not k.startswith(("VLFORGE_", "PREFECT_"))})
+    return _ZYGOTES[key]
 
 
 def _log_call(args: list[str], seconds: float, returncode: int) -> None:

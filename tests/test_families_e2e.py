@@ -1,7 +1,15 @@
 """Every registered family through the real DAG in one process: the train flow (Prefect, Ray Train with one worker,
 teachers trained first where a family takes them) for a few steps on builtin scenes, then the default evaluation
 task that fits it (the cheapest first; the evaluation tests cover the tasks themselves). Each family's model is
-registered with its family and lineage (teachers as parents)."""
+registered with its family and lineage (teachers as parents).
+
+``make test`` runs the families that together take every path through the DAG: CLIP (no teacher), the unified model
+(two teachers of two families, the image one supervised), and VL-T5's pretraining with its image-teacher, continued
+by a captioning stage, in the ``train.then`` test below. The other families' runs (marker ``long``; Frozen, VLKD,
+PromptFuse and vk-transfer train their text-lm, CLIP or text-bart teachers the same way) go through the same
+family-agnostic loop, teacher resolution and flows: ``make test-long`` runs them, as ``make bench`` does; each
+family's own step, save/load and evaluation tasks are checked in process in ``make test``
+(tests/components/models/test_families.py, tests/components/evaluation/test_runner.py)."""
 
 import pytest
 from vlforge.catalog import Catalog
@@ -9,6 +17,7 @@ from vlforge.components.models.registry import family_names, get_family
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
+IN_MAKE_TEST = ("clip", "unified")
 CHEAPEST_FIRST = ("retrieval", "itm", "linear_probe", "nlu_probe", "captioning", "vqa")
 STEPS = {"steps": 2, "batch_size": 8, "num_workers": 1, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1,
          "image_size": 32, "max_text_length": 16}
@@ -38,7 +47,8 @@ def dag(tmp_path_factory: pytest.TempPathFactory):
     os.environ.pop("VLFORGE_HOME") if old is None else os.environ.__setitem__("VLFORGE_HOME", old)
 
 
-@pytest.mark.parametrize("name", family_names())
+@pytest.mark.parametrize("name", [n if n in IN_MAKE_TEST else pytest.param(n, marks=pytest.mark.long)
+                                  for n in family_names()])
 def test_family_trains_through_the_dag_and_evaluates(name: str, dag: dict) -> None:
     from vlforge.components.stages import eval_suite
     from vlforge.flows.evaluate import eval_flow

@@ -17,7 +17,7 @@ source: {spec: "builtin:shapes?n=500&image_size=64"}
 crawl: {image_size: 64, processes: 2}
 shard: {samples_per_shard: 128, validation_fraction: 0.12}
 tokenizer: {vocab_size: 256}
-train: {family: clip, recipe: tiny, overrides: {steps: 60, batch_size: 64, checkpoint_every: 30, warmup_steps: 6}}
+train: {family: clip, recipe: tiny, overrides: {steps: 30, batch_size: 64, checkpoint_every: 15, warmup_steps: 3}}
 eval: {tasks: [retrieval, zero_shot_classification], split: validation}
 """
 
@@ -38,7 +38,7 @@ def test_pipeline_end_to_end_then_cached(home: Path, tmp_path: Path, monkeypatch
     terminal = shown.stdout + shown.stderr
     assert not [line for line in terminal.splitlines() if any(m in line for m in RAY_LINES)], terminal[-4000:]
     bar = [line for line in shown.stderr.splitlines() if "train clip" in line]
-    assert bar and "60/60" in bar[-1] and "samples/s" in bar[-1], shown.stderr[-2000:]
+    assert bar and "30/30" in bar[-1] and "samples/s" in bar[-1], shown.stderr[-2000:]
     catalog = Catalog(home / "catalog")
     first = {a.kind: a.id for a in catalog.list()}
     assert sorted(first) == ["dataset", "eval", "model", "tokenizer"] and len(catalog.list()) == 4

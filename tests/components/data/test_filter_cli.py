@@ -2,20 +2,15 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cli_harness import cli_env
+from cli_harness import run_cli
 from test_filter import build_dataset
 from vlforge.catalog import Catalog
 
-REPO = Path(__file__).resolve().parents[3]
-
-
 def vlforge(args: list[str], home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True,
-                          env=cli_env(home), timeout=600, cwd=REPO, check=False)
+    return run_cli(args, home, 600)
 
 
 @pytest.fixture

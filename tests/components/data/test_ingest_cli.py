@@ -4,22 +4,17 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_harness import cli_env, cli_json, run_cli
+from cli_harness import cli_json, run_cli
 from fault_server import fault_servers  # noqa: F401 (a fixture)
 from vlforge.catalog import Catalog
 
-REPO = Path(__file__).resolve().parents[3]
-
-
 def vlforge(args: list[str], home: Path, embedded: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlforge.cli", *args], capture_output=True, text=True,
-                          env=cli_env(home, embedded), timeout=600, cwd=REPO, check=False)
+    return run_cli(args, home, 600, embedded)
 
 
 @pytest.mark.slow

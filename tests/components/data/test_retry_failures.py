@@ -6,14 +6,12 @@ only), counting its requests per path."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_harness import REPO, cli_env
+from cli_harness import run_cli
 from fault_server import fault_servers  # noqa: F401 (a fixture)
 from vlforge.catalog import Catalog
 from vlforge.components.data.crawl import TRANSIENT_FAILURE_REASONS, CrawlConfig, crawl, failure_reason
@@ -103,12 +101,11 @@ def test_retry_refetches_only_transient_failures_and_keeps_every_sample(fault_se
     again = run_ingest_retry(src, cfg, shard, catalog)
     assert again.cached and again.artifact.id == second.id and len(catalog.list(kind="dataset")) == 2
     assert s.requests == before
-    proc = subprocess.run([sys.executable, "-m", "vlforge.cli", "run", "ingest", "--source", src.spec, "--name", "flaky-list",
+    proc = run_cli(["run", "ingest", "--source", src.spec, "--name", "flaky-list",
                            "--allow-host", s.allow, "--timeout", "1", "--retries", "0", "--set", "crawl.image_size=16",
                            "--set", "crawl.processes=1", "--set", "crawl.threads=8", "--set", "crawl.samples_per_crawl_shard=5",
                            "--set", "shard.samples_per_shard=3", "--set", "shard.validation_fraction=0.3",
-                           "--retry-failures", "--json"],
-                          capture_output=True, text=True, env=cli_env(home, embedded=True), timeout=300, cwd=REPO, check=False)
+                           "--retry-failures", "--json"], home, 300, embedded=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["dataset"] == second.id and out["retried"] == 0 and out["recovered"] == 0 and out["samples"] == 12
@@ -144,8 +141,7 @@ def test_retry_of_a_source_never_ingested_is_one_line_and_registers_nothing(tmp_
         run_ingest_retry(SourceConfig(spec=spec), CrawlConfig(), ShardConfig(), catalog)
     with pytest.raises(UserError, match="not fetched from URLs"):
         ingest_retry_plan(SourceConfig(spec="builtin:shapes?n=8"), CrawlConfig(), ShardConfig(), catalog)
-    proc = subprocess.run([sys.executable, "-m", "vlforge.cli", "run", "ingest", "--source", spec, "--retry-failures", "--json"],
-                          capture_output=True, text=True, env=cli_env(home, embedded=True), timeout=300, cwd=REPO, check=False)
+    proc = run_cli(["run", "ingest", "--source", spec, "--retry-failures", "--json"], home, 300, embedded=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and spec in proc.stderr, proc.stderr
     assert catalog.list() == [] and not (home / "work" / "ingest_retry").exists()
