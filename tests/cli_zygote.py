@@ -110,10 +110,18 @@ def serve(path: str) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(64)
+    server.settimeout(5.0)
+    parent = os.getppid()
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     while True:
-        conn, _ = server.accept()
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            if os.getppid() != parent:  # the test process is gone (killed): so is the zygote's use
+                return
+            continue
+        conn.settimeout(None)
         with conn, conn.makefile("rb") as reader:
             line = reader.readline()
             if not line:
