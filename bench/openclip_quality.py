@@ -14,8 +14,9 @@ both trainers read those shards.
 - ours: the train stage (``run_train``, what ``vlforge run train --family clip --data emoji-noto --steps 750 --set
   batch_size=64`` runs) with the ``tiny`` recipe, ``steps`` and ``batch_size`` overridden and nothing else, on a
   512-token BPE the tokenizer stage learns from the training captions (the CLI's default); in a subprocess, so
-  Ray is down while the peer trains. ``--ours-set KEY=VALUE`` adds a run of ``tiny`` with those overrides (a
-  candidate change to the recipe, measured beside it) and ``--ours-recipe NAME`` a run of another clip recipe at
+  Ray is down while the peer trains. Each ``--ours-set 'KEY=VALUE [KEY=VALUE ...]'`` adds a run of ``tiny`` with
+  those overrides (one candidate change to the recipe, measured beside it: one row per ``--ours-set``, the
+  one-change-at-a-time table) and ``--ours-recipe NAME`` a run of another clip recipe at
   the same steps and batch, each an extra row; a recipe with a pretrained ``text_tower`` (``tiny-minilm``) trains
   on that tower's own tokenizer (the tokenizer stage with ``kind: pretrained``).
 - peer: open_clip 3.3's trainer in its venv (bench/openclip_peer.py) with the throughput mode's tiny ViT (embed 64,
@@ -193,7 +194,8 @@ def _ours_child(spec_path: str) -> None:
                             "final_loss": history[-1]["loss"],
                             "samples_per_s": float(model.metrics.get("samples_per_s", 0.0)),
                             "recipe": {k: getattr(recipe, k) for k in (
-                                "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "image_size",
+                                "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "train_crop_scale",
+                                "image_size",
                                 "patch_size", "embed_dim", "vision_width", "vision_layers", "text_width",
                                 "text_layers", "num_workers", "threads_per_worker", "text_tower", "lock_text")}})
     finally:
@@ -235,28 +237,31 @@ def run_peer_quality(venv: Path, *, model_config: Path, shards: list[str], batch
 
 
 # ------------------------------------------------------------------------------------------------------- main
-def parse_sets(values: list[str]) -> dict:
+def parse_sets(values: list[str]) -> list[dict]:
+    """One override dict per ``--ours-set`` value, each value one or more space-separated ``KEY=VALUE``."""
+    import shlex
+
     from vlforge.components.pipeline_config import parse_assignments
     from vlforge.errors import UserError
 
     try:
-        return parse_assignments(values)
-    except UserError as exc:
+        return [parse_assignments(shlex.split(v), "--ours-set") for v in values]
+    except (UserError, ValueError) as exc:
         raise BenchError(f"--ours-set: {exc}") from None
 
 
-def our_runs(steps: int, batch: int, extra: dict, recipes: list[str]) -> list[dict]:
-    """The runs of ours, all at ``steps`` x ``batch``: ``tiny`` as shipped (the main row), ``tiny`` with ``extra``
-    (--ours-set), each of ``recipes`` (--ours-recipe); each with the text tower whose tokenizer it needs (None: the
-    BPE the tokenizer stage learns). Checked against the family here, before anything trains."""
+def our_runs(steps: int, batch: int, extras: list[dict], recipes: list[str]) -> list[dict]:
+    """The runs of ours, all at ``steps`` x ``batch``: ``tiny`` as shipped (the main row), ``tiny`` with each of
+    ``extras`` (one per --ours-set), each of ``recipes`` (--ours-recipe); each with the text tower whose tokenizer it
+    needs (None: the BPE the tokenizer stage learns). Checked against the family here, before anything trains."""
     from vlforge.components.models.clip.hf_text import resolve_text_tower
     from vlforge.components.models.registry import get_family
     from vlforge.errors import UserError
 
     base = {"steps": steps, "batch_size": batch}
     runs = [("tiny", "tiny", base)]
-    if extra:
-        runs.append(("tiny --set " + " ".join(f"{k}={v}" for k, v in extra.items()), "tiny", {**base, **extra}))
+    runs += [("tiny --set " + " ".join(f"{k}={v}" for k, v in extra.items()), "tiny", {**base, **extra})
+             for extra in extras if extra]
     runs += [(name, name, base) for name in recipes]
     family, out = get_family("clip"), []
     for label, recipe, overrides in runs:
@@ -277,13 +282,13 @@ def run_quality(args: argparse.Namespace) -> None:
             raise BenchError(f"{name} must be at least {low} (got {value})")
     if not 0 < args.holdout < 1:
         raise BenchError(f"--holdout must be between 0 and 1 (got {args.holdout})")
-    extra = parse_sets(args.ours_set or [])
+    extras = parse_sets(args.ours_set or [])
     pairs = split_pairs(Path(args.quality_data).resolve(), args.split_seed, args.holdout, 300 if args.tiny else None)
     venv = Path(args.peer_venv).resolve()
     peer_reason = peer_missing_reason(venv)
     if peer_reason and not (args.tiny or args.setup_peer):
         raise BenchError(peer_reason)
-    runs = our_runs(steps, batch, extra, args.ours_recipe or [])  # imports the model registry: after the cheap checks
+    runs = our_runs(steps, batch, extras, args.ours_recipe or [])  # imports the model registry: after the cheap checks
     if args.setup_peer:
         setup_peer(venv)
         peer_reason = peer_missing_reason(venv)

@@ -16,7 +16,13 @@ buffer, however far it got through the shards; training still lasts ``steps``. A
 --data A=3 --data B=1``) draws each sample's dataset by weight from a seeded RNG per consumer and epoch, then
 takes that dataset's next sample from its own stream (a dataset that runs out starts its next pass): the batches
 are again a pure function of (seed, rank, world, position), so a resumed run sees what an uninterrupted one
-would. Evaluation reads a split in order with ``webdataset``."""
+would. Evaluation reads a split in order with ``webdataset``.
+
+Training-time augmentation, open_clip's default (``Recipe.train_crop_scale``, carried by the family's
+``ImageTransform``): each training image is a random resized crop, its box drawn from an RNG seeded by (seed,
+consumer, position in the consumer's stream), so it too is a pure function of the stream's position and a resumed
+run crops what an uninterrupted one would. ``ImageTransform.__call__`` (validation, evaluation, filtering) never
+crops."""
 from __future__ import annotations
 
 import io
@@ -52,14 +58,19 @@ class ImageTransform:
     ``shortest-crop`` (the shortest side to ``size``, the other ``int(size * long / short)``, then the centre
     size x size, top-left at ``(excess // 2)``: transformers' ``CLIPImageProcessor``, the way CLIP and open_clip
     preprocess). Both give the same pixels for a square image. An imported model keeps its source's way
-    (``Recipe.image_resize``)."""
+    (``Recipe.image_resize``).
+
+    ``train_crop_scale``: the training stream's augmentation (``augmented``, used by ``TrainingBatches`` only):
+    a random resized crop covering that share of the image's area, open_clip's ``RandomResizedCrop``; None: none."""
 
     RESIZE_MODES = ("squash", "shortest-crop")
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], resize: str = "squash") -> None:
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], resize: str = "squash",
+                 train_crop_scale: tuple[float, float] | None = None) -> None:
         if resize not in self.RESIZE_MODES:
             raise ValueError(f"resize mode '{resize}' (modes: {', '.join(self.RESIZE_MODES)})")
         self.size, self.resize = size, resize
+        self.train_crop_scale = tuple(train_crop_scale) if train_crop_scale is not None else None
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -76,10 +87,51 @@ class ImageTransform:
         left, top = (new[0] - self.size) // 2, (new[1] - self.size) // 2
         return image.crop((left, top, left + self.size, top + self.size))
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = self._resized(image.convert("RGB"))
+    def _normalised(self, image: Image.Image) -> torch.Tensor:
         array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
         return (array - self.mean) / self.std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self._normalised(self._resized(image.convert("RGB")))
+
+    def augmented(self, image: Image.Image, rng: random.Random) -> torch.Tensor:
+        """A training image: with ``train_crop_scale``, the crop ``random_resized_crop_box`` draws from ``rng``,
+        bicubic to size x size (torchvision's ``resized_crop`` on a PIL image); without it, ``__call__``."""
+        if self.train_crop_scale is None:
+            return self(image)
+        image = image.convert("RGB")
+        box = random_resized_crop_box(image.size, self.train_crop_scale, rng)
+        return self._normalised(image.resize((self.size, self.size), Image.Resampling.BICUBIC, box=box))
+
+
+CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop default aspect ratios (open_clip passes none)
+
+
+def random_resized_crop_box(image_size: tuple[int, int], scale: tuple[float, float], rng: random.Random,
+                            ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of a random resized crop of a ``(width, height)`` image, drawn as
+    torchvision's ``RandomResizedCrop.get_params`` draws it: up to 10 tries of an area share uniform in ``scale``
+    and a log-uniform aspect ratio in ``ratio``, the first box that fits placed uniformly; else the centre crop
+    closest to ``ratio`` (the whole image when its own ratio lies inside)."""
+    width, height = image_size
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = rng.randint(0, height - h), rng.randint(0, width - w)
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        w, h = round(height * max(ratio)), height
+    else:
+        w, h = width, height
+    top, left = (height - h) // 2, (width - w) // 2
+    return left, top, left + w, top + h
 
 
 def decode_image(data: bytes, size: int | None = None) -> Image.Image:
@@ -266,9 +318,11 @@ class TrainingBatches(torch.utils.data.IterableDataset):
         consumer, consumers = self.rank * workers + role, self.world * workers
         stream = self.consumer_stream(consumer, consumers)
         made_before = len(range(role, self.start_step, workers))  # batches this role made before start_step
-        for _ in range(made_before * self.batch_size):
+        position = made_before * self.batch_size  # raw samples of this consumer's stream read so far
+        for _ in range(position):
             next(stream)
         size = self.transform.size
+        augment = self.transform.train_crop_scale is not None
         while True:
             # each image is written straight into the batch, allocated in shared memory inside a DataLoader worker
             # so that handing it to the training process copies nothing
@@ -281,8 +335,14 @@ class TrainingBatches(torch.utils.data.IterableDataset):
             skipped = 0
             while len(keys) < self.batch_size:
                 raw = next(stream)
+                position += 1
                 try:
-                    pixels[len(keys)] = self.transform(decode_image(raw.image, size))
+                    image = decode_image(raw.image, size)
+                    if augment:  # the crop's RNG is seeded by the sample's position: a resumed run crops the same
+                        crop_rng = random.Random(f"{self.seed}:{consumer}:{consumers}:{position}:crop")
+                        pixels[len(keys)] = self.transform.augmented(image, crop_rng)
+                    else:
+                        pixels[len(keys)] = self.transform(image)
                 except Exception:  # noqa: BLE001 - a corrupt image inside a shard is a counted skip, not a crash
                     skipped += 1
                     continue

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
 from vlforge.errors import UserError
@@ -82,10 +82,23 @@ class Recipe(BaseModel):
                                           "batches per loader consumer, the loader starts a new epoch (new shard "
                                           "order or draws, empty shuffle buffer); training still lasts steps. "
                                           "None: an epoch is one pass over the shards")
+    train_crop_scale: tuple[float, float] | None = Field(None, description="training images only: a random "
+                                                        "resized crop of this share range of the image's area, "
+                                                        "aspect 3/4 to 4/3, bicubic to image_size (open_clip's "
+                                                        "default augmentation: [0.9, 1.0]), drawn per sample from "
+                                                        "the seeded stream; None: off. Validation, evaluation and "
+                                                        "filtering never crop")
     loader_workers: int = Field(0, ge=0, description="DataLoader processes decoding images per Ray worker (0: decode "
                                 "in the training process; the batch sequence depends on this number)")
     freeze: list[str] = Field(default_factory=list, description="parameter-name globs to freeze (the loop's general "
                               "freezing; a family adds its own through Family.frozen_patterns)")
+
+    @field_validator("train_crop_scale")
+    @classmethod
+    def _crop_scale_in_unit_range(cls, scale: tuple[float, float] | None) -> tuple[float, float] | None:
+        if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError("must be [low, high] with 0 < low <= high <= 1")
+        return scale
 
 
 @dataclass
@@ -135,11 +148,12 @@ class Family(ABC):
 
     def image_transform(self, recipe: Recipe) -> Any:
         """The ``data.loader.ImageTransform`` every stage feeds this family's model with under ``recipe``: its image
-        size and resize mode, and its mean and std where it names them (an imported model's), else the family's."""
+        size and resize mode, and its mean and std where it names them (an imported model's), else the family's;
+        it carries ``train_crop_scale``, which only the training stream applies."""
         from vlforge.components.data.loader import ImageTransform
 
         return ImageTransform(recipe.image_size, recipe.image_mean or self.image_mean,
-                              recipe.image_std or self.image_std, recipe.image_resize)
+                              recipe.image_std or self.image_std, recipe.image_resize, recipe.train_crop_scale)
 
     # ---- recipes -------------------------------------------------------------------------------------
     def recipe_dir(self) -> Path:
