@@ -178,16 +178,19 @@ def peer_train_command(venv: Path, *, model: str, model_config: Path | None, sha
 
 def run_peer(venv: Path, *, model: str, model_config: Path | None, shards: list[str], batch: int, steps: int,
              log_every: int, threads: int | None, workers: int, precision: str, device: str, work: Path,
-             extra: list[str] = (), lr: float = 1e-3, wd: float = 0.1, warmup: int = 10) -> dict:
+             extra: list[str] = (), lr: float = 1e-3, wd: float = 0.1, warmup: int = 10, accum_freq: int = 1) -> dict:
     """One open_clip training run of ``steps`` logged steps (+1: open_clip logs after the first batch, so the last
-    window ends on a log record too); returns its windows, parameters and versions."""
+    window ends on a log record too); returns its windows, parameters and versions. ``batch`` is the samples of one
+    optimizer step: with ``accum_freq`` k > 1 open_clip gets ``--batch-size batch/k --accum-freq k`` (its effective
+    batch is batch_size x accum_freq) and k micro-batches per step."""
     run = work / f"peer-{uuid.uuid4().hex[:8]}"
     run.mkdir(parents=True)
     out, log = run / "peer.json", run / "peer.log"
-    argv, env = peer_train_command(venv, model=model, model_config=model_config, shards=shards, batch=batch,
-                                   n_steps=steps + 1, log_every=log_every, threads=threads, workers=workers,
-                                   precision=precision, device=device, run=run, extra=extra, lr=lr, wd=wd,
-                                   warmup=warmup)
+    accum = ["--accum-freq", str(accum_freq)] if accum_freq > 1 else []
+    argv, env = peer_train_command(venv, model=model, model_config=model_config, shards=shards,
+                                   batch=batch // accum_freq, n_steps=(steps + 1) * accum_freq, log_every=log_every,
+                                   threads=threads, workers=workers, precision=precision, device=device, run=run,
+                                   extra=[*extra, *accum], lr=lr, wd=wd, warmup=warmup)
     start = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=run, env=env)

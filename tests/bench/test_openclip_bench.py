@@ -154,17 +154,22 @@ def test_quality_scorer_and_ratios() -> None:
 
 def test_quality_runs_of_ours_are_checked_before_training() -> None:
     q = _quality()
-    runs = q.our_runs(20, 8, {"lr": 5e-4}, ["tiny-minilm"])
-    assert [r["recipe"] for r in runs] == ["tiny", "tiny", "tiny-minilm"]
+    extras = q.parse_sets(["lr=0.0005", "train_crop_scale=[0.9,1.0] weight_decay=0.2"])  # one row per --ours-set
+    assert extras == [{"lr": 5e-4}, {"train_crop_scale": [0.9, 1.0], "weight_decay": 0.2}]
+    runs = q.our_runs(20, 8, extras, ["tiny-minilm"])
+    assert [r["recipe"] for r in runs] == ["tiny", "tiny", "tiny", "tiny-minilm"]
     assert all(r["overrides"]["steps"] == 20 and r["overrides"]["batch_size"] == 8 for r in runs)
     assert runs[0]["overrides"] == {"steps": 20, "batch_size": 8} and runs[1]["overrides"]["lr"] == 5e-4
+    assert runs[2]["overrides"]["weight_decay"] == 0.2 and "lr" not in runs[2]["overrides"]
     assert runs[0]["tower"] is None and runs[1]["tower"] is None
-    assert (Path(runs[2]["tower"]) / "config.json").is_file()  # the MiniLM tower: its own tokenizer
-    assert len({r["label"] for r in runs}) == 3
+    assert (Path(runs[3]["tower"]) / "config.json").is_file()  # the MiniLM tower: its own tokenizer
+    assert len({r["label"] for r in runs}) == 4
     with pytest.raises(q.BenchError, match="--ours-recipe: .*no recipe 'nope'"):
-        q.our_runs(20, 8, {}, ["nope"])
+        q.our_runs(20, 8, [], ["nope"])
     with pytest.raises(q.BenchError, match="--ours-set: .*'bogus'"):
-        q.our_runs(20, 8, {"bogus": 1}, [])
+        q.our_runs(20, 8, [{"bogus": 1}], [])
+    with pytest.raises(q.BenchError, match="--ours-set: .*'oops' is not KEY=VALUE"):
+        q.parse_sets(["lr=1e-3 oops"])
 
 
 def test_quality_errors_are_one_line(tmp_path: Path) -> None:
