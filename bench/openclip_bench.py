@@ -436,7 +436,8 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=0.2, help="--quality: share of concepts held out")
     parser.add_argument("--split-seed", type=int, default=0, help="--quality: seed of the concept hash")
     parser.add_argument("--ours-set", action="append", metavar="KEY=VALUE", help="--quality: a run of ours' tiny "
-                        "recipe with these overrides (repeatable), an extra row")
+                        "recipe with these overrides (repeatable), an extra row; tokenizer.FIELD=V keys train its "
+                        "own BPE (e.g. tokenizer.vocab_size=2048)")
     parser.add_argument("--ours-recipe", action="append", metavar="NAME", help="--quality: a run of another clip "
                         "recipe (e.g. tiny-minilm) at the same steps and batch (repeatable), an extra row")
     args = parser.parse_args()

@@ -160,8 +160,9 @@ def _ours_child(spec_path: str) -> None:
         tok = run_tokenizer(data.id, pipeline.tokenizer, catalog).artifact
         towers = {d: run_tokenizer(data.id, TokenizerConfig(kind="pretrained", pretrained_dir=d), catalog).artifact.id
                   for d in spec["towers"]}
+        others = [run_tokenizer(data.id, TokenizerConfig(**cfg), catalog).artifact.id for cfg in spec["tokenizers"]]
         write_json(Path(spec["out"]), {
-            "dataset": data.id, "tokenizer": tok.id, "tower_tokenizers": towers,
+            "dataset": data.id, "tokenizer": tok.id, "tower_tokenizers": towers, "other_tokenizers": others,
             "train_samples": int(data.metrics["train_samples"]),
             "train_shards": [str(p) for p in split_shards(catalog.path(data.id), "train")],
             "tokenizer_vocab": int(tok.metrics["vocab_size"]), "crawl_image_size": pipeline.crawl.image_size,
@@ -179,7 +180,8 @@ def _ours_child(spec_path: str) -> None:
             history = [json.loads(x) for x in (model_dir / TRAIN_LOG).read_text().splitlines() if x]
             family, recipe = read_family_file(model_dir)
             net = family.load(model_dir).eval()
-            ctx = EvalContext(family, net, recipe, load_tokenizer(model_dir), samples=[])
+            tokenizer = load_tokenizer(model_dir)
+            ctx = EvalContext(family, net, recipe, tokenizer, samples=[])
             emb_dir = Path(spec["work"]) / f"ours-{i}"
             emb_dir.mkdir(parents=True, exist_ok=True)
             for name, s in sets.items():
@@ -187,7 +189,7 @@ def _ours_child(spec_path: str) -> None:
                 np.save(emb_dir / f"{name}_images.npy", ctx.embed_images(images).numpy())
                 np.save(emb_dir / f"{name}_texts.npy", ctx.embed_texts(s["texts"]).numpy())
             results.append({"label": run["label"], "recipe_name": run["recipe"], "overrides": run["overrides"],
-                            "text_tower": run["tower"], "model": model.id,
+                            "text_tower": run["tower"], "tokenizer_vocab": len(tokenizer), "model": model.id,
                             "embeddings": str(emb_dir), "wall_s": round(wall, 1),
                             "params": sum(p.numel() for p in net.parameters()),
                             "steps": history[-1]["step"], "first_loss": history[0]["loss"],
@@ -253,9 +255,11 @@ def parse_sets(values: list[str]) -> list[dict]:
 def our_runs(steps: int, batch: int, extras: list[dict], recipes: list[str]) -> list[dict]:
     """The runs of ours, all at ``steps`` x ``batch``: ``tiny`` as shipped (the main row), ``tiny`` with each of
     ``extras`` (one per --ours-set), each of ``recipes`` (--ours-recipe); each with the text tower whose tokenizer it
-    needs (None: the BPE the tokenizer stage learns). Checked against the family here, before anything trains."""
+    needs (None: the BPE the tokenizer stage learns, with the run's ``tokenizer.*`` fields if any). Checked against
+    the family here, before anything trains."""
     from vlforge.components.models.clip.hf_text import resolve_text_tower
     from vlforge.components.models.registry import get_family
+    from vlforge.components.pipeline_config import PipelineConfig, section_config
     from vlforge.errors import UserError
 
     base = {"steps": steps, "batch_size": batch}
@@ -265,9 +269,16 @@ def our_runs(steps: int, batch: int, extras: list[dict], recipes: list[str]) -> 
     runs += [(name, name, base) for name in recipes]
     family, out = get_family("clip"), []
     for label, recipe, overrides in runs:
+        tok = {k.removeprefix("tokenizer."): v for k, v in overrides.items() if k.startswith("tokenizer.")}
+        overrides = {k: v for k, v in overrides.items() if not k.startswith("tokenizer.")}
         try:
             tower = family.recipe(recipe, overrides).text_tower
-            out.append({"label": label, "recipe": recipe, "overrides": overrides,
+            if tok and tower:
+                raise UserError(f"'{label}' trains on its text tower's own tokenizer: no tokenizer.* fields")
+            # the BPE the tokenizer stage learns: the CLI's default config, with this run's tokenizer.* fields
+            tok_cfg = section_config(PipelineConfig().tokenizer, tok, "--ours-set", "tokenizer").model_dump() \
+                if tok else None
+            out.append({"label": label, "recipe": recipe, "overrides": overrides, "tokenizer_cfg": tok_cfg,
                         "tower": str(resolve_text_tower(tower)) if tower else None})
         except UserError as exc:
             raise BenchError(f"{'--ours-recipe' if recipe != 'tiny' else '--ours-set'}: {exc}") from None
@@ -310,13 +321,17 @@ def run_quality(args: argparse.Namespace) -> None:
         cols = ("key", "path", "caption", "concept")
         pq.write_table(pa.table({c: [r[c] for r in pairs["train"]] for c in cols}), table)
         towers = sorted({r["tower"] for r in runs if r["tower"]})
-        data = run_child(HERE, {"mode": "ingest", "table": str(table), "towers": towers}, work,
-                         "the project's ingest")
+        tokenizers = [json.loads(c) for c in sorted({json.dumps(r["tokenizer_cfg"], sort_keys=True)
+                                                     for r in runs if r["tokenizer_cfg"]})]
+        data = run_child(HERE, {"mode": "ingest", "table": str(table), "towers": towers, "tokenizers": tokenizers},
+                         work, "the project's ingest")
         print(f"data: {len(pairs['train'])} training pairs -> {data['train_samples']} samples in "
               f"{len(data['train_shards'])} shards ({data['ingest_s']} s); {len(pairs['heldout'])} held-out pairs",
               file=sys.stderr)
         for r in runs:
             r["tokenizer_id"] = data["tower_tokenizers"][r["tower"]] if r["tower"] else data["tokenizer"]
+            if r["tokenizer_cfg"]:
+                r["tokenizer_id"] = data["other_tokenizers"][tokenizers.index(r["tokenizer_cfg"])]
         ours = run_child(HERE, {"mode": "train", "runs": runs, "dataset": data["dataset"], "sets": sets}, work,
                          "the project's training")
         for r in ours:
